@@ -1,0 +1,93 @@
+"""Fisher information matrices: the empirical Fisher and the true Fisher.
+
+* Empirical: ``F_emp = (1/N) sum_i g_i g_i^T`` with ``g_i = grad s_i`` the gradient of example
+  ``i``'s summed loss (one loss term per example for classification; all of its tokens for a
+  sequence), ``N`` the number of loss terms. Products need no per-sample gradients:
+  ``G v`` is one forward-mode JVP of the vector of per-example losses and ``G^T u`` one VJP.
+* True: ``F = E_x E_{y ~ p(y|x)} [grad log p grad log p^T] = sum_i J_i^T F_out,i J_i / N`` with the
+  output-space Fisher in closed form (``diag(p) - p p^T`` for softmax), computed exactly rather
+  than by sampling labels (Martens 2020, arXiv 1412.1193; Kunstner et al. 2019, arXiv 1905.12558
+  on why the empirical Fisher is not a curvature estimate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, jvp, vjp, vmap
+
+from wdecomp.curvature._batch import batch_size, output_function, slice_examples
+from wdecomp.curvature.base import FactoredOperator
+from wdecomp.curvature.ggn import OutputSpaceOperator
+from wdecomp.objective import Batch, Objective
+from wdecomp.params import ParamSet, ParamSpec
+
+
+def per_example_loss_function(objective: Objective, batch: Batch):
+    """``theta_sel -> (s_1, ..., s_B)``, the summed loss of each example in ``batch``."""
+    inputs, targets = batch
+    loss = objective.output_loss()
+    f = output_function(objective, inputs)
+    return lambda p: loss.per_example(f(p), targets)
+
+
+class EmpiricalFisherOperator(FactoredOperator):
+    """``F_emp v = G^T (G v) / N`` with ``G`` the (examples x p) per-example gradient matrix."""
+
+    kind = "fisher_empirical"
+
+    def __init__(self, objective: Objective, params: ParamSpec | ParamSet = None, **kw) -> None:
+        super().__init__(objective, params, **kw)
+        objective.output_loss()
+
+    def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
+        e = per_example_loss_function(self.objective, batch)
+        _, pullback = vjp(e, theta)
+        total = float(self.objective.total_count)
+
+        def column(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            return pullback(jvp(e, (theta,), (v,))[1] / total)[0]
+
+        return self.params.flatten(vmap(column)(V))
+
+    def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
+        """``G^T [(s(theta + eps v) - s(theta - eps v)) / 2 eps] / N``."""
+        plus, minus = self._shifted_state(v, eps)
+        theta = self.params.as_dict()
+        out = torch.zeros(self.params.numel, dtype=self.dtype, device=self.device)
+        total = float(self.objective.total_count)
+        for batch in self.objective.batches():
+            e = per_example_loss_function(self.objective, batch)
+            _, pullback = vjp(e, theta)
+            out += self.params.flatten(pullback((e(plus) - e(minus)) / (2 * eps) / total)[0])
+        return self.objective.reduce(out)
+
+    def factor_chunks(self, chunk_size: int = 64) -> Iterator[Tensor]:
+        """Per-example gradients ``g_i / sqrt(N)``, ``chunk_size`` examples at a time."""
+        theta = self.params.as_dict()
+        scale = float(self.objective.total_count) ** -0.5
+        for batch in self.objective.batches():
+            for start in range(0, batch_size(batch), chunk_size):
+                sub = slice_examples(batch, start, start + chunk_size)
+                yield scale * self.params.flatten(jacrev(per_example_loss_function(self.objective, sub))(theta))
+
+
+def fisher(
+    objective: Objective,
+    params: ParamSpec | ParamSet = None,
+    *,
+    kind: str = "empirical",
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> FactoredOperator:
+    """The empirical (``kind="empirical"``) or true (``kind="true"``) Fisher information matrix.
+
+    Both are positive semi-definite and scaled per loss term (``1/N``) like the Hessian.
+    """
+    if kind == "empirical":
+        return EmpiricalFisherOperator(objective, params, chunk_size=chunk_size, progress=progress)
+    if kind == "true":
+        return OutputSpaceOperator(objective, params, output_matrix="fisher", chunk_size=chunk_size, progress=progress)
+    raise ValueError(f"Fisher kind must be 'empirical' or 'true', not '{kind}'")

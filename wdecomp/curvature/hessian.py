@@ -1,0 +1,100 @@
+"""The Hessian of the objective, ``H = d^2 L / d theta^2``, by Hessian-vector products."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.func import grad, jvp, vjp, vmap
+
+from wdecomp.curvature.base import CurvatureOperator
+from wdecomp.objective import Batch, Objective
+from wdecomp.params import ParamSet, ParamSpec
+
+_METHODS = ("forward-over-reverse", "reverse-over-reverse")
+
+
+class HessianOperator(CurvatureOperator):
+    """``H v = sum_b d/d eps [grad S_b(theta + eps v) / N]`` at ``eps = 0``.
+
+    Two exact product rules are offered:
+
+    * ``"forward-over-reverse"`` (default): ``jvp(grad(f), theta, v)`` (Pearlmutter 1994). One
+      forward-mode sweep over a reverse sweep, about 2-3 gradients per vector, no graph kept
+      between vectors; ``vmap`` over tangents batches a block of vectors into one sweep. This is
+      the cheapest per vector on CPU and the default.
+    * ``"reverse-over-reverse"``: ``vjp(grad(f))`` evaluated once, then ``vmap`` over the
+      cotangents (double backward). Builds the gradient graph once per batch and reuses it for
+      every column; a second, independent autodiff path — use it to cross-check a model whose
+      forward-mode rules are suspect (see :meth:`check`).
+    """
+
+    kind = "hessian"
+
+    def __init__(
+        self,
+        objective: Objective,
+        params: ParamSpec | ParamSet = None,
+        *,
+        method: str = "forward-over-reverse",
+        chunk_size: int | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"unknown Hessian product method '{method}'; choose from {_METHODS}")
+        super().__init__(objective, params, chunk_size=chunk_size, progress=progress)
+        self.method = method
+
+    def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
+        g = grad(self.objective.batch_objective(batch, self.params))
+        k = next(iter(V.values())).shape[0]
+        if self.method == "reverse-over-reverse":
+            _, pullback = vjp(g, theta)
+            out = vmap(pullback)(V)[0] if k > 1 else _unsqueeze(pullback(_squeeze(V))[0])
+        else:
+            def hvp(v: dict[str, Tensor]) -> dict[str, Tensor]:
+                return jvp(g, (theta,), (v,))[1]
+
+            out = vmap(hvp)(V) if k > 1 else _unsqueeze(hvp(_squeeze(V)))
+        return self.params.flatten(out)
+
+    def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
+        """``(grad L(theta + eps v) - grad L(theta - eps v)) / (2 eps)``."""
+        plus, minus = self._shifted_state(v, eps)
+        return (self._gradient_at(plus) - self._gradient_at(minus)) / (2 * eps)
+
+
+def _squeeze(V: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {n: t[0] for n, t in V.items()}
+
+
+def _unsqueeze(V: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {n: t.unsqueeze(0) for n, t in V.items()}
+
+
+def hessian(
+    objective: Objective,
+    params: ParamSpec | ParamSet = None,
+    *,
+    method: str = "forward-over-reverse",
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> HessianOperator:
+    """The Hessian of ``objective`` over the selected parameters, as a matrix-free operator.
+
+    Args:
+        objective: The loss over the data.
+        params: Parameter selection (glob, regex, module, list; ``None`` = all trainable).
+        method: ``"forward-over-reverse"`` or ``"reverse-over-reverse"``.
+        chunk_size: Largest block of vectors per ``vmap`` call.
+        progress: Progress bar over batches (``None``: only on a TTY).
+
+    Example:
+        >>> import torch, wdecomp as wd
+        >>> model = torch.nn.Linear(3, 1, bias=False).double()
+        >>> x = torch.eye(3, dtype=torch.float64); y = torch.zeros(3, 1, dtype=torch.float64)
+        >>> H = wd.hessian(wd.Objective(model, (x, y), loss="mse"))
+        >>> H.dense()  # L = mean ||Wx||^2 over the 3 unit inputs: H = (2/3) I
+        tensor([[0.6667, 0.0000, 0.0000],
+                [0.0000, 0.6667, 0.0000],
+                [0.0000, 0.0000, 0.6667]], dtype=torch.float64)
+    """
+    return HessianOperator(objective, params, method=method, chunk_size=chunk_size, progress=progress)

@@ -1,0 +1,37 @@
+"""Exceptions raised by wdecomp, one per kind of bad input, so callers can catch precisely."""
+
+
+class WdecompError(Exception):
+    """Base class of every error wdecomp raises on purpose."""
+
+
+class SelectionError(WdecompError, ValueError):
+    """A parameter or hook selection matched nothing or named something that does not exist."""
+
+
+class ModelStateError(WdecompError, RuntimeError):
+    """The model is in a state that makes curvature meaningless (dropout or BatchNorm in train mode)."""
+
+
+class NonFiniteError(WdecompError, FloatingPointError):
+    """A loss, activation or product is NaN or infinite."""
+
+
+class ShapeError(WdecompError, ValueError):
+    """A vector or matrix has the wrong shape for the operator it is given to."""
+
+
+class DenseTooLargeError(WdecompError, MemoryError):
+    """A dense matrix was requested that would not fit in the allowed memory."""
+
+
+class DataError(WdecompError, ValueError):
+    """The data are malformed, empty, or changed between passes."""
+
+
+class ScalingLawRangeError(WdecompError, ValueError):
+    """A loss lies at or below a scaling law's irreducible loss (no finite compute reaches it)."""
+
+
+class ModelMismatchError(WdecompError, ValueError):
+    """An object (basis, components) was built for a different model than the one given."""

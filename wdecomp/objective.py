@@ -1,0 +1,465 @@
+"""The objective: an exact mean loss of a model over a dataset, as a function of its weights.
+
+For batches ``b = 1..B`` with summed losses ``S_b(theta)`` over ``n_b`` loss terms, the
+objective is
+
+    L(theta) = (sum_b S_b(theta)) / N,    N = sum_b n_b,
+
+so an uneven last batch is weighted by its size exactly (never a mean of batch means).
+Every curvature operator differentiates this function, batch by batch, through
+``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from wdecomp.errors import DataError, ModelStateError, NonFiniteError
+from wdecomp.params import ParamSet, ParamSpec, select_parameters
+
+Batch = Any  # usually (inputs, targets)
+
+
+class BatchLoss:
+    """Marks a loss written against the whole batch: ``fn(model_fn, batch)``.
+
+    ``model_fn(inputs)`` runs the model with the weights being differentiated. ``fn`` returns
+    either a scalar mean over the batch's ``len(batch[0])`` examples, or a pair
+    ``(summed_loss, count)`` when its loss terms are counted differently (tokens, say).
+    Operators that need the model's outputs (GGN, Fisher, per-sample gradients) are not
+    available for such losses.
+
+    Example:
+        >>> loss = BatchLoss(lambda model_fn, batch: model_fn(batch[0]).pow(2).mean())
+    """
+
+    def __init__(self, fn: Callable[[Callable[[Any], Tensor], Batch], Tensor | tuple[Tensor, Any]]):
+        self.fn = fn
+
+
+LossSpec = str | Callable[[Tensor, Tensor], Tensor] | BatchLoss
+
+
+@dataclass(frozen=True)
+class OutputLoss:
+    """A loss of the model's outputs and targets, summed over loss terms.
+
+    ``summed(outputs, targets)`` returns ``(S, n)``: the summed loss and the number of loss
+    terms it sums; ``per_example(outputs, targets)`` returns the summed loss of each example
+    (first axis), shape ``(B,)``; ``output_fisher`` (if known in closed form) maps
+    ``(outputs, targets, U)`` to ``F_out U`` for the Fisher of the predictive distribution
+    (Martens 2020, arXiv 1412.1193, sec. 9.2), per summed-loss scale.
+    """
+
+    name: str
+    summed: Callable[[Tensor, Tensor], tuple[Tensor, int]]
+    per_example: Callable[[Tensor, Tensor], Tensor]
+    output_fisher: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    output_hessian_sqrt: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+def _ce_flat(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    classes = outputs.shape[-1]
+    logits = outputs.reshape(-1, classes)
+    if targets.is_floating_point() and targets.shape == outputs.shape:
+        return logits, targets.reshape(-1, classes)
+    return logits, targets.reshape(-1)
+
+
+def _ce_summed(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
+    logits, t = _ce_flat(outputs, targets)
+    return F.cross_entropy(logits, t, reduction="sum"), logits.shape[0]
+
+
+def _ce_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
+    logits, t = _ce_flat(outputs, targets)
+    terms = F.cross_entropy(logits, t, reduction="none")
+    return terms.reshape(outputs.shape[0], -1).sum(dim=1)
+
+
+def _ce_fisher(outputs: Tensor, targets: Tensor, u: Tensor) -> Tensor:
+    # E_{y ~ softmax(f)} [grad log p grad log p^T] u = (diag(p) - p p^T) u, per position.
+    p = outputs.softmax(dim=-1)
+    return p * u - p * (p * u).sum(dim=-1, keepdim=True)
+
+
+def _ce_hessian_sqrt(outputs: Tensor, targets: Tensor) -> Tensor:
+    # diag(p) - p p^T = L L^T with L = diag(s) - p s^T, s = sqrt(p), since s^T s = 1.
+    p = outputs.softmax(dim=-1)
+    s = p.sqrt()
+    eye = torch.diag_embed(s)
+    return eye - p.unsqueeze(-1) * s.unsqueeze(-2)
+
+
+def _mse_summed(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
+    return _mse_per_example(outputs, targets).sum(), outputs.shape[0]
+
+
+def _mse_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
+    diff = (outputs - targets).reshape(outputs.shape[0], -1)
+    return diff.pow(2).mean(dim=1)
+
+
+def _mse_fisher(outputs: Tensor, targets: Tensor, u: Tensor) -> Tensor:
+    # Per-example loss (1/d)||f - y||^2 is the NLL of N(f, d/2 I) up to a constant, whose
+    # Fisher is (2/d) I, which is also its Hessian.
+    d = outputs[0].numel()
+    return (2.0 / d) * u
+
+
+def _mse_hessian_sqrt(outputs: Tensor, targets: Tensor) -> Tensor:
+    d = outputs[0].numel()
+    eye = torch.eye(outputs.shape[-1], dtype=outputs.dtype, device=outputs.device)
+    return (2.0 / d) ** 0.5 * eye.expand(*outputs.shape, outputs.shape[-1])
+
+
+CROSS_ENTROPY = OutputLoss("cross_entropy", _ce_summed, _ce_per_example, _ce_fisher, _ce_hessian_sqrt)
+MSE = OutputLoss("mse", _mse_summed, _mse_per_example, _mse_fisher, _mse_hessian_sqrt)
+
+
+def _custom_output_loss(fn: Callable[[Tensor, Tensor], Tensor]) -> OutputLoss:
+    name = getattr(fn, "__name__", "custom")
+
+    def summed(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
+        return fn(outputs, targets) * outputs.shape[0], outputs.shape[0]
+
+    def per_example(outputs: Tensor, targets: Tensor) -> Tensor:
+        return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
+
+    return OutputLoss(name, summed, per_example)
+
+
+def resolve_loss(loss: LossSpec) -> OutputLoss | BatchLoss:
+    """Turn a ``loss=`` argument into an :class:`OutputLoss` or a :class:`BatchLoss`."""
+    if isinstance(loss, (OutputLoss, BatchLoss)):
+        return loss
+    if isinstance(loss, str):
+        table = {"cross_entropy": CROSS_ENTROPY, "ce": CROSS_ENTROPY, "mse": MSE}
+        if loss not in table:
+            raise ValueError(f"unknown loss '{loss}'; use 'cross_entropy', 'mse' or a callable")
+        return table[loss]
+    if callable(loss):
+        return _custom_output_loss(loss)
+    raise TypeError(f"loss must be a name, a callable or a BatchLoss, got {type(loss).__name__}")
+
+
+_STOCHASTIC_TRAIN_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def check_model_state(model: nn.Module) -> None:
+    """Refuse models whose forward pass is random or batch-dependent.
+
+    Raises:
+        ModelStateError: a dropout or batch-norm module is in training mode.
+    """
+    for name, module in model.named_modules():
+        if module.training and isinstance(module, _STOCHASTIC_TRAIN_MODULES):
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.track_running_stats:
+                continue
+            raise ModelStateError(
+                f"module '{name or '<root>'}' ({type(module).__name__}) is in training mode, so the "
+                "loss is random or depends on the batch composition; call model.eval() first"
+            )
+
+
+def _is_single_batch(data: Any) -> bool:
+    """One ``(inputs, targets)`` pair, or a bare tensor, rather than an iterable of batches."""
+    if isinstance(data, Tensor):
+        return True
+    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)
+
+
+def _fingerprint(obj: Any, h: hashlib._Hash) -> None:
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        for k in sorted(obj):
+            h.update(str(k).encode())
+            _fingerprint(obj[k], h)
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            _fingerprint(item, h)
+    else:
+        h.update(repr(obj).encode())
+
+
+def _to(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point():
+            return obj.to(device=device, dtype=dtype)
+        return obj.to(device=device)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device, dtype) for v in obj)
+    return obj
+
+
+def call_model(model: nn.Module, state: Mapping[str, Tensor], inputs: Any) -> Tensor:
+    """``model(inputs)`` with parameters and buffers replaced by ``state`` (functional call).
+
+    ``inputs`` is a tensor, a tuple of positional tensors, or a dict of keyword tensors.
+    """
+    if isinstance(inputs, Mapping):
+        return functional_call(model, state, args=(), kwargs=dict(inputs))
+    if isinstance(inputs, (tuple, list)):
+        return functional_call(model, state, tuple(inputs))
+    return functional_call(model, state, (inputs,))
+
+
+class Objective:
+    """Mean loss of ``model`` over ``data``, differentiable in any subset of its weights.
+
+    Args:
+        model: The network (in eval mode if it has dropout or batch norm).
+        data: One ``(inputs, targets)`` batch, or a re-iterable of batches (list, DataLoader).
+            A one-shot iterator is materialised into a list. Floating-point tensors are cast
+            to the model's dtype and device.
+        loss: ``"cross_entropy"`` (logits ``(..., C)``, class-index targets ``(...)``; a sequence
+            loss over all tokens is the mean over every token), ``"mse"`` (mean over examples of
+            the per-example mean squared error), a callable ``(outputs, targets) -> mean over the
+            batch``, or a :class:`BatchLoss` for anything else.
+        check_deterministic: Fingerprint the data on the first pass and raise
+            :class:`DataError` if a later pass differs (shuffling loaders, augmentation).
+        distributed: Treat ``data`` as this process's shard; every sum over data is all-reduced
+            over the default ``torch.distributed`` process group (see :mod:`wdecomp.distributed`).
+
+    The objective is ``L(theta) = sum_b S_b(theta) / N`` with ``S_b`` the summed loss of batch
+    ``b`` and ``N`` the total number of loss terms.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Batch | Iterable[Batch],
+        loss: LossSpec = "cross_entropy",
+        *,
+        check_deterministic: bool = False,
+        distributed: bool = False,
+    ) -> None:
+        check_model_state(model)
+        self.model = model
+        self.loss = resolve_loss(loss)
+        self.check_deterministic = check_deterministic
+        self.distributed = distributed
+        self._single = _is_single_batch(data)
+        if self._single:
+            self._data: Any = [data]
+        elif isinstance(data, Iterator):
+            self._data = list(data)
+        else:
+            self._data = data
+        self._fingerprints: list[str] | None = None
+        self._counts: list[int] | None = None
+        self._total: int | None = None
+        self._subset: list[int] | None = None
+        first = next(iter(self.model.parameters()), None)
+        self.dtype = first.dtype if first is not None else torch.get_default_dtype()
+        self.device = first.device if first is not None else torch.device("cpu")
+        if self._count_batches_cheaply() == 0:
+            raise DataError("the data hold no batches")
+
+    # ----------------------------------------------------------------- data
+    def _count_batches_cheaply(self) -> int:
+        try:
+            return len(self._data)
+        except TypeError:
+            return 1
+
+    def _raw_batches(self) -> Iterator[Batch]:
+        if self._subset is None:
+            yield from self._data
+            return
+        cached = self._data if isinstance(self._data, Sequence) else list(self._data)
+        for i in self._subset:
+            yield cached[i]
+
+    def batches(self) -> Iterator[Batch]:
+        """Yield the batches on the model's device and dtype (checking determinism if asked)."""
+        prints = []
+        for i, batch in enumerate(self._raw_batches()):
+            if self.check_deterministic:
+                h = hashlib.sha256()
+                _fingerprint(batch, h)
+                prints.append(h.hexdigest())
+                if self._fingerprints is not None and (
+                    i >= len(self._fingerprints) or self._fingerprints[i] != prints[-1]
+                ):
+                    raise DataError(
+                        f"batch {i} differs from the first pass over the data; curvature needs the "
+                        "same data on every pass (turn off shuffling and augmentation, or fix the seed)"
+                    )
+            yield _to(batch, self.device, self.dtype)
+        if self.check_deterministic:
+            if self._fingerprints is not None and len(prints) != len(self._fingerprints):
+                raise DataError(
+                    f"the data yielded {len(prints)} batches, the first pass {len(self._fingerprints)}"
+                )
+            self._fingerprints = prints
+
+    @property
+    def num_batches(self) -> int:
+        if self._subset is not None:
+            return len(self._subset)
+        return len(self.counts)
+
+    @property
+    def counts(self) -> list[int]:
+        """Number of loss terms ``n_b`` in each batch (computed once, with one forward pass each)."""
+        if self._counts is None:
+            self._compute_counts()
+        assert self._counts is not None
+        return self._counts
+
+    @property
+    def total_count(self) -> int:
+        """``N``, the number of loss terms over all data (over all ranks when distributed)."""
+        if self._total is None:
+            total = sum(self.counts)
+            if self.distributed:
+                from wdecomp.distributed import all_reduce_sum
+
+                total = int(all_reduce_sum(torch.tensor(float(total), dtype=torch.float64)).item())
+            self._total = total
+        return self._total
+
+    def _compute_counts(self) -> None:
+        counts = []
+        with torch.no_grad():
+            state = self.state()
+            for batch in self.batches():
+                _, n = self.batch_summed_loss(state, batch)
+                counts.append(int(n))
+        if not counts:
+            raise DataError("the data hold no batches")
+        if any(c <= 0 for c in counts):
+            raise DataError(f"a batch has no loss terms (counts {counts})")
+        self._counts = counts
+
+    def subset(self, indices: Sequence[int]) -> Objective:
+        """The objective over a multiset of this one's batches (repeats count repeatedly).
+
+        Used for bootstrap error bars: ``obj.subset(rng.integers(0, B, B))``.
+        """
+        counts = self.counts
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise DataError("an empty subset of batches")
+        bad = [i for i in idx if not 0 <= i < len(counts)]
+        if bad:
+            raise DataError(f"batch indices {bad[:5]} out of range 0..{len(counts) - 1}")
+        base = list(self._raw_batches()) if self._subset is not None else self._data
+        new = object.__new__(Objective)
+        new.__dict__.update(self.__dict__)
+        new._data = base if isinstance(base, Sequence) else list(base)
+        new._subset = idx
+        new._counts = [counts[i] for i in idx] if self._subset is None else [self._counts[i] for i in idx]
+        new._total = None
+        new._fingerprints = None
+        return new
+
+    # ----------------------------------------------------------------- functional pieces
+    def state(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Detached parameters and buffers, with ``params`` substituted (tied names once)."""
+        out = {n: t.detach() for n, t in self.model.named_parameters()}
+        out.update({n: b.detach() for n, b in self.model.named_buffers()})
+        if params:
+            out.update(params)
+        return out
+
+    def model_fn(self, state: Mapping[str, Tensor]) -> Callable[[Any], Tensor]:
+        """A function ``inputs -> outputs`` that runs the model on ``state``."""
+        return lambda inputs: call_model(self.model, state, inputs)
+
+    def batch_summed_loss(self, state: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, int]:
+        """``(S_b, n_b)`` for one batch: the summed loss and its number of loss terms."""
+        if isinstance(self.loss, BatchLoss):
+            value = self.loss.fn(self.model_fn(state), batch)
+            if isinstance(value, tuple):
+                return value[0], int(value[1])
+            n = _leading_size(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            return value * n, n
+        inputs, targets = batch
+        outputs = call_model(self.model, state, inputs)
+        return self.loss.summed(outputs, targets)
+
+    def batch_objective(self, batch: Batch, params: ParamSet) -> Callable[[dict[str, Tensor]], Tensor]:
+        """``theta_sel -> S_b(theta) / N``: this batch's share of the objective."""
+        total = float(self.total_count)
+
+        def f(p: dict[str, Tensor]) -> Tensor:
+            return self.batch_summed_loss(self.state(p), batch)[0] / total
+
+        return f
+
+    def output_loss(self) -> OutputLoss:
+        """The :class:`OutputLoss`, or a clear error for a :class:`BatchLoss`."""
+        if isinstance(self.loss, BatchLoss):
+            raise TypeError(
+                "this operator needs the model's outputs and a loss of (outputs, targets); a "
+                "BatchLoss only defines the scalar loss (use the Hessian instead)"
+            )
+        return self.loss
+
+    def reduce(self, tensor: Tensor) -> Tensor:
+        """Sum over processes when distributed (identity otherwise)."""
+        if self.distributed:
+            from wdecomp.distributed import all_reduce_sum
+
+            return all_reduce_sum(tensor)
+        return tensor
+
+    # ----------------------------------------------------------------- values
+    def value(self) -> float:
+        """``L(theta)`` at the model's current weights (checked finite)."""
+        with torch.no_grad():
+            state = self.state()
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for batch in self.batches():
+                s, _ = self.batch_summed_loss(state, batch)
+                total = total + s.to(torch.float64)
+            total = self.reduce(total)
+        value = float(total) / self.total_count
+        if not torch.isfinite(torch.tensor(value)):
+            raise NonFiniteError(f"the loss is {value} at the model's current weights")
+        return value
+
+    def gradient(self, params: ParamSpec | ParamSet = None) -> Tensor:
+        """Flat gradient ``dL/dtheta`` over the selected parameters."""
+        from torch.func import grad
+
+        pset = select_parameters(self.model, params)
+        g = torch.zeros(pset.numel, dtype=pset.dtype, device=pset.device)
+        theta = pset.as_dict()
+        for batch in self.batches():
+            g = g + pset.flatten(grad(self.batch_objective(batch, pset))(theta))
+        return self.reduce(g)
+
+
+def _leading_size(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return int(x.shape[0])
+    if isinstance(x, Mapping):
+        return _leading_size(next(iter(x.values())))
+    if isinstance(x, (tuple, list)):
+        return _leading_size(x[0])
+    raise DataError(f"cannot tell the batch size of {type(x).__name__}")
