@@ -1,0 +1,416 @@
+"""Extreme eigenpairs of a symmetric operator by thick-restart block Lanczos.
+
+The block Lanczos recurrence (Golub & Underwood 1977, "The block Lanczos method for computing
+eigenvalues", Mathematical Software III) builds an orthonormal basis ``V = [Q_1, ..., Q_j]``
+of the block Krylov space ``span{X, AX, ..., A^{j-1} X}`` for a start block ``X`` of ``b``
+columns, with
+
+    A Q_j = Q_{j-1} B_{j-1}^T + Q_j A_j + Q_{j+1} B_j,      A_j = Q_j^T A Q_j,
+
+so that ``V^T A V = T`` is block tridiagonal and ``A V = V T + Q_{j+1} B_j E_j^T``. A Ritz
+pair ``(theta, y = V u)`` of ``T u = theta u`` has the residual
+``||A y - theta y|| = ||B_j E_j^T u||`` (the Ritz estimate), computable without a product.
+A block of ``b`` columns resolves eigenvalues of multiplicity up to ``b`` in exact
+arithmetic and uses the operator's batched product ``A @ Q_j``.
+
+**Thick restart** (Wu & Simon 2000, "Thick-restart Lanczos method for large symmetric
+eigenvalue problems", SIAM J. Matrix Anal. Appl. 22(2):602-616; Stathopoulos & Saad 1998 for
+the block form) bounds memory: when the basis reaches ``m`` columns, keep the ``l`` best
+Ritz vectors ``Y = V U_l`` and the next block ``Q_{j+1}``; then
+
+    A Y = Y Theta_l + Q_{j+1} S,   S = B_j E_j^T U_l,
+
+so the projected matrix of ``[Y, Q_{j+1}]`` is an arrowhead ``[[Theta_l, S^T], [S, *]]``
+and the recurrence continues from ``Q_{j+1}`` (its first step couples to all of ``Y``).
+
+**Reorthogonalisation.** ``"full"``: every new block is orthogonalised against the whole
+basis by classical Gram-Schmidt applied twice ("twice is enough", Giraud et al. 2005), and
+the projection coefficients fill ``T``. ``"selective"`` (Parlett & Scott 1979, "The Lanczos
+algorithm with selective orthogonalization", Math. Comp. 33:217-238): a new block is
+orthogonalised only against the previous two blocks, the thick-restart vectors, and the
+Ritz vectors that converged to ``sqrt(eps) ||A||`` in the current cycle (those are where
+orthogonality is lost, Paige 1971); cheaper per step when ``m`` is large.
+
+**Memory.** The iteration holds the basis ``V`` (``p x m``), one work block ``W`` (``p x b``)
+and the pending next block (``p x b``); restarts rotate ``V`` in place in row chunks. So an
+``m``-column run holds ``m + 2b`` parameter-sized vectors (``m + 2`` for ``b = 1``), plus
+the converged Ritz vectors in selective mode; the final eigenvectors (``p x k``) are a copy
+made after the basis is released. ``EigenResult.peak_vectors`` reports this count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from wdecomp.progress import progress_bar
+from wdecomp.spectral._table import table, to_jsonable
+from wdecomp.spectral.operator import as_operator
+
+__all__ = ["EigenResult", "eigh"]
+
+_WHICH = ("largest", "smallest", "magnitude")
+
+
+@dataclass(frozen=True, eq=False)
+class EigenResult:
+    """Eigenpairs with their evidence.
+
+    Attributes:
+        eigenvalues: ``(k,)``, ordered by ``which`` (largest first, smallest first, or largest
+            magnitude first).
+        eigenvectors: ``(p, k)``, orthonormal columns.
+        residuals: ``(k,)`` actual ``||A v - lambda v||`` from one product per vector after
+            convergence (not the Ritz estimate).
+        relative_residuals: ``residuals / |lambda|``.
+        converged: ``(k,)`` bool: residual ``<= 2 tol max(|lambda|, floor)`` with
+            ``floor = 10 sqrt(p) eps ||A|| / tol`` (the round-off level of a product).
+        matvecs: Operator-vector products used, including the residual check.
+        restarts: Thick restarts performed.
+        which, tol, block_size, basis_size, reorth: The settings used.
+        peak_vectors: Most parameter-sized vectors the iteration held at once.
+        params: The operator's ParamSet (or ``None``), for :meth:`named`.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    relative_residuals: Tensor
+    converged: Tensor
+    matvecs: int
+    restarts: int
+    which: str
+    tol: float
+    block_size: int
+    basis_size: int
+    reorth: str
+    peak_vectors: int
+    params: Any = None
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+    def named(self, i: int) -> dict[str, Tensor]:
+        """Eigenvector ``i`` as named parameter tensors (needs an operator with ``params``)."""
+        if self.params is None:
+            raise ValueError("this operator has no parameter set; use eigenvectors[:, i]")
+        return self.params.unflatten(self.eigenvectors[:, i])
+
+    def named_all(self) -> dict[str, Tensor]:
+        """All eigenvectors as named tensors of shape ``(k, *param_shape)``."""
+        if self.params is None:
+            raise ValueError("this operator has no parameter set; use eigenvectors")
+        return self.params.unflatten(self.eigenvectors.T)
+
+    def __str__(self) -> str:
+        rows = [
+            (i, float(lam), float(r), float(rr), bool(c))
+            for i, (lam, r, rr, c) in enumerate(
+                zip(self.eigenvalues, self.residuals, self.relative_residuals, self.converged)
+            )
+        ]
+        head = (
+            f"Lanczos eigenpairs ({self.which}): {int(self.converged.sum())}/{len(rows)} converged, "
+            f"{self.matvecs} matvecs, {self.restarts} restarts, block {self.block_size}, "
+            f"basis {self.basis_size}, reorth {self.reorth}, tol {self.tol:.1e}"
+        )
+        return table(["#", "eigenvalue", "||Hv-lv||", "rel. residual", "converged"], rows, head)
+
+    def to_dict(self, vectors: bool = False) -> dict[str, Any]:
+        """JSON-ready summary (eigenvectors only when ``vectors=True``)."""
+        out = {
+            "eigenvalues": self.eigenvalues,
+            "residuals": self.residuals,
+            "relative_residuals": self.relative_residuals,
+            "converged": self.converged,
+            "matvecs": self.matvecs,
+            "restarts": self.restarts,
+            "which": self.which,
+            "tol": self.tol,
+            "block_size": self.block_size,
+            "basis_size": self.basis_size,
+            "reorth": self.reorth,
+            "peak_vectors": self.peak_vectors,
+        }
+        if vectors:
+            out["eigenvectors"] = self.eigenvectors.T
+        return to_jsonable(out)
+
+
+def _order(theta: Tensor, which: str) -> Tensor:
+    if which == "largest":
+        return torch.argsort(theta, descending=True)
+    if which == "smallest":
+        return torch.argsort(theta)
+    return torch.argsort(theta.abs(), descending=True)
+
+
+def _project_out(W: Tensor, V: Tensor, ranges: list[tuple[int, int]], extra: Tensor | None) -> Tensor:
+    """Classical Gram-Schmidt, twice, of ``W`` against ``V[:, a:b]`` for each range (and ``extra``).
+
+    Returns the coefficients ``C`` with ``C[a:b] = V[:, a:b]^T W`` summed over both passes;
+    ``W`` is modified in place.
+    """
+    total = max((b for _, b in ranges), default=0)
+    C = torch.zeros(total, W.shape[1], dtype=W.dtype, device=W.device)
+    for _ in range(2):
+        for a, b in ranges:
+            if b > a:
+                c = V[:, a:b].T @ W
+                W -= V[:, a:b] @ c
+                C[a:b] += c
+        if extra is not None and extra.shape[1]:
+            W -= extra @ (extra.T @ W)
+    return C
+
+
+def _next_block(
+    W: Tensor, V: Tensor, cols: int, scale: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Orthonormalise ``W`` (already orthogonal to ``V[:, :cols]``) column by column.
+
+    Returns ``Q`` ``(p, r)`` and ``R`` ``(r, nb)`` with ``W ~= Q R``. A column whose remainder
+    is at round-off level (an invariant subspace was found: Lanczos breakdown) gets a zero row
+    in ``R`` and is replaced by a random unit vector orthogonal to the basis, so the iteration
+    can go on into the rest of the space; if the space is exhausted the block shrinks.
+    """
+    p, nb = W.shape
+    eps = torch.finfo(W.dtype).eps
+    thr = 100 * eps * max(scale, float(W.norm()) if W.numel() else 0.0, 1e-300)
+    qs: list[Tensor] = []
+    rrows: list[Tensor] = []
+    for j in range(nb):
+        w = W[:, j].clone()
+        coef = torch.zeros(nb, dtype=W.dtype, device=W.device)
+        if qs:
+            Q = torch.stack(qs, 1)
+            for _ in range(2):
+                c = Q.T @ w
+                w -= Q @ c
+                coef[: len(qs)] += c
+        nrm = float(w.norm())
+        refill = nrm <= thr
+        if refill:
+            w = torch.randn(p, generator=gen, dtype=W.dtype).to(W.device)
+            for _ in range(2):
+                if cols:
+                    w -= V[:, :cols] @ (V[:, :cols].T @ w)
+                if qs:
+                    Q = torch.stack(qs, 1)
+                    w -= Q @ (Q.T @ w)
+            nrm = float(w.norm())
+            if nrm <= 1e-8 or cols + len(qs) >= p:  # the whole space is spanned
+                # fold the (zero) coupling of this column into nothing
+                for i, r in enumerate(rrows):
+                    r[j] = coef[i]
+                continue
+        for i, r in enumerate(rrows):
+            r[j] = coef[i]
+        qs.append(w / nrm)
+        row = torch.zeros(nb, dtype=W.dtype, device=W.device)
+        row[j] = 0.0 if refill else nrm
+        rrows.append(row)
+    if not qs:
+        return W.new_zeros(p, 0), W.new_zeros(0, nb)
+    return torch.stack(qs, 1), torch.stack(rrows, 0)
+
+
+def _rotate_inplace(V: Tensor, cols: int, U: Tensor, chunk_elems: int = 2**22) -> None:
+    """``V[:, :l] = V[:, :cols] @ U`` for ``U`` ``(cols, l)``, row chunk by row chunk (no p x l copy)."""
+    p = V.shape[0]
+    rows = max(1, chunk_elems // max(cols, 1))
+    U = U.to(V.dtype).to(V.device)
+    for r0 in range(0, p, rows):
+        r1 = min(p, r0 + rows)
+        V[r0:r1, : U.shape[1]] = V[r0:r1, :cols] @ U
+
+
+def eigh(
+    op: Any,
+    k: int = 6,
+    which: str = "largest",
+    *,
+    tol: float | None = None,
+    max_matvecs: int | None = None,
+    block_size: int | None = None,
+    basis_size: int | None = None,
+    reorth: str = "full",
+    seed: int = 0,
+    v0: Tensor | None = None,
+    progress: bool | None = None,
+) -> EigenResult:
+    """The ``k`` extreme eigenpairs of a symmetric operator by thick-restart block Lanczos.
+
+    Args:
+        op: A curvature operator, a symmetric tensor ``(p, p)``, a scipy ``LinearOperator``,
+            or anything with ``.shape`` and ``@`` (see :func:`as_operator`).
+        k: Number of eigenpairs.
+        which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"magnitude"``.
+        tol: Relative residual target ``||A v - lambda v|| <= tol |lambda|`` (with a
+            round-off floor for eigenvalues near zero); default ``1e-10`` in float64,
+            ``1e-4`` in float32.
+        max_matvecs: Budget of operator-vector products (default ``max(100 m, 2000)``).
+        block_size: Columns per Lanczos block ``b``; ``None`` picks ``1`` for ``k = 1``,
+            else ``min(k, 4)``. Use at least the largest multiplicity you expect.
+        basis_size: Basis columns ``m`` before a thick restart (default
+            ``max(2k + 2b, k + 8b, 40)``, at most ``p``).
+        reorth: ``"full"`` or ``"selective"`` (see the module docstring).
+        seed: Seed of the random start block.
+        v0: Start block ``(p,)`` or ``(p, b)`` instead of a random one.
+        progress: tqdm bar over matvecs (default: only on a TTY).
+
+    Returns:
+        An :class:`EigenResult` with eigenvalues, eigenvectors ``(p, k)``, actual residuals,
+        converged flags and the matvec count.
+
+    Example:
+        >>> A = torch.diag(torch.arange(1.0, 101.0, dtype=torch.float64))
+        >>> r = eigh(A, k=3)
+        >>> [round(x) for x in r.eigenvalues.tolist()]
+        [100, 99, 98]
+    """
+    if which not in _WHICH:
+        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
+    if reorth not in ("full", "selective"):
+        raise ValueError(f"reorth must be 'full' or 'selective', got {reorth!r}")
+    A = as_operator(op)
+    mv0 = A.matvecs
+    p = A.shape[0]
+    dtype, device = A.dtype, A.device
+    if not 1 <= k <= p:
+        raise ValueError(f"k must be in [1, p = {p}], got {k}")
+    b = block_size if block_size is not None else (1 if k == 1 else min(k, 4))
+    b = max(1, min(int(b), p))
+    m = basis_size if basis_size is not None else max(2 * k + 2 * b, k + 8 * b, 40)
+    m = min(int(m), p)
+    if m < min(p, k + 2 * b):
+        raise ValueError(f"basis_size must be at least k + 2 * block_size = {k + 2 * b}")
+    eps = torch.finfo(dtype).eps
+    if tol is None:
+        tol = 1e-10 if dtype == torch.float64 else 1e-4
+    if max_matvecs is None:
+        max_matvecs = max(100 * m, 2000)
+
+    gen = torch.Generator().manual_seed(seed)
+    if v0 is not None:
+        X = v0.reshape(p, -1).to(dtype=dtype, device=device).clone()
+    else:
+        X = torch.randn(p, b, generator=gen, dtype=dtype).to(device)
+    V = torch.empty(p, m, dtype=dtype, device=device)
+    T = torch.zeros(m, m, dtype=torch.float64)
+    Q0, _ = _next_block(X, V, 0, float(X.norm()), gen)
+    b0 = Q0.shape[1]
+    V[:, :b0] = Q0
+    del X, Q0
+
+    cols, cur, prev = b0, (0, b0), None
+    kept = 0  # thick-restart vectors at the front of V
+    after_restart = True  # first block of a cycle couples to every kept vector
+    anorm = 0.0
+    restarts = 0
+    sel: Tensor | None = None  # selective mode: converged Ritz vectors of this cycle
+    nsel_good = 0
+    peak = m + 2 * b
+    bar = progress_bar(total=max_matvecs, desc="lanczos", enabled=progress)
+
+    def floor_abs() -> float:
+        return 10 * math.sqrt(p) * eps * anorm
+
+    try:
+        while True:
+            s, nb = cur
+            W = A.matmat(V[:, s : s + nb])
+            bar.update(nb)
+            if reorth == "full" or after_restart:
+                ranges = [(0, cols)]
+            else:
+                lo = prev[0] if prev is not None else s
+                ranges = [(0, kept), (lo, cols)]
+            C = _project_out(W, V, ranges, sel)
+            Cc = C.to(device="cpu", dtype=torch.float64)
+            T[: Cc.shape[0], s : s + nb] = Cc
+            T[s : s + nb, : Cc.shape[0]] = Cc.T
+            after_restart = False
+            anorm = max(anorm, float(Cc.abs().max()) if Cc.numel() else 0.0)
+            Qn, R = _next_block(W, V, cols, anorm, gen)
+            del W
+            Rc = R.to(device="cpu", dtype=torch.float64)
+            r = Qn.shape[1]
+
+            Tc = T[:cols, :cols]
+            theta, U = torch.linalg.eigh(0.5 * (Tc + Tc.T))
+            anorm = max(anorm, float(theta.abs().max()))
+            order = _order(theta, which)
+            est = (Rc @ U[s : s + nb, :]).norm(dim=0) if r else torch.zeros(cols, dtype=torch.float64)
+            want = order[: min(k, cols)]
+            thr = torch.clamp(tol * theta[want].abs(), min=floor_abs())
+            done = cols >= k and bool((est[want] <= thr).all())
+            used = A.matvecs - mv0
+            if done or used >= max_matvecs or (r == 0 and cols >= k):
+                break
+
+            if cols + r <= m:
+                V[:, cols : cols + r] = Qn
+                T[cols : cols + r, s : s + nb] = Rc
+                T[s : s + nb, cols : cols + r] = Rc.T
+                prev, cur = cur, (cols, r)
+                if reorth == "selective":
+                    good = (est <= math.sqrt(eps) * anorm).nonzero().flatten()
+                    if good.numel() > nsel_good:
+                        sel = V[:, :cols] @ U[:, good].to(dtype=dtype, device=device)
+                        nsel_good = good.numel()
+                        peak = max(peak, m + 2 * b + nsel_good)
+                cols += r
+                continue
+
+            # thick restart: keep the l best Ritz vectors and the pending block
+            ll = max(k, min((cols + k) // 2, m - r - b))
+            ll = min(ll, cols)
+            keep = order[:ll]
+            Uk = U[:, keep]
+            _rotate_inplace(V, cols, Uk)
+            S = Rc @ U[s : s + nb, keep]
+            T.zero_()
+            T[:ll, :ll] = torch.diag(theta[keep])
+            T[ll : ll + r, :ll] = S
+            T[:ll, ll : ll + r] = S.T
+            V[:, ll : ll + r] = Qn
+            cols, cur, prev, kept = ll + r, (ll, r), None, ll
+            after_restart, sel, nsel_good = True, None, 0
+            restarts += 1
+    finally:
+        bar.close()
+
+    ksel = order[:k]
+    lam = theta[ksel]
+    _rotate_inplace(V, cols, U[:, ksel])
+    vecs = V[:, :k].clone()
+    del V, sel
+    lam_t = lam.to(dtype=dtype, device=device)
+    res = torch.empty(k, dtype=torch.float64)
+    for j in range(0, k, b):
+        Xj = vecs[:, j : j + b]
+        AX = A.matmat(Xj)
+        res[j : j + b] = (AX - Xj * lam_t[j : j + b]).norm(dim=0).to(device="cpu", dtype=torch.float64)
+    thr = torch.clamp(tol * lam.abs(), min=floor_abs())
+    return EigenResult(
+        eigenvalues=lam.to(dtype),
+        eigenvectors=vecs,
+        residuals=res,
+        relative_residuals=res / lam.abs().clamp_min(1e-300),
+        converged=res <= 2 * thr,
+        matvecs=A.matvecs - mv0,
+        restarts=restarts,
+        which=which,
+        tol=float(tol),
+        block_size=b,
+        basis_size=m,
+        reorth=reorth,
+        peak_vectors=peak,
+        params=A.params,
+    )
