@@ -158,7 +158,8 @@ def test_torch_func_hessian_is_wrong_through_layernorm_and_wdecomp_is_right():
 def test_self_check_passes_on_correct_operators(name):
     case = CASES[name]
     obj = _objective(case)
-    for op in (wd.hessian(obj, params=case.params), wd.ggn(obj, params=case.params), wd.fisher(obj, params=case.params)):
+    ops = (wd.hessian(obj, params=case.params), wd.ggn(obj, params=case.params), wd.fisher(obj, params=case.params))
+    for op in ops:
         result = op.check(probes=2)
         assert result.passed, str(result)
         assert max(result.relative_errors) < 1e-7
