@@ -1,0 +1,20 @@
+"""Interaction graphs of components: build, prune, summarise, export, plot.
+
+``interaction_graph(model_or_components, data, basis)`` joins the components (basis directions)
+of consecutive layers by Jacobian or integrated-gradient attributions (Bushnaq et al. 2024,
+arXiv:2405.10928); the result wraps a ``networkx.DiGraph`` (``.nx``) and prunes, summarises,
+saves (GraphML, GEXF, node-link JSON, DOT) and plots itself.
+"""
+
+from wdecomp.graph.build import interaction_graph, quadrature
+from wdecomp.graph.graph import Completeness, GraphSummary, InteractionGraph, PairSummary, node_id
+
+__all__ = [
+    "Completeness",
+    "GraphSummary",
+    "InteractionGraph",
+    "PairSummary",
+    "interaction_graph",
+    "node_id",
+    "quadrature",
+]
