@@ -1,0 +1,126 @@
+"""Curvature products: wdecomp vs curvlinops on the same models in one run (issue 2 benchmark).
+
+Measures, on 2 CPU threads, the time of a gradient, a single Hessian-vector product, a block
+of 16 HVPs (per vector), and a GGN-vector product, for a 670k-parameter MLP (784-512-512-10,
+512 examples) and a ~1M-parameter two-layer transformer (8 x 64 tokens). Each measurement runs
+in its own subprocess so its peak memory (ru_maxrss) is its own; the baseline (model and data
+loaded, one forward pass) is reported so the product's own footprint can be read off.
+
+    python benchmarks/bench_products.py            # writes benchmarks/results/products.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch  # noqa: E402
+from common import MODELS, machine, peak_rss_mb, setup_threads, time_it, write_results  # noqa: E402
+
+PRODUCTS = ("baseline", "gradient", "hvp", "hvp_block16", "ggn")
+
+
+def measure(library: str, model_name: str, product: str) -> dict:
+    setup_threads(2)
+    model, data = MODELS[model_name]()
+    params = [p for p in model.parameters()]
+    p = sum(t.numel() for t in params)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(p, generator=gen)
+    V = torch.randn(p, 16, generator=gen)
+    loss_func = torch.nn.CrossEntropyLoss()
+    if library == "wdecomp":
+        import wdecomp as wd
+
+        obj = wd.Objective(model, data, loss="cross_entropy")
+        H, G = wd.hessian(obj), wd.ggn(obj)
+        fns = {
+            "gradient": lambda: obj.gradient(),
+            "hvp": lambda: H @ v,
+            "hvp_block16": lambda: H @ V,
+            "ggn": lambda: G @ v,
+        }
+    elif library == "curvlinops":
+        from curvlinops import GGNLinearOperator, HessianLinearOperator
+
+        H = HessianLinearOperator(model, loss_func, params, data, check_deterministic=False)
+        G = GGNLinearOperator(model, loss_func, params, data, check_deterministic=False)
+
+        def gradient():
+            x, y = data[0]
+            return torch.autograd.grad(loss_func(model(x), y), params)
+
+        fns = {"gradient": gradient, "hvp": lambda: H @ v, "hvp_block16": lambda: H @ V, "ggn": lambda: G @ v}
+    else:
+        raise ValueError(library)
+    with torch.no_grad():
+        model(data[0][0])
+    if product == "baseline":
+        return {"seconds": 0.0, "peak_mb": peak_rss_mb(), "params": p}
+    seconds = time_it(fns[product], repeat=5 if product != "hvp_block16" else 3)
+    if product == "hvp_block16":
+        seconds /= 16
+    return {"seconds": seconds, "peak_mb": peak_rss_mb(), "params": p}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--single", nargs=3, metavar=("LIBRARY", "MODEL", "PRODUCT"))
+    parser.add_argument("--libraries", default="wdecomp,curvlinops")
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(measure(*args.single)))
+        return
+    rows = []
+    for model_name in MODELS:
+        for library in args.libraries.split(","):
+            for product in PRODUCTS:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--single", library, model_name, product],
+                    capture_output=True, text=True, check=False,
+                )
+                if proc.returncode != 0:
+                    rows.append({"model": model_name, "library": library, "product": product,
+                                 "error": proc.stderr.strip().splitlines()[-1:]})
+                    continue
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows.append({"model": model_name, "library": library, "product": product, **result})
+                print(rows[-1], flush=True)
+    payload = {"machine": machine() | {"threads": 2}, "rows": rows}
+    write_results("products", payload, to_markdown(rows))
+
+
+def to_markdown(rows: list[dict]) -> str:
+    out = ["# Curvature products: wdecomp vs curvlinops", "",
+           "Median wall time on 2 CPU threads; `hvp_block16` is per vector. Ratios: time / gradient time of",
+           "the same library; `vs curvlinops` = curvlinops time / wdecomp time (> 1: wdecomp faster).", ""]
+    for model_name in dict.fromkeys(r["model"] for r in rows):
+        out += [f"## {model_name}", "",
+                "| product | wdecomp ms | x grad | curvlinops ms | x grad | vs curvlinops | wdecomp peak MiB | curvlinops peak MiB |",
+                "|---|---|---|---|---|---|---|---|"]
+        get = {(r["library"], r["product"]): r for r in rows if r["model"] == model_name}
+        for product in PRODUCTS[1:]:
+            w, c = get.get(("wdecomp", product), {}), get.get(("curvlinops", product), {})
+            wg, cg = get.get(("wdecomp", "gradient"), {}), get.get(("curvlinops", "gradient"), {})
+
+            def ms(r):
+                return f"{1e3 * r['seconds']:.1f}" if "seconds" in r else "—"
+
+            def ratio(a, b):
+                return f"{a['seconds'] / b['seconds']:.2f}" if "seconds" in a and b.get("seconds") else "—"
+
+            out.append(f"| {product} | {ms(w)} | {ratio(w, wg)} | {ms(c)} | {ratio(c, cg)} | {ratio(c, w)} | "
+                       f"{w.get('peak_mb', float('nan')):.0f} | {c.get('peak_mb', float('nan')):.0f} |")
+        base_w, base_c = get.get(("wdecomp", "baseline"), {}), get.get(("curvlinops", "baseline"), {})
+        out += ["", f"Baseline peak (model + data + one forward): wdecomp {base_w.get('peak_mb', 0):.0f} MiB, "
+                f"curvlinops {base_c.get('peak_mb', 0):.0f} MiB; parameters: {base_w.get('params')}.", ""]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
