@@ -101,7 +101,8 @@ def to_markdown(rows: list[dict]) -> str:
            "the same library; `vs curvlinops` = curvlinops time / wdecomp time (> 1: wdecomp faster).", ""]
     for model_name in dict.fromkeys(r["model"] for r in rows):
         out += [f"## {model_name}", "",
-                "| product | wdecomp ms | x grad | curvlinops ms | x grad | vs curvlinops | wdecomp peak MiB | curvlinops peak MiB |",
+                "| product | wdecomp ms | x grad | curvlinops ms | x grad | vs curvlinops | wdecomp peak MiB "
+                "| curvlinops peak MiB |",
                 "|---|---|---|---|---|---|---|---|"]
         get = {(r["library"], r["product"]): r for r in rows if r["model"] == model_name}
         for product in PRODUCTS[1:]:

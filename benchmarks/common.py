@@ -72,7 +72,7 @@ class FlatTransformer(nn.Module):
         return self.unembed(self.ln(h)).reshape(-1, self.unembed.out_features)
 
 
-def transformer_1m(seed: int = 0, batch: int = 8, ctx: int = 64) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+def transformer_1m(seed: int = 0, batch: int = 8, ctx: int = 64) -> tuple[nn.Module, list]:
     """~0.93M-parameter two-layer transformer on random tokens (batch x ctx tokens)."""
     torch.manual_seed(seed)
     model = FlatTransformer(ctx=ctx)
