@@ -12,11 +12,38 @@ Every function accepts what :func:`as_operator` accepts: a curvature operator, a
 tensor, a scipy ``LinearOperator``, or anything with ``.shape`` and ``@``.
 """
 
+from wdecomp.spectral.bootstrap import (
+    BootstrapResult,
+    bootstrap,
+    bootstrap_eigenvalues,
+    bootstrap_rank,
+    bootstrap_trace,
+)
+from wdecomp.spectral.density import SpectralDensity, lanczos_quadrature, plot_density, slq_density
+from wdecomp.spectral.diagonal import DiagonalEstimate, hutchinson_diagonal
 from wdecomp.spectral.lanczos import EigenResult, eigh
 from wdecomp.spectral.operator import OperatorCapabilityError, SpectralOperator, as_operator, to_dense
+from wdecomp.spectral.rank import RankResult, rank
+from wdecomp.spectral.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
 
 __all__ = [
+    "BootstrapResult",
+    "DiagonalEstimate",
     "EigenResult",
+    "RankResult",
+    "SpectralDensity",
+    "TraceEstimate",
+    "bootstrap",
+    "bootstrap_eigenvalues",
+    "bootstrap_rank",
+    "bootstrap_trace",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "lanczos_quadrature",
+    "plot_density",
+    "rank",
+    "slq_density",
     "OperatorCapabilityError",
     "SpectralOperator",
     "as_operator",

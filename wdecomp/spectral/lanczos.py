@@ -41,7 +41,7 @@ made after the basis is released. ``EigenResult.peak_vectors`` reports this coun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -350,6 +350,27 @@ def eigh(
             want = order[: min(k, cols)]
             thr = torch.clamp(tol * theta[want].abs(), min=floor_abs())
             done = cols >= k and bool((est[want] <= thr).all())
+            if done and reorth == "selective":
+                # selective mode: semi-orthogonality can make Ritz estimates optimistic, so check
+                # the real residuals once; if they fail, finish the run with full reorthogonalisation
+                Y = V[:, :cols] @ U[:, want].to(dtype=dtype, device=device)
+                lam_w = theta[want].to(dtype=dtype, device=device)
+                real = (A.matmat(Y) - Y * lam_w).norm(dim=0).to(device="cpu", dtype=torch.float64)
+                if not bool((real <= 2 * thr).all()):
+                    # restart fully reorthogonalised from a mix of the current Ritz vectors
+                    mix = torch.randn(len(want), b, generator=gen, dtype=dtype).to(device)
+                    start = Y @ mix
+                    del V, Y, sel
+                    bar.close()
+                    rest = eigh(
+                        A, k, which, tol=tol, max_matvecs=max(max_matvecs - (A.matvecs - mv0), 2 * k),
+                        block_size=b, basis_size=m, reorth="full", seed=seed + 1, v0=start, progress=progress,
+                    )
+                    return replace(
+                        rest, matvecs=A.matvecs - mv0, restarts=restarts + rest.restarts + 1,
+                        reorth="selective", peak_vectors=max(peak, m + 2 * b + nsel_good + 2 * k),
+                    )
+                del Y
             used = A.matvecs - mv0
             if done or used >= max_matvecs or (r == 0 and cols >= k):
                 break

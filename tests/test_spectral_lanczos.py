@@ -1,0 +1,203 @@
+"""Lanczos eigenpairs against dense references (float64)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+
+from wdecomp.spectral import as_operator, eigh, to_dense
+
+F64 = torch.float64
+
+
+def with_spectrum(lams, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = len(lams)
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
+    return (Q * lams) @ Q.T
+
+
+def reference(A, which, k):
+    ev, U = torch.linalg.eigh(A)
+    if which == "largest":
+        order = torch.argsort(ev, descending=True)
+    elif which == "smallest":
+        order = torch.argsort(ev)
+    else:
+        order = torch.argsort(ev.abs(), descending=True)
+    return ev[order[:k]], U[:, order[:k]]
+
+
+def check_pairs(r, A, which, k=10, rel=1e-8):
+    lam, U = reference(A, which, k)
+    assert r.all_converged, str(r)
+    assert torch.allclose(r.eigenvalues, lam, rtol=rel, atol=0), (r.eigenvalues - lam)
+    cos = (r.eigenvectors * U).sum(0).abs()
+    assert (cos >= 1 - 1e-8).all(), cos
+    V = r.eigenvectors
+    assert (V.T @ V - torch.eye(k, dtype=F64)).abs().max() < 1e-10
+    # residuals are real: recompute
+    res = (A @ V - V * r.eigenvalues).norm(dim=0)
+    assert torch.allclose(res, r.residuals, rtol=1e-3, atol=1e-13)
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "magnitude"])
+@pytest.mark.parametrize("block_size,reorth", [(1, "full"), (4, "full"), (1, "selective"), (3, "selective")])
+def test_simple_spectrum(which, block_size, reorth):
+    g = torch.Generator().manual_seed(1)
+    # well-separated extremes at both ends, a bulk in the middle, negative values included
+    lams = torch.cat([torch.linspace(2, 3, 12, dtype=F64), torch.rand(376, generator=g, dtype=F64) * 2 - 1,
+                      -torch.linspace(2.05, 4.1, 12, dtype=F64)])
+    A = with_spectrum(lams)
+    r = eigh(A, k=10, which=which, block_size=block_size, reorth=reorth, seed=3)
+    check_pairs(r, A, which)
+
+
+def test_repeated_eigenvalues_all_found():
+    g = torch.Generator().manual_seed(2)
+    lams = torch.cat([torch.full((4,), 5.0), torch.full((3,), 4.0), torch.tensor([3.5]),
+                      torch.full((2,), 3.0), torch.rand(290, generator=g) * 2.5]).to(F64)
+    A = with_spectrum(lams, seed=4)
+    r = eigh(A, k=10, block_size=4)
+    expect = torch.tensor([5.0] * 4 + [4.0] * 3 + [3.5] + [3.0] * 2, dtype=F64)
+    assert r.all_converged
+    assert torch.allclose(r.eigenvalues, expect, rtol=1e-10, atol=0)
+    # the eigenvectors of each cluster span its eigenspace
+    _, U = torch.linalg.eigh(A)
+    for lo, hi, cols in [(0, 4, slice(296, 300)), (4, 7, slice(293, 296))]:
+        P = U[:, cols]
+        V = r.eigenvectors[:, lo:hi]
+        assert torch.linalg.svdvals(P.T @ V).min() > 1 - 1e-9
+
+
+def test_low_rank_and_small_p_exhaust_space():
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(40, 3, generator=g, dtype=F64)
+    A = B @ B.T  # rank 3: Krylov space breaks down after 3 steps
+    r = eigh(A, k=5, block_size=1)
+    ref = torch.linalg.eigvalsh(A).flip(0)[:5]
+    assert torch.allclose(r.eigenvalues[:3], ref[:3], rtol=1e-10)
+    assert r.eigenvalues[3:].abs().max() < 1e-10
+    assert r.all_converged
+    small = with_spectrum(torch.arange(1.0, 9.0, dtype=F64))
+    r = eigh(small, k=8, block_size=2)
+    assert torch.allclose(r.eigenvalues, torch.arange(8.0, 0.0, -1, dtype=F64), rtol=1e-12)
+
+
+def test_scipy_and_generic_operators():
+    g = torch.Generator().manual_seed(6)
+    lams = torch.cat([torch.tensor([10.0, 9.0, 8.0]), torch.rand(197, generator=g)]).to(F64)
+    A = with_spectrum(lams)
+    An = A.numpy()
+    L = LinearOperator((200, 200), matvec=lambda x: An @ x, matmat=lambda X: An @ X, dtype=np.float64)
+    r = eigh(L, k=3, block_size=1)
+    assert torch.allclose(r.eigenvalues, torch.tensor([10.0, 9.0, 8.0], dtype=F64), rtol=1e-10)
+
+    class Vecs:  # only single products
+        shape, dtype, device = (200, 200), F64, torch.device("cpu")
+
+        def __matmul__(self, v):
+            if v.dim() != 1:
+                raise RuntimeError("vectors only")
+            return A @ v
+
+    op = as_operator(Vecs())
+    assert torch.allclose(op @ torch.ones(200, 2, dtype=F64), A @ torch.ones(200, 2, dtype=F64))
+    r = eigh(Vecs(), k=3, block_size=2)
+    assert torch.allclose(r.eigenvalues, torch.tensor([10.0, 9.0, 8.0], dtype=F64), rtol=1e-10)
+    assert torch.equal(to_dense(L), 0.5 * (A + A.T))
+
+
+def test_result_table_json_and_memory():
+    A = with_spectrum(torch.linspace(0, 1, 300, dtype=F64) ** 4)
+    r = eigh(A, k=4, block_size=2, basis_size=24)
+    text = str(r)
+    assert "eigenvalue" in text and "converged" in text and text.count("\n") >= 6
+    d = json.loads(json.dumps(r.to_dict()))
+    assert len(d["eigenvalues"]) == 4 and d["matvecs"] == r.matvecs
+    # memory: basis m columns + two working blocks, never more
+    assert r.basis_size == 24 and r.peak_vectors == 24 + 2 * 2
+    # matvec count is the operator's own count
+    op = as_operator(A)
+    r = eigh(op, k=4, block_size=2, basis_size=24)
+    assert op.matvecs == r.matvecs
+    assert r.matvecs < 300
+
+
+def test_peak_memory_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA to measure allocator peak")
+    p, m = 200_000, 30
+    dev = torch.device("cuda")
+    d = torch.linspace(0, 1, p, dtype=F64, device=dev) ** 3
+    op = as_operator(_Diag(d))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    eigh(op, k=5, block_size=1, basis_size=m, max_matvecs=300)
+    peak = torch.cuda.max_memory_allocated() - base
+    assert peak <= (m + 4) * p * 8 * 1.05, peak / (p * 8)
+
+
+class _Diag:
+    def __init__(self, d):
+        self.d, self.shape, self.dtype, self.device = d, (len(d), len(d)), d.dtype, d.device
+
+    def __matmul__(self, V):
+        return self.d[:, None] * V if V.dim() == 2 else self.d * V
+
+
+class Tanh(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Norm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 10)
+        self.ln = nn.LayerNorm(10)
+        self.b = nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.gelu(self.ln(self.a(x))))
+
+
+@pytest.mark.parametrize("arch", [Tanh, Norm])
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_model_hessian_top_bottom_10(arch, which):
+    from wdecomp.curvature import hessian
+    from wdecomp.objective import Objective
+
+    torch.manual_seed(0)
+    model = arch().double().eval()
+    d_in = model.net[0].in_features if arch is Tanh else 6
+    x = torch.randn(40, d_in, dtype=F64)
+    y = torch.randint(0, 3, (40,))
+    H = hessian(Objective(model, [(x[:25], y[:25]), (x[25:], y[25:])], loss="cross_entropy"))
+    D = H.dense()
+    D = 0.5 * (D + D.T)
+    r = eigh(H, k=10, which=which, block_size=4, max_matvecs=6000)
+    check_pairs_model(r, D, which)
+    named = r.named(0)
+    assert set(named) == set(H.params.names)
+    flat = torch.cat([named[n].reshape(-1) for n in H.params.names])
+    assert torch.equal(flat, r.eigenvectors[:, 0])
+
+
+def check_pairs_model(r, D, which):
+    lam, U = reference(D, which, 10)
+    assert torch.allclose(r.eigenvalues, lam, rtol=1e-8, atol=0), (r.eigenvalues - lam) / lam
+    ev = torch.linalg.eigvalsh(D)
+    gaps = (lam[:, None] - ev[None, :]).abs()
+    gaps = torch.where(gaps < 1e-12 * ev.abs().max(), torch.inf, gaps).min(1).values
+    simple = gaps > 1e-6 * ev.abs().max()
+    cos = (r.eigenvectors * U).sum(0).abs()
+    assert (cos[simple] >= 1 - 1e-8).all(), cos
