@@ -1,0 +1,580 @@
+"""The ablation engine: remove components, splice in replacements, sweep, and score.
+
+Every evaluated model (an ablation level, a splice, a baseline) is one forward pass per batch
+with hooks; nothing is copied or rewritten in place. The work per study is
+
+* one *reference pass* over the data: the original outputs (their log-probabilities and
+  per-term losses, cached for the KL and the degradation report) and every statistic that mean
+  ablation needs (data means of the hooked activations and of the owning modules' inputs, in
+  float64) — computed once, shared by all levels;
+* two *baseline passes* (zero- and mean-ablation of the whole hook);
+* one pass per level.
+
+Activation-space components are edited at their hook point, ``f -> f - C_S^+ (c_S - r_S)``;
+weight-space components by a functional call with the group's parameters replaced by
+``theta - V_S V_S^T (theta - theta_ref)`` (plus, for mean and resample ablation, a hook that puts
+back the data-mean or resampled contribution; see :mod:`wdecomp.ablation.primitives`). An
+ablation of nothing adds no hook and substitutes no weight, so it reproduces
+:meth:`wdecomp.Objective.value` bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from wdecomp.ablation.metrics import Accumulator, equivalents, is_classification, loss_recovered, per_term_losses
+from wdecomp.ablation.primitives import (
+    METHODS,
+    ActivationComponents,
+    ComponentSet,
+    WeightComponents,
+    as_component_set,
+)
+from wdecomp.ablation.report import AblationResult, LevelMetrics
+from wdecomp.activations import HookPoint, resolve_module
+from wdecomp.errors import DataError, SelectionError, ShapeError
+from wdecomp.objective import BatchLoss, LossSpec, Objective, OutputLoss, call_model
+from wdecomp.progress import progress_bar
+
+Edit = Callable[[Tensor], Tensor]
+
+
+# ---------------------------------------------------------------------------- hooks
+def _replace_first(value: Any, new: Tensor) -> Any:
+    return (new, *value[1:]) if isinstance(value, tuple) else new
+
+
+def _first(value: Any, point: str) -> Tensor:
+    t = value[0] if isinstance(value, (tuple, list)) else value
+    if not isinstance(t, Tensor):
+        raise SelectionError(f"the activation at '{point}' is a {type(t).__name__}, not a tensor")
+    return t
+
+
+def _register(model: nn.Module, point: str, fn: Edit) -> Any:
+    """Register ``fn`` at a hook point: the activation ``f`` is replaced by ``fn(f)``."""
+    hp = HookPoint.parse(point)
+    module = resolve_module(model, hp.module)
+    if hp.side == "output":
+
+        def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
+            return _replace_first(out, fn(_first(out, point)))
+
+        return module.register_forward_hook(hook)
+
+    def prehook(_m: nn.Module, args: tuple) -> Any:
+        return (fn(_first(args, point)), *args[1:])
+
+    return module.register_forward_pre_hook(prehook)
+
+
+@contextmanager
+def _attached(model: nn.Module, edits: Sequence[tuple[str, Edit]], module_hooks: Sequence[tuple[str, Any]] = ()):
+    handles = []
+    try:
+        for point, fn in edits:
+            handles.append(_register(model, point, fn))
+        for name, hook in module_hooks:
+            handles.append(resolve_module(model, name).register_forward_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Splice:
+    """A replacement registered at a hook: the activation ``f`` becomes ``replacement(f)``.
+
+    Made by :func:`splice`; use it as a context manager or call :meth:`remove`.
+    """
+
+    def __init__(self, model: nn.Module, hook: str, replacement: Callable[[Tensor], Tensor]) -> None:
+        self.model = model
+        self.hook = str(HookPoint.parse(hook))
+        self.replacement = replacement
+
+        def fn(f: Tensor) -> Tensor:
+            out = replacement(f)
+            if not isinstance(out, Tensor) or out.shape != f.shape:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ShapeError(f"replacement at '{self.hook}' returned {got}, expected shape {tuple(f.shape)}")
+            return out
+
+        self._handle = _register(model, hook, fn)
+
+    def remove(self) -> None:
+        """Unregister the replacement (idempotent)."""
+        self._handle.remove()
+
+    def __enter__(self) -> nn.Module:
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def splice(model: nn.Module, hook: str, replacement: Callable[[Tensor], Tensor]) -> Splice:
+    """Replace the activation at ``hook`` by ``replacement(activation)`` in every forward pass.
+
+    Args:
+        model: The network (hooked in place; nothing is copied).
+        hook: A hook point: ``"mlp.act"`` (module output) or ``"mlp.act:input"`` (first input).
+        replacement: Any callable ``(..., d) -> (..., d)`` of the same shape, e.g. a sparse
+            autoencoder ``x -> dec(enc(x))`` or a low-rank projection.
+
+    Returns:
+        A :class:`Splice`: ``with splice(model, "mlp.act", sae): loss = ...``; or keep it and
+        call ``.remove()``.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> x = torch.randn(4, 2)
+        >>> with splice(model, "1", nn.Identity()):
+        ...     y = model(x)
+        >>> torch.equal(y, model(x))
+        True
+    """
+    return Splice(model, hook, replacement)
+
+
+# ---------------------------------------------------------------------------- plans
+@dataclass
+class _Context:
+    """Per-batch state read by the edit closures."""
+
+    perm: Tensor | None = None
+
+
+@dataclass
+class _Plan:
+    label: str
+    n_ablated: int | None
+    ablated: tuple[int, ...] = ()
+    local: list[Tensor] | None = None  # per-group local indices (ablation plans)
+    baseline: str | None = None  # "zero" / "mean" for whole-hook baselines
+    splices: Sequence[tuple[str, Callable[[Tensor], Tensor]]] = field(default_factory=tuple)
+
+
+def _derangement(n: int, generator: torch.Generator) -> Tensor:
+    """A random permutation without fixed points (``n >= 2``): ``x[perm]`` puts another
+    example in each slot."""
+    pi = torch.randperm(n, generator=generator)
+    perm = torch.empty(n, dtype=torch.long)
+    perm[pi] = pi.roll(-1)
+    return perm
+
+
+def _activation_edit(g: ActivationComponents, idx: Tensor, method: str, mean: Tensor | None,
+                     ctx: _Context, dtype: torch.dtype, device: torch.device) -> Edit:
+    B = g.basis
+    C = B.transform[idx].to(dtype=dtype, device=device)  # (k_S, d)
+    Cp = B.inverse[:, idx].to(dtype=dtype, device=device)  # (d, k_S)
+    mu = None if B.center is None else B.center.to(dtype=dtype, device=device)
+    if method == "zero":
+        r = torch.zeros(len(idx), dtype=dtype, device=device) if mu is None else -(C @ mu)
+    elif method == "mean":
+        assert mean is not None
+        m = mean.to(dtype=dtype, device=device)
+        r = C @ (m if mu is None else m - mu)
+    else:
+        r = None
+
+    def fn(f: Tensor) -> Tensor:
+        if f.shape[-1] != B.dim:
+            raise ShapeError(f"activations at '{B.point}' have width {f.shape[-1]}, the basis expects {B.dim}")
+        c = (f if mu is None else f - mu) @ C.T
+        if r is None:
+            if ctx.perm is None:
+                raise DataError("resample ablation needs batches of at least 2 examples")
+            return f - (c - c[ctx.perm]) @ Cp.T
+        return f - (c - r) @ Cp.T
+
+    return fn
+
+
+def _weight_hook(g: WeightComponents, method: str, mean_in: Tensor | None, ctx: _Context,
+                 originals: Mapping[str, Tensor]) -> Any:
+    """Forward hook on the owning module adding ``g(x~; theta) - g(x~; theta_S)``."""
+    prefix = g.module + "." if g.module else ""
+    local = {n[len(prefix):]: originals[n] for n in g.names}
+    busy = [False]
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        if busy[0]:
+            return None
+        x = _first(args, f"{g.module}:input")
+        if method == "mean":
+            assert mean_in is not None
+            xt = mean_in.to(dtype=x.dtype, device=x.device).expand_as(x)
+        else:
+            if ctx.perm is None:
+                raise DataError("resample ablation needs batches of at least 2 examples")
+            xt = x[ctx.perm]
+        busy[0] = True
+        try:
+            full = functional_call(mod, local, (xt, *args[1:]), kwargs)
+            cut = mod(xt, *args[1:], **kwargs)
+        finally:
+            busy[0] = False
+        return _replace_first(out, _first(out, g.module) + (_first(full, g.module) - _first(cut, g.module)))
+
+    return hook
+
+
+class _Engine:
+    def __init__(self, model: nn.Module, cset: ComponentSet | None, data: Any, loss: LossSpec, *,
+                 method: str, seed: int, top_n: int, hooks: Sequence[str] | None = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not '{method}'")
+        self.obj = data if isinstance(data, Objective) else Objective(model, data, loss)
+        if isinstance(self.obj.loss, BatchLoss):
+            raise TypeError(
+                "ablation metrics need the model's outputs; give an (outputs, targets) loss, not a BatchLoss"
+            )
+        self.loss: OutputLoss = self.obj.loss
+        self.model = model
+        self.cset = cset
+        if cset is not None:
+            cset.check_model(model)
+        self.method = method
+        self.seed = seed
+        self.top_n = top_n
+        self.hooks = tuple(hooks) if hooks is not None else cset.hooks  # type: ignore[union-attr]
+        self.state = self.obj.state()
+        self.batches = list(self.obj.batches())
+        if not self.batches:
+            raise DataError("the data hold no batches")
+        self.ctx = _Context()
+        self.forward_seconds = 0.0
+
+    # ------------------------------------------------------------------ passes
+    def _forward(self, state: Mapping[str, Tensor], batch: Any) -> Tensor:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = call_model(self.model, state, batch[0])
+        self.forward_seconds += time.perf_counter() - t0
+        return out
+
+    def _perm(self, b: int, batch: Any) -> Tensor | None:
+        if self.method != "resample":
+            return None
+        inputs = batch[0]
+        x = inputs if isinstance(inputs, Tensor) else next(iter(inputs.values() if isinstance(inputs, Mapping)
+                                                                else inputs))
+        n = int(x.shape[0])
+        if n < 2:
+            return None
+        g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + b)
+        return _derangement(n, g).to(x.device)
+
+    def reference(self) -> dict[str, Any]:
+        """The reference pass: original metrics, cached reference outputs, activation means."""
+        points: dict[str, None] = {h: None for h in self.hooks}
+        if self.cset is not None:
+            for g in self.cset.groups:
+                if isinstance(g, WeightComponents) and self.method == "mean":
+                    points.setdefault(f"{g.module}:input", None)
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+
+        def reader(point: str) -> Edit:
+            def fn(f: Tensor) -> Tensor:
+                flat = f.detach().reshape(-1, f.shape[-1]).to(torch.float64)
+                sums[point] = flat.sum(0) + (sums[point] if point in sums else 0)
+                counts[point] = counts.get(point, 0) + flat.shape[0]
+                return f
+
+            return fn
+
+        acc = Accumulator(self.loss, self.top_n)
+        refs = []
+        offset = 0
+        with _attached(self.model, [(p, reader(p)) for p in points]):
+            for batch in self.batches:
+                out = self._forward(self.state, batch)
+                targets = batch[1]
+                ref: dict[str, Any] = {"offset": offset}
+                if is_classification(self.loss, targets):
+                    ref["logp"] = out.log_softmax(dim=-1).to(torch.float64)
+                if self.top_n > 0:
+                    ref["terms"] = per_term_losses(self.loss, out, targets).to(torch.float64)
+                acc.add(out, targets, ref, offset)
+                refs.append(ref)
+                offset += int(out.shape[0])
+        missing = [p for p in points if p not in sums]
+        if missing:
+            raise SelectionError(f"hook points {missing} were not reached in the forward pass")
+        self.means = {p: sums[p] / counts[p] for p in points}
+        self.refs = refs
+        return acc.finish()
+
+    def _build(self, plan: _Plan) -> tuple[dict[str, Tensor], list[tuple[str, Edit]], list[tuple[str, Any]]]:
+        dtype, device = self.obj.dtype, self.obj.device
+        state = self.state
+        edits: list[tuple[str, Edit]] = []
+        module_hooks: list[tuple[str, Any]] = []
+        if plan.baseline is not None:
+            for h in self.hooks:
+                if plan.baseline == "zero":
+                    edits.append((h, torch.zeros_like))
+                else:
+                    m = self.means[h]
+                    edits.append((h, lambda f, m=m: m.to(dtype=f.dtype, device=f.device).expand_as(f).clone()))
+        edits.extend(plan.splices)
+        if plan.local is None:
+            return state, edits, module_hooks
+        assert self.cset is not None
+        new_state: dict[str, Tensor] | None = None
+        for g, idx in zip(self.cset.groups, plan.local):
+            if idx.numel() == 0:
+                continue
+            if isinstance(g, ActivationComponents):
+                mean = self.means.get(g.hook) if self.method == "mean" else None
+                edits.append((g.hook, _activation_edit(g, idx, self.method, mean, self.ctx, dtype, device)))
+                continue
+            if new_state is None:
+                new_state = dict(state)
+            theta = torch.cat([new_state[n].reshape(-1) for n in g.names])
+            cut = g.ablated(theta, idx.to(theta.device))
+            start = 0
+            for n, shape in zip(g.names, g.shapes):
+                size = int(torch.Size(shape).numel())
+                new_state[n] = cut[start:start + size].reshape(shape)
+                start += size
+            if self.method != "zero":
+                mean_in = self.means.get(f"{g.module}:input") if self.method == "mean" else None
+                module_hooks.append((g.module, _weight_hook(g, self.method, mean_in, self.ctx, self.state)))
+        return (new_state if new_state is not None else state), edits, module_hooks
+
+    def evaluate(self, plan: _Plan, bar: Any) -> dict[str, Any]:
+        state, edits, module_hooks = self._build(plan)
+        acc = Accumulator(self.loss, self.top_n)
+        with _attached(self.model, edits, module_hooks):
+            for b, (batch, ref) in enumerate(zip(self.batches, self.refs)):
+                self.ctx.perm = self._perm(b, batch)
+                out = self._forward(state, batch)
+                acc.add(out, batch[1], ref, ref["offset"])
+                bar.update(1)
+        self.ctx.perm = None
+        return acc.finish()
+
+
+def _law_name(law: Any) -> str | None:
+    if law is None:
+        return None
+    return str(getattr(law, "name", None) or type(law).__name__)
+
+
+def _run(engine: _Engine, plans: Sequence[_Plan], *, method: str, order: str, law: Any, tokens: float | None,
+         progress: bool | None, n_components: int, desc: str) -> AblationResult:
+    t0 = time.perf_counter()
+    original = engine.reference()
+    t_stats = time.perf_counter() - t0
+    base_plans = [_Plan("zero(hook)", None, baseline="zero"), _Plan("mean(hook)", None, baseline="mean")]
+    nb = len(engine.batches)
+    results = []
+    t1 = time.perf_counter()
+    with progress_bar(total=(len(plans) + 2) * nb, desc=desc, enabled=progress) as bar:
+        for plan in [*base_plans, *plans]:
+            results.append(engine.evaluate(plan, bar))
+    t_levels = time.perf_counter() - t1
+    zero, mean, levels = results[0], results[1], results[2:]
+    L0 = original["loss"]
+    all_losses = [L0, zero["loss"], mean["loss"], *(r["loss"] for r in levels)]
+    ce, pe, notes = equivalents(all_losses, L0, law, tokens)
+
+    def row(i: int, label: str, r: dict[str, Any], plan: _Plan | None) -> LevelMetrics:
+        return LevelMetrics(
+            label=label,
+            n_ablated=plan.n_ablated if plan is not None else None,
+            loss=r["loss"],
+            delta_loss=r["loss"] - L0,
+            recovered_zero=loss_recovered(r["loss"], L0, zero["loss"]),
+            recovered_mean=loss_recovered(r["loss"], L0, mean["loss"]),
+            kl=r["kl"],
+            accuracy=r["accuracy"],
+            compute_equivalent=None if ce is None else ce[i],
+            parameter_equivalent=None if pe is None else pe[i],
+            degradation=r["degradation"] if plan is not None else (),
+            ablated=plan.ablated if plan is not None else (),
+        )
+
+    if engine.loss.name != "cross_entropy":
+        notes.append("KL divergence and accuracy apply to cross-entropy on class targets only")
+    if method == "resample" and any(int(b[1].shape[0]) < 2 for b in engine.batches):
+        notes.append("batches of one example are not resampled")
+    return AblationResult(
+        levels=tuple(row(3 + i, p.label, r, p) for i, (p, r) in enumerate(zip(plans, levels))),
+        original=row(0, "original", original, None),
+        zero_baseline=row(1, "zero(hook)", zero, None),
+        mean_baseline=row(2, "mean(hook)", mean, None),
+        method=method,
+        order=order,
+        hooks=engine.hooks,
+        loss_name=engine.loss.name,
+        n_terms=int(original["count"]),
+        n_components=n_components,
+        law=_law_name(law),
+        tokens=None if tokens is None else float(tokens),
+        notes=tuple(notes),
+        timings={"stats": t_stats, "levels": t_levels, "forward": engine.forward_seconds,
+                 "total": time.perf_counter() - t0},
+    )
+
+
+# ---------------------------------------------------------------------------- public API
+def _which(cset: ComponentSet, which: Any) -> list[int]:
+    if isinstance(which, str):
+        if which != "all":
+            raise ValueError(f"which must be 'all', a list of component indices or a boolean mask, not '{which}'")
+        return list(range(cset.size))
+    if isinstance(which, Tensor) and which.dtype == torch.bool:
+        if which.shape != (cset.size,):
+            raise ShapeError(f"mask has shape {tuple(which.shape)}, expected ({cset.size},)")
+        return torch.nonzero(which).reshape(-1).tolist()
+    idx = [int(i) for i in (which.tolist() if isinstance(which, Tensor) else which)]
+    cset.split(idx)  # range and repeat checks
+    return idx
+
+
+def ablate(
+    model: nn.Module,
+    components: Any,
+    which: Sequence[int] | Tensor | str = "all",
+    *,
+    data: Any,
+    method: str = "zero",
+    loss: LossSpec = "cross_entropy",
+    law: Any = None,
+    tokens: float | None = None,
+    seed: int = 0,
+    top_n: int = 10,
+    progress: bool | None = None,
+) -> AblationResult:
+    """Ablate a set of components and score the ablated model against the original.
+
+    Args:
+        model: The network (unchanged on return).
+        components: :class:`ActivationComponents`, :class:`WeightComponents`, a ``LayerBasis``,
+            a ``Basis``, ``Components``, or a list of these (global indices run group by group).
+        which: Global indices of the components to ablate, a boolean mask ``(n,)``, or ``"all"``.
+        data: One ``(inputs, targets)`` batch, a list of batches, or an :class:`Objective`.
+        method: ``"zero"``, ``"mean"`` or ``"resample"`` (see :mod:`wdecomp.ablation.primitives`).
+        loss: The loss (``"cross_entropy"``, ``"mse"``, a callable); ignored for an Objective.
+        law: A scaling law for the compute- and parameter-equivalent columns (or ``None``).
+        tokens: Training tokens ``D`` for the parameter-equivalent.
+        seed: Seed of the resampling permutation.
+        top_n: How many most-degraded loss terms to report.
+        progress: Progress bar (default: on a terminal).
+
+    Returns:
+        An :class:`AblationResult` with one level, the original and both whole-hook baselines.
+
+    Raises:
+        ModelMismatchError: the components belong to another model.
+        SelectionError: an index is out of range or repeated.
+    """
+    cset = as_component_set(components)
+    idx = _which(cset, which)
+    engine = _Engine(model, cset, data, loss, method=method, seed=seed, top_n=top_n)
+    plan = _Plan(f"{len(idx)} ablated", len(idx), tuple(idx), cset.split(idx))
+    return _run(engine, [plan], method=method, order="given", law=law, tokens=tokens, progress=progress,
+                n_components=cset.size, desc=f"{method}-ablation")
+
+
+def ablation_sweep(
+    model: nn.Module,
+    components: Any,
+    data: Any,
+    k: Iterable[int] | None = None,
+    *,
+    order: str = "least_important",
+    method: str = "zero",
+    loss: LossSpec = "cross_entropy",
+    law: Any = None,
+    tokens: float | None = None,
+    seed: int = 0,
+    top_n: int = 10,
+    progress: bool | None = None,
+) -> AblationResult:
+    """Ablate the ``k`` least (or most) important components, for each ``k`` in a list.
+
+    The levels are nested: level ``k`` ablates the first ``k`` components of the importance
+    ranking (ties in index order). Each level costs one forward pass per batch; the reference
+    outputs and mean statistics are computed once.
+
+    Args:
+        model: The network.
+        components: As for :func:`ablate`.
+        data: Batches or an :class:`Objective`.
+        k: Numbers of components to ablate, each in ``0..n`` (default: every ``k`` from 0 to
+            ``n``).
+        order: ``"least_important"`` or ``"most_important"``.
+        method, loss, law, tokens, seed, top_n, progress: As for :func:`ablate`.
+
+    Returns:
+        An :class:`AblationResult` with one level per ``k``.
+
+    Raises:
+        SelectionError: ``k`` is empty or a level is outside ``0..n``.
+    """
+    cset = as_component_set(components)
+    n = cset.size
+    ks = list(range(n + 1)) if k is None else [int(v) for v in k]
+    if not ks:
+        raise SelectionError("empty sweep: k holds no ablation levels")
+    bad = [v for v in ks if not 0 <= v <= n]
+    if bad:
+        raise SelectionError(f"ablation levels {bad[:5]} outside 0..{n} (the number of components)")
+    ranking = cset.ranking(order)
+    engine = _Engine(model, cset, data, loss, method=method, seed=seed, top_n=top_n)
+    plans = [_Plan(f"k={v}", v, tuple(ranking[:v]), cset.split(ranking[:v])) for v in ks]
+    return _run(engine, plans, method=method, order=order, law=law, tokens=tokens, progress=progress,
+                n_components=n, desc=f"{method}-ablation sweep")
+
+
+def score_splice(
+    model: nn.Module,
+    hook: str,
+    replacement: Callable[[Tensor], Tensor] | Mapping[str, Callable[[Tensor], Tensor]],
+    data: Any,
+    *,
+    loss: LossSpec = "cross_entropy",
+    law: Any = None,
+    tokens: float | None = None,
+    top_n: int = 10,
+    progress: bool | None = None,
+) -> AblationResult:
+    """Score one or several replacements spliced at ``hook`` (e.g. SAEs of several sizes).
+
+    Each replacement is one level of the result (labelled by its key when a mapping is given),
+    with loss recovered against zero- and mean-ablation of the hook, KL, accuracy and the
+    compute-/parameter-equivalent.
+    """
+    reps = dict(replacement) if isinstance(replacement, Mapping) else {"splice": replacement}
+    if not reps:
+        raise SelectionError("no replacement given")
+    point = str(HookPoint.parse(hook))
+    engine = _Engine(model, None, data, loss, method="zero", seed=0, top_n=top_n, hooks=(point,))
+    plans = [_Plan(label, None, splices=((point, _checked(point, fn)),)) for label, fn in reps.items()]
+    return _run(engine, plans, method="splice", order="given", law=law, tokens=tokens, progress=progress,
+                n_components=0, desc="splice")
+
+
+def _checked(point: str, fn: Callable[[Tensor], Tensor]) -> Edit:
+    def edit(f: Tensor) -> Tensor:
+        out = fn(f)
+        if not isinstance(out, Tensor) or out.shape != f.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(f"replacement at '{point}' returned {got}, expected shape {tuple(f.shape)}")
+        return out
+
+    return edit

@@ -1,0 +1,205 @@
+"""Metrics of an ablated (or spliced) model against the original, accumulated batch by batch.
+
+For ``N`` loss terms (examples, or tokens of a sequence model), original outputs ``z`` and
+ablated outputs ``z'``:
+
+* **loss** ``L' = (1/N) sum_b S_b(z')``: the objective's loss (cross-entropy in nats, or MSE),
+  accumulated exactly as :meth:`wdecomp.Objective.value` does (per-batch sums in float64), so an
+  ablation of nothing gives the original loss bit for bit.
+* **loss recovered** against a baseline loss ``L_base`` (Marks et al. 2024, arXiv 2403.19647;
+  the "CE loss score" of SAELens):
+
+      R = 1 - (L' - L) / (L_base - L),
+
+  reported for two baselines, zero-ablation and mean-ablation of every hook the components live
+  at, since the number depends on the baseline more than on the ablation.
+* **KL divergence** from the original predictive distribution, per loss term (token), averaged:
+
+      KL = (1/N) sum_terms sum_y p(y|z) (log p(y|z) - log p(y|z')),
+
+  for cross-entropy losses (``p = softmax``); not defined for other losses.
+* **accuracy**: share of loss terms whose argmax equals the integer target (classification).
+* **compute-equivalent** ``C_eq(L') / C_eq(L)`` and **parameter-equivalent**
+  ``N_eq(L', D) / N_eq(L, D)`` on a scaling law (:mod:`wdecomp.scaling`): the fraction of the
+  training compute (or of the parameters, at ``D`` training tokens) at which a model on the law
+  reaches the degraded loss. 1.0 for an unchanged model; a model whose loss rises from 1.5 to
+  2.0 nats loses far more compute than one going from 4.5 to 5.0, which loss recovered hides.
+* **per-input degradation**: the ``top_n`` loss terms (inputs, or tokens with their position)
+  whose loss rises most, ``l'_t - l_t``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wdecomp.errors import NonFiniteError
+from wdecomp.objective import OutputLoss
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One loss term that degrades under an ablation.
+
+    Attributes:
+        example: Index of the example over the whole data (batches concatenated).
+        position: Token position within the example (0 for non-sequence outputs).
+        original: Its loss in the original model.
+        ablated: Its loss in the ablated model.
+    """
+
+    example: int
+    position: int
+    original: float
+    ablated: float
+
+    @property
+    def increase(self) -> float:
+        return self.ablated - self.original
+
+
+def per_term_losses(loss: OutputLoss, outputs: Tensor, targets: Tensor) -> Tensor:
+    """Loss of every term, shape ``(B, T)`` (``T = 1`` unless the outputs are a sequence).
+
+    Cross-entropy with integer targets gives one term per position; any other loss gives the
+    per-example loss (``loss.per_example``) as a single column.
+    """
+    b = outputs.shape[0]
+    if loss.name == "cross_entropy" and not targets.is_floating_point():
+        classes = outputs.shape[-1]
+        terms = F.cross_entropy(outputs.reshape(-1, classes), targets.reshape(-1), reduction="none")
+        return terms.reshape(b, -1)
+    return loss.per_example(outputs, targets).reshape(b, 1)
+
+
+def is_classification(loss: OutputLoss, targets: Tensor) -> bool:
+    """Cross-entropy on integer class targets: where KL and accuracy apply."""
+    return loss.name == "cross_entropy" and not targets.is_floating_point()
+
+
+class Accumulator:
+    """Running sums for one ablation level over batches (internal to the engine).
+
+    ``add`` takes one batch's ablated outputs and the cached reference of that batch.
+    """
+
+    def __init__(self, loss: OutputLoss, top_n: int) -> None:
+        self.loss = loss
+        self.top_n = top_n
+        self.total: Tensor | None = None
+        self.count = 0
+        self.kl = 0.0
+        self.correct = 0
+        self.classification = True
+        self.heap: list[tuple[float, int, int, float, float]] = []
+
+    def add(self, outputs: Tensor, targets: Tensor, ref: dict[str, Any], offset: int) -> None:
+        s, n = self.loss.summed(outputs, targets)
+        s64 = s.detach().to(torch.float64)
+        self.total = s64 if self.total is None else self.total + s64
+        self.count += int(n)
+        cls = is_classification(self.loss, targets)
+        self.classification = self.classification and cls
+        if cls:
+            logp = outputs.detach().log_softmax(dim=-1).to(torch.float64)
+            ref_logp = ref["logp"]
+            p = ref_logp.exp()
+            term = torch.where(p > 0, p * (ref_logp - logp), torch.zeros_like(p)).sum(dim=-1)
+            self.kl += float(term.sum())
+            self.correct += int((outputs.detach().argmax(dim=-1) == targets).sum())
+        if self.top_n > 0:
+            terms = per_term_losses(self.loss, outputs.detach(), targets).to(torch.float64)
+            inc = (terms - ref["terms"]).reshape(-1)
+            k = min(self.top_n, inc.numel())
+            vals, idx = torch.topk(inc, k)
+            width = terms.shape[1]
+            flat_terms = terms.reshape(-1)
+            flat_ref = ref["terms"].reshape(-1)
+            for v, i in zip(vals.tolist(), idx.tolist()):
+                item = (v, offset + i // width, i % width, float(flat_ref[i]), float(flat_terms[i]))
+                if len(self.heap) < self.top_n:
+                    heapq.heappush(self.heap, item)
+                elif item[0] > self.heap[0][0]:
+                    heapq.heapreplace(self.heap, item)
+
+    @property
+    def value(self) -> float:
+        """The mean loss (as :meth:`Objective.value` computes it)."""
+        assert self.total is not None
+        value = float(self.total) / self.count
+        return value
+
+    def finish(self) -> dict[str, Any]:
+        value = self.value
+        if not math.isfinite(value):
+            raise NonFiniteError(f"the ablated loss is {value}")
+        worst = sorted(self.heap, key=lambda t: (-t[0], t[1], t[2]))
+        return {
+            "loss": value,
+            "count": self.count,
+            "kl": self.kl / self.count if self.classification else None,
+            "accuracy": self.correct / self.count if self.classification else None,
+            "degradation": tuple(Degradation(e, p, o, a) for _, e, p, o, a in worst),
+        }
+
+
+def loss_recovered(loss: float, original: float, baseline: float) -> float:
+    """``1 - (loss - original) / (baseline - original)``; NaN when the baseline equals the original."""
+    if loss == original:
+        return 1.0
+    if baseline == original:
+        return math.nan
+    return 1.0 - (loss - original) / (baseline - original)
+
+
+def _check_loss(value: float, what: str) -> None:
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise NonFiniteError(f"{what} is {value}; an equivalent needs a finite loss")
+    if value < 0:
+        raise ValueError(f"{what} is {value} < 0; a loss on a scaling law is a positive cross-entropy")
+
+
+def equivalents(
+    losses: Sequence[float], reference: float, law: Any, tokens: float | None = None
+) -> tuple[list[float] | None, list[float] | None, list[str]]:
+    """Compute- and parameter-equivalent fractions of ``losses`` relative to ``reference``.
+
+    Args:
+        losses: Losses of the ablated models (nats).
+        reference: The original model's loss.
+        law: A scaling law of :mod:`wdecomp.scaling` (``CHINCHILLA``, a fitted law), or ``None``.
+        tokens: ``D``, training tokens, for the parameter-equivalent (skipped if ``None``).
+
+    Returns:
+        ``(compute_eq, parameter_eq, notes)``; a column is ``None`` (with a note) when it
+        cannot be computed for want of a law or of ``tokens``.
+
+    Raises:
+        NonFiniteError: a loss is NaN or infinite.
+        ValueError: a loss is negative.
+        ScalingLawRangeError: a loss is at or below the law's irreducible loss (from
+            :mod:`wdecomp.scaling`).
+    """
+    _check_loss(reference, "the reference loss")
+    for i, value in enumerate(losses):
+        _check_loss(value, f"loss {i}")
+    notes: list[str] = []
+    if law is None:
+        notes.append("compute- and parameter-equivalent skipped: no scaling law given (law=...)")
+        return None, None, notes
+    from wdecomp.scaling import compute_equivalent, parameter_equivalent
+
+    ce = [float(compute_equivalent(v, reference, law)) for v in losses]
+    pe = None
+    if tokens is None:
+        notes.append("parameter-equivalent skipped: give the training tokens D (tokens=...)")
+    else:
+        pe = [float(parameter_equivalent(v, reference, law, tokens)) for v in losses]
+    return ce, pe, notes
