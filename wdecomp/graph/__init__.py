@@ -7,7 +7,9 @@ saves (GraphML, GEXF, node-link JSON, DOT) and plots itself.
 """
 
 from wdecomp.graph.build import interaction_graph, quadrature
+from wdecomp.graph.export import load_graph, read_nx, save_graph
 from wdecomp.graph.graph import Completeness, GraphSummary, InteractionGraph, PairSummary, node_id
+from wdecomp.graph.plot import layered_layout, plot_graph
 
 __all__ = [
     "Completeness",
@@ -15,6 +17,11 @@ __all__ = [
     "InteractionGraph",
     "PairSummary",
     "interaction_graph",
+    "layered_layout",
+    "load_graph",
     "node_id",
+    "plot_graph",
     "quadrature",
+    "read_nx",
+    "save_graph",
 ]

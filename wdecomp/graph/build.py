@@ -56,7 +56,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -65,7 +64,7 @@ from torch.func import jacfwd, jacrev, vmap
 from wdecomp.activations import activation_jacobian, capture, module_order, run_with_hooks
 from wdecomp.bases.base import Basis, LayerBasis
 from wdecomp.errors import DataError, NonFiniteError, SelectionError, ShapeError
-from wdecomp.graph.graph import Completeness, InteractionGraph, node_id
+from wdecomp.graph.graph import Completeness, InteractionGraph
 from wdecomp.progress import progress_bar
 
 METHODS = ("jacobian", "integrated_gradients")
@@ -102,26 +101,35 @@ def quadrature(steps: int, rule: str = "gauss-legendre") -> tuple[Tensor, Tensor
 
 
 # ----------------------------------------------------------------------------- inputs
-def _resolve(model_or_components: Any, basis: Basis | None) -> tuple[nn.Module, Basis]:
-    """``(model, basis)`` from a model plus basis, or from a components object that carries both.
-
-    A components object (``wdecomp.components.Components``) is recognised by its ``basis``
-    attribute; its model is ``.model`` (or ``.original_model``).
-    """
-    if isinstance(model_or_components, nn.Module):
-        if basis is None:
-            raise ValueError("interaction_graph(model, data) needs basis=...; or pass a Components object")
-        return model_or_components, basis
-    comp_basis = getattr(model_or_components, "basis", None)
-    model = getattr(model_or_components, "model", None) or getattr(model_or_components, "original_model", None)
-    if not isinstance(comp_basis, Basis) or not isinstance(model, nn.Module):
+def _as_basis(obj: Any) -> Basis:
+    """A :class:`Basis` from a basis or from a components object (``wdecomp.components.Components``)."""
+    if isinstance(obj, Basis):
+        return obj
+    inner = getattr(obj, "basis", None)
+    if isinstance(inner, Basis):
+        return inner
+    if inner is not None:
         raise TypeError(
-            f"expected an nn.Module with basis=..., or a Components object with .basis and .model; "
-            f"got {type(model_or_components).__name__}"
+            f"interaction graphs join activation components of consecutive layers; these components come from a "
+            f"{type(inner).__name__}, not an activation Basis"
         )
-    if basis is not None and basis is not comp_basis:
-        raise ValueError("basis= given together with a Components object that has its own basis; pass one")
-    return model, comp_basis
+    raise TypeError(f"expected a Basis or a Components object, got {type(obj).__name__}")
+
+
+def _resolve(model_or_components: Any, basis: Any, model: nn.Module | None) -> tuple[nn.Module, Basis]:
+    """``(model, basis)`` from ``(model, basis)``, ``(model, components)`` or ``(components, model=...)``."""
+    if isinstance(model_or_components, nn.Module):
+        if model is not None and model is not model_or_components:
+            raise ValueError("two models given (first argument and model=)")
+        if basis is None:
+            raise ValueError("interaction_graph(model, data, basis) needs a Basis or Components as basis=")
+        return model_or_components, _as_basis(basis)
+    if basis is not None:
+        raise ValueError("basis= given together with a Components object, which has its own basis; pass one")
+    model = model if model is not None else getattr(model_or_components, "model", None)
+    if not isinstance(model, nn.Module):
+        raise ValueError("interaction_graph(components, data) needs the model the components belong to: model=...")
+    return model, _as_basis(model_or_components)
 
 
 def _examples(inputs: Any) -> int:
@@ -250,8 +258,9 @@ class _Accumulator:
 def interaction_graph(
     model_or_components: Any,
     data: Any,
-    basis: Basis | None = None,
+    basis: Any = None,
     *,
+    model: nn.Module | None = None,
     method: str = "jacobian",
     steps: int = 20,
     rule: str = "gauss-legendre",
@@ -270,11 +279,14 @@ def interaction_graph(
     joined by all ``k_l k_{l+1}`` edges; prune with :meth:`InteractionGraph.prune`).
 
     Args:
-        model_or_components: The model (then ``basis`` is required), or a components object that
-            carries its basis (``.basis``) and model (``.model``).
+        model_or_components: The model (then ``basis`` is required), or a
+            :class:`~wdecomp.components.Components` object of an activation basis (then ``model``
+            is required, unless the object has a ``.model``).
         data: One batch of inputs (tensor), or an iterable of batches, each ``(inputs, targets)``
             or bare inputs. Streamed once.
-        basis: Activation bases at the hook points, in forward order.
+        basis: A :class:`~wdecomp.bases.base.Basis` (activation bases at the hook points, in forward
+            order) or a ``Components`` object of one.
+        model: The model, when the first argument is a ``Components`` object.
         method: ``"jacobian"`` or ``"integrated_gradients"``.
         steps: Quadrature nodes for integrated gradients.
         rule: Quadrature rule for integrated gradients (see :func:`quadrature`).
@@ -301,7 +313,7 @@ def interaction_graph(
         raise ValueError(f"method must be one of {METHODS}, not '{method}'")
     if positions not in POSITION_RULES:
         raise ValueError(f"positions must be one of {POSITION_RULES}, not '{positions}'")
-    model, basis = _resolve(model_or_components, basis)
+    model, basis = _resolve(model_or_components, basis, model)
     basis.check_model(model)
     names = list(basis.layers if layers is None else layers)
     unknown = [p for p in names if p not in basis.layers]
@@ -352,28 +364,18 @@ def interaction_graph(
     if n_examples == 0:
         raise DataError("no examples in data")
 
-    g = nx.DiGraph()
-    for li, (b, ms) in enumerate(zip(bases, mean_sq)):
-        for j in range(b.size):
-            ev = float(b.eigenvalues[j])
-            g.add_node(
-                node_id(li, j), layer=b.point, layer_index=li, index=j, eigenvalue=ev, importance=ev,
-                mean_square=float(ms[j]) / n_examples, label=f"{b.point}[{j}]",
-            )
     completeness = []
-    for li, ((src, tgt), acc) in enumerate(zip(pairs, accs)):
-        e = (acc.sums / n_examples).tolist()
-        for i in range(tgt.size):
-            for j in range(src.size):
-                g.add_edge(node_id(li, j), node_id(li + 1, i), attribution=e[i][j])
-        if method == "integrated_gradients":
+    if method == "integrated_gradients":
+        for (src, tgt), acc in zip(pairs, accs):
             rel = acc.err_max / acc.change_max if acc.change_max > 0 else 0.0
-            completeness.append(Completeness(src.point, tgt.point, acc.err_max,
-                                             math.sqrt(acc.err_sq / max(acc.err_count, 1)), acc.change_max, rel,
-                                             steps, rule))
+            rms = math.sqrt(acc.err_sq / max(acc.err_count, 1))
+            completeness.append(Completeness(src.point, tgt.point, acc.err_max, rms, acc.change_max, rel, steps, rule))
     info: dict[str, Any] = {"method": method, "n_examples": n_examples, "positions": positions,
                             "basis_method": basis.method}
     if method == "integrated_gradients":
         info.update(steps=steps, rule=rule)
-    return InteractionGraph.from_full(g, tuple(names), info, tuple(completeness))
+    return InteractionGraph.from_attributions(
+        names, [(acc.sums / n_examples).numpy() for acc in accs], [b.eigenvalues.double().cpu().numpy() for b in bases],
+        [(ms / n_examples).numpy() for ms in mean_sq], info, completeness,
+    )
 

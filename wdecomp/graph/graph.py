@@ -224,6 +224,51 @@ class InteractionGraph:
             counts[li] += 1
         return cls(g, layers, dict(info or {}), tuple(completeness), tuple(sizes), tuple(totals), tuple(counts))
 
+    @classmethod
+    def from_attributions(
+        cls,
+        layers: Sequence[str],
+        attributions: Sequence[Any],
+        eigenvalues: Sequence[Any] | None = None,
+        mean_squares: Sequence[Any] | None = None,
+        info: Mapping[str, Any] | None = None,
+        completeness: Sequence[Completeness] = (),
+    ) -> InteractionGraph:
+        """The unpruned graph from per-pair attribution matrices.
+
+        Args:
+            layers: Hook points, in forward order.
+            attributions: For each consecutive pair ``l``, an array ``(k_{l+1}, k_l)`` whose entry
+                ``[i, j]`` is the attribution of edge ``(l, j) -> (l+1, i)``.
+            eigenvalues: Per layer, ``(k_l,)`` node importances (default: ones).
+            mean_squares: Per layer, ``(k_l,)`` mean squared coordinates (optional attribute).
+            info: Build metadata.
+            completeness: Integrated-gradient completeness per pair.
+        """
+        layers = tuple(layers)
+        mats = [np.asarray(a, dtype=float) for a in attributions]
+        if len(mats) != len(layers) - 1:
+            raise ValueError(f"{len(layers)} layers need {len(layers) - 1} attribution matrices, got {len(mats)}")
+        sizes = [m.shape[1] for m in mats[:1]] + [m.shape[0] for m in mats]
+        for li, m in enumerate(mats[1:], start=1):
+            if m.shape[1] != sizes[li]:
+                raise ValueError(f"attribution matrix {li} has {m.shape[1]} columns, layer {li} has {sizes[li]} nodes")
+        g = nx.DiGraph()
+        for li, name in enumerate(layers):
+            ev = np.ones(sizes[li]) if eigenvalues is None else np.asarray(eigenvalues[li], dtype=float)
+            for j in range(sizes[li]):
+                attrs = {"layer": name, "layer_index": li, "index": j, "eigenvalue": float(ev[j]),
+                         "importance": float(ev[j])}
+                if mean_squares is not None:
+                    attrs["mean_square"] = float(mean_squares[li][j])
+                attrs["label"] = f"{name}[{j}]"
+                g.add_node(node_id(li, j), **attrs)
+        for li, m in enumerate(mats):
+            rows = m.tolist()
+            g.add_edges_from((node_id(li, j), node_id(li + 1, i), {"attribution": rows[i][j]})
+                             for i in range(m.shape[0]) for j in range(m.shape[1]))
+        return cls.from_full(g, layers, info, completeness)
+
     # -- access
     def node_id(self, layer: str | int, index: int) -> str:
         """Id of component ``index`` at ``layer`` (a hook point or its position in ``layers``)."""
