@@ -346,28 +346,50 @@ def as_component_set(components: Any) -> ComponentSet:
 
 
 def from_components(components: Any) -> ComponentSet | None:
-    """Adapter for ``wdecomp.components.Components`` (duck-typed, so this module does not
-    import the higher layer): groups with a ``basis`` (a :class:`LayerBasis`) become activation
-    components; groups with ``directions`` and parameter ``names``/``shapes`` become weight
-    components. Returns ``None`` if ``components`` looks like neither.
+    """Adapter for :class:`wdecomp.components.Components` (duck-typed: this lower layer does not
+    import it). Returns ``None`` if ``components`` is not such an object.
+
+    * An activation decomposition (``components.basis`` a :class:`Basis`) becomes one
+      :class:`ActivationComponents` group per layer, in ``components.layers`` order, with each
+      component's ``importance``; global index ``j`` is ``components[j]`` when the components are
+      listed layer by layer in basis order (checked).
+    * A curvature decomposition (``basis`` with ``names``, ``shapes``, ``eigenvectors``) becomes
+      one :class:`WeightComponents` group (the eigenvectors as ``V``, eigenvalues as importance).
+
+    Ablating activation components edits the activation at the hook (``c_i -> r_i``); this is the
+    same model as subtracting the components' weight pieces from the producing layer
+    (``Components.project``) when a linear layer produces the activation and ``method="zero"``
+    on an uncentred basis.
     """
-    groups_attr = getattr(components, "groups", None)
-    if groups_attr is None:
+    basis = getattr(components, "basis", None)
+    items = getattr(components, "components", None)
+    signature = getattr(components, "signature", None) or None
+    if basis is None or items is None:
         return None
-    signature = getattr(components, "signature", None)
-    groups: list[Primitive] = []
-    for g in groups_attr.values() if isinstance(groups_attr, Mapping) else groups_attr:
-        if isinstance(g, (ActivationComponents, WeightComponents)):
-            groups.append(g)
-        elif isinstance(getattr(g, "basis", None), LayerBasis):
-            groups.append(ActivationComponents(g.basis, getattr(g, "importance", None), signature))
-        elif getattr(g, "directions", None) is not None and getattr(g, "names", None) is not None:
-            groups.append(
-                WeightComponents(
-                    tuple(g.names), tuple(tuple(s) for s in g.shapes), g.directions,
-                    getattr(g, "importance", None), signature=signature, label=str(getattr(g, "layer", "")),
+    if isinstance(basis, Basis):
+        groups: list[Primitive] = []
+        position = 0
+        for layer in getattr(components, "layers", basis.layers):
+            lb = basis[layer]
+            comps = [c for c in items if c.layer == layer]
+            if [c.index for c in comps] != list(range(lb.size)) or any(
+                items[position + i] is not c for i, c in enumerate(comps)
+            ):
+                raise SelectionError(
+                    f"components at '{layer}' are not the basis's {lb.size} directions in order; cannot index them"
                 )
+            position += len(comps)
+            importance = torch.tensor([float(c.importance) for c in comps], dtype=torch.float64)
+            groups.append(ActivationComponents(lb, importance, signature))
+        return ComponentSet(tuple(groups))
+    if all(hasattr(basis, a) for a in ("names", "shapes", "eigenvectors", "eigenvalues")):
+        return ComponentSet(
+            (
+                WeightComponents(
+                    tuple(basis.names), tuple(tuple(s) for s in basis.shapes), basis.eigenvectors,
+                    basis.eigenvalues, signature=signature or getattr(basis, "signature", None),
+                    label=str(getattr(basis, "kind", "weights")),
+                ),
             )
-        else:
-            return None
-    return ComponentSet(tuple(groups)) if groups else None
+        )
+    return None
