@@ -1,0 +1,214 @@
+"""Data-parallel curvature over torch.distributed: 2 gloo processes on loopback, uneven shards.
+
+Every distributed number is compared in float64 with the same quantity from one process over
+all the data (different batching too), to 1e-10 relative. Failure tests check that a rank that
+raises or hangs ends the run quickly with a clear :class:`DistributedError`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import wdecomp as wd
+from wdecomp import distributed as wdist
+from wdecomp.distributed import DistributedError
+
+DT = torch.float64
+TOL = 1e-10
+N_EXAMPLES = 23
+# Uneven shards with different batchings: rank 0 has 13 examples in 3 batches, rank 1 has 10 in 1.
+SHARDS = {0: [(0, 6), (6, 11), (11, 13)], 1: [(13, 23)]}
+ONE_PROCESS_BATCHES = [(0, 8), (8, 16), (16, 23)]
+
+
+def _setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(DT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.7)
+    x = torch.randn(N_EXAMPLES, 5, generator=gen, dtype=DT)
+    y = torch.randint(0, 3, (N_EXAMPLES,), generator=gen)
+    return model, x, y
+
+
+def _probe_block(p: int) -> torch.Tensor:
+    return torch.randn(p, 3, generator=torch.Generator().manual_seed(11), dtype=DT)
+
+
+def _has_spectral(name: str) -> bool:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"wdecomp.spectral.{name}")
+    except ImportError:
+        return False
+    return mod is not None
+
+
+def _quantities(model: nn.Module, batches: list, distributed: bool) -> dict[str, torch.Tensor]:
+    """Everything compared between one process and two: products, value, gradient, spectra, Gram."""
+    obj = wd.Objective(model, batches, loss="cross_entropy", distributed=distributed)
+    H = wd.hessian(obj)
+    V = _probe_block(H.shape[0])
+    out = {
+        "value": torch.tensor(obj.value(), dtype=DT),
+        "gradient": obj.gradient(),
+        "total_count": torch.tensor(float(obj.total_count), dtype=DT),
+        "hessian": H @ V,
+        "hessian_rr": wd.hessian(obj, method="reverse-over-reverse") @ V,
+        "ggn": wd.ggn(obj) @ V,
+        "fisher_empirical": wd.fisher(obj) @ V,
+        "fisher_true": wd.fisher(obj, kind="true") @ V,
+        "hessian_fd": H._finite_difference(V[:, 0], 1e-4),
+    }
+    from wdecomp.spectral import eigh
+
+    out["eigenvalues"] = eigh(H, k=3, which="largest").eigenvalues
+    if _has_spectral("trace"):
+        from wdecomp.spectral.trace import hutchinson_trace
+
+        out["trace"] = torch.tensor(hutchinson_trace(H, 8, seed=3).estimate, dtype=DT)
+    # Activation Gram of the hidden layer, summed over examples and reduced like the products.
+    gram = torch.zeros(6, 6, dtype=DT)
+    with torch.no_grad():
+        for xb, _ in batches:
+            a = model[1](model[0](xb))
+            gram += a.T @ a
+    out["gram"] = wdist.reduce_sum(gram, distributed)
+    mean, count = wdist.reduce_mean_weighted(gram.trace(), sum(len(xb) for xb, _ in batches), distributed)
+    out["gram_trace_mean"] = mean
+    out["gram_count"] = torch.tensor(float(count), dtype=DT)
+    return out
+
+
+def _raises(fn) -> bool:
+    try:
+        fn()
+    except DistributedError:
+        return True
+    return False
+
+
+def _worker(rank: int, world_size: int) -> dict:
+    model, x, y = _setup()
+    local = [(x[a:b], y[a:b]) for a, b in SHARDS[rank]]
+    out = _quantities(model, local, distributed=True)
+    wdist.check_replicated(model)
+    out["per_sample_refused"] = _raises(lambda: wd.per_sample_gradients(wd.Objective(model, local, distributed=True)))
+    with torch.no_grad():
+        model[0].bias[0] += rank  # weights now differ between ranks: every rank must refuse
+    out["mismatch_refused"] = _raises(lambda: wdist.check_replicated(model))
+    out["rank"], out["world_size"] = wdist.get_rank(), wdist.get_world_size()
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_results() -> list[dict]:
+    start = time.monotonic()
+    results = wdist.launch(_worker, 2, timeout_s=180, pg_timeout_s=60)
+    print(f"2-process run: {time.monotonic() - start:.1f} s")
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_process_results() -> dict:
+    model, x, y = _setup()
+    return _quantities(model, [(x[a:b], y[a:b]) for a, b in ONE_PROCESS_BATCHES], distributed=False)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+QUANTITIES = [
+    "value", "gradient", "total_count", "hessian", "hessian_rr", "ggn", "fisher_empirical",
+    "fisher_true", "eigenvalues", "trace", "gram", "gram_trace_mean", "gram_count",
+]
+
+
+@pytest.mark.parametrize("name", QUANTITIES)
+def test_two_processes_match_one(name: str, two_process_results: list[dict], one_process_results: dict) -> None:
+    if name not in one_process_results:
+        pytest.skip(f"{name}: the module computing it is not available")
+    ref = one_process_results[name]
+    for rank, res in enumerate(two_process_results):
+        err = _rel(res[name], ref)
+        assert err <= TOL, f"rank {rank}: {name} differs from one process by {err:.2e} (relative)"
+    # Every rank holds bitwise the same reduced result, so replicated algorithms stay in lockstep.
+    assert torch.equal(two_process_results[0][name], two_process_results[1][name])
+
+
+def test_finite_difference_reference_is_reduced(two_process_results: list[dict], one_process_results: dict) -> None:
+    # A finite difference, so only to its own accuracy; what matters is that it is the global one.
+    assert _rel(two_process_results[0]["hessian_fd"], one_process_results["hessian_fd"]) < 1e-8
+    assert _rel(two_process_results[0]["hessian_fd"], one_process_results["hessian"][:, 0]) < 1e-5
+
+
+def test_ranks_and_refusals(two_process_results: list[dict]) -> None:
+    assert [r["rank"] for r in two_process_results] == [0, 1]
+    assert all(r["world_size"] == 2 for r in two_process_results)
+    assert all(r["per_sample_refused"] for r in two_process_results)
+    assert all(r["mismatch_refused"] for r in two_process_results)
+
+
+# ------------------------------------------------------------------------------ no process group
+def test_distributed_objective_without_group_is_a_clear_error() -> None:
+    model, x, y = _setup()
+    assert not wdist.is_distributed()
+    with pytest.raises(DistributedError, match="init_process_group"):
+        wd.Objective(model, (x, y), distributed=True)
+    with pytest.raises(DistributedError, match="process group"):
+        wdist.all_reduce_sum(torch.ones(2))
+
+
+def test_single_process_helpers() -> None:
+    t = torch.arange(4.0)
+    assert wdist.get_rank() == 0 and wdist.get_world_size() == 1 and wdist.is_main_process()
+    assert wdist.reduce_sum(t, False) is t
+    assert wdist.broadcast(t) is t
+    mean, n = wdist.reduce_mean_weighted(t.sum(), 4, False)
+    assert float(mean) == 1.5 and n == 4
+    assert [list(wdist.shard_range(7, r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4], [5, 6]]
+    with pytest.raises(DistributedError):
+        wdist.shard_range(1, 0, 2)
+
+
+# ------------------------------------------------------------------------------ failures
+def _raising_worker(rank: int, world_size: int) -> None:
+    if rank == 1:
+        raise ValueError("boom on rank 1")
+    wdist.all_reduce_sum(torch.ones(3))  # rank 0 waits here for a rank that will never come
+
+
+def _hanging_worker(rank: int, world_size: int) -> None:
+    if rank == 1:
+        time.sleep(120)
+    wdist.all_reduce_sum(torch.ones(3))
+
+
+def test_a_rank_that_raises_ends_the_run_with_its_error() -> None:
+    # Both timeouts are long: the run must end because rank 1 failed, not because one expired.
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"(?s)rank 1 of 2 failed first.*boom on rank 1"):
+        wdist.launch(_raising_worker, 2, timeout_s=120, pg_timeout_s=120)
+    assert time.monotonic() - start < 60
+
+
+def test_a_rank_that_hangs_times_out() -> None:
+    # Rank 0's collective times out after pg_timeout_s; the launcher reports it and kills rank 1.
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"(?s)rank 0 of 2 failed first.*(timed out|Timed out)"):
+        wdist.launch(_hanging_worker, 2, timeout_s=120, pg_timeout_s=3)
+    assert time.monotonic() - start < 60
+
+
+def test_launcher_wall_clock_timeout_kills_ranks() -> None:
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"did not finish within 8 s: rank\(s\) \[.*1\] still running"):
+        wdist.launch(_hanging_worker, 2, timeout_s=8, pg_timeout_s=60)
+    assert time.monotonic() - start < 15

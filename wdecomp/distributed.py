@@ -1,0 +1,462 @@
+"""Data parallelism over ``torch.distributed``: every sum over data becomes a sum over ranks.
+
+Each rank holds a shard ``D_r`` of the data and the *same* weights. Every quantity wdecomp
+computes from data is a sum over loss terms divided by their count ``N``, so with
+
+    N = sum_r N_r,     A v = sum_r (sum_{b in D_r} A_b v),
+
+a distributed product is the local product (already scaled by the global ``1/N``) followed by
+one all-reduce of a ``(p, k)`` block; the loss value, the gradient and ``N`` itself are reduced
+the same way. Shards may be uneven: nothing is averaged per rank, so an uneven split gives the
+same numbers as one process (to the round-off of a different summation order).
+
+The switch is ``wd.Objective(model, local_shard, loss=..., distributed=True)`` inside an
+initialised process group; every operator built on it (Hessian, GGN, Fisher) is then the global
+operator, and algorithms that only call ``@`` (Lanczos, trace and density estimators) run
+unchanged on every rank, provided every rank draws the same random vectors (seeded CPU
+generators do; see ``docs/distributed.md``).
+
+**Precision.** :func:`all_reduce_sum` accumulates floating-point tensors of lower precision
+(float32, float16, bfloat16) in float64 by default and casts the sum back, so the result does
+not drift with the number of ranks; this doubles the bytes sent for float32 (``8 p k`` instead
+of ``4 p k`` per block product), which is small next to the cost of the products themselves.
+Pass ``accumulate_dtype=None`` to reduce in the input's own dtype.
+
+**Devices.** NCCL reduces CUDA tensors only and gloo is used here for CPU tensors: a tensor on
+the wrong device for the group's backend is copied to the right one and the result copied back.
+
+Without a process group and with ``distributed=False`` everything is one plain process; with
+``distributed=True`` and no process group, :class:`DistributedError` says so at construction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wdecomp.errors import WdecompError
+
+__all__ = [
+    "CommStats",
+    "DistributedError",
+    "all_reduce_sum",
+    "all_reduce_sum_many",
+    "broadcast",
+    "check_replicated",
+    "comm_stats",
+    "find_free_port",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "is_main_process",
+    "launch",
+    "reduce_mean_weighted",
+    "reduce_sum",
+    "require_process_group",
+    "shard_range",
+]
+
+
+class DistributedError(WdecompError, RuntimeError):
+    """A distributed computation cannot start or did not finish (no group, a failed or hung rank)."""
+
+
+# ----------------------------------------------------------------------------------- state
+def is_distributed() -> bool:
+    """Whether a default ``torch.distributed`` process group is initialised (any world size)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank in the default group, ``0`` without one."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group, ``1`` without one."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """``True`` on rank 0, and in a plain single process (use it to guard printing and saving)."""
+    return get_rank() == 0
+
+
+def require_process_group(what: str = "distributed=True") -> None:
+    """Raise :class:`DistributedError` unless a default process group is initialised.
+
+    Args:
+        what: The feature that needs the group, named in the message.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise DistributedError(f"{what} needs torch.distributed, which this PyTorch build lacks")
+    if not dist.is_initialized():
+        raise DistributedError(
+            f"{what} needs an initialised torch.distributed process group, and none is: call "
+            "torch.distributed.init_process_group(backend='gloo' or 'nccl') first (torchrun sets "
+            "MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE for it), or use distributed=False for "
+            "one process"
+        )
+
+
+def shard_range(n: int, rank: int | None = None, world_size: int | None = None) -> range:
+    """Indices ``[start, stop)`` of this rank's share of ``n`` items, as even as possible.
+
+    The first ``n % world_size`` ranks get one item more. Ranks must each get at least one
+    batch for an :class:`~wdecomp.objective.Objective`, so ``n >= world_size`` is required.
+
+    Example:
+        >>> [list(shard_range(5, r, 2)) for r in range(2)]
+        [[0, 1, 2], [3, 4]]
+    """
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    if n < world_size:
+        raise DistributedError(f"cannot give each of {world_size} ranks a share of {n} items")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+# ----------------------------------------------------------------------------------- traffic
+@dataclass
+class CommStats:
+    """Counts of this process's collective calls and the bytes of their payloads.
+
+    Attributes:
+        all_reduces: Number of all-reduce calls.
+        bytes_reduced: Sum of the all-reduced payload sizes (after any float64 upcast). A ring
+            all-reduce moves about ``2 (W - 1) / W`` times this per rank over the network.
+        broadcasts: Number of broadcast calls.
+        bytes_broadcast: Sum of broadcast payload sizes.
+    """
+
+    all_reduces: int = 0
+    bytes_reduced: int = 0
+    broadcasts: int = 0
+    bytes_broadcast: int = 0
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        self.all_reduces = self.bytes_reduced = self.broadcasts = self.bytes_broadcast = 0
+
+
+#: Process-wide counters, updated by every collective in this module.
+comm_stats = CommStats()
+
+
+def _backend_device(t: Tensor, group: Any) -> torch.device:
+    import torch.distributed as dist
+
+    backend = str(dist.get_backend(group)).lower()
+    if "nccl" in backend and t.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    if backend == "gloo" and t.device.type != "cpu":
+        return torch.device("cpu")
+    return t.device
+
+
+def _reduce_dtype(dtype: torch.dtype, accumulate_dtype: torch.dtype | None) -> torch.dtype:
+    if accumulate_dtype is None or not dtype.is_floating_point or dtype.itemsize >= accumulate_dtype.itemsize:
+        return dtype
+    return accumulate_dtype
+
+
+# ----------------------------------------------------------------------------------- collectives
+def all_reduce_sum(
+    t: Tensor, *, accumulate_dtype: torch.dtype | None = torch.float64, group: Any = None
+) -> Tensor:
+    """The elementwise sum of ``t`` over all ranks, as a new tensor (``t`` is not modified).
+
+    Every rank must call this with a tensor of the same shape and dtype, in the same order
+    relative to its other collectives.
+
+    Args:
+        t: Any tensor (detached first). Integer and float64 tensors are reduced as they are.
+        accumulate_dtype: Floating dtypes narrower than this are summed in it and cast back
+            (default float64, so float32 inputs are reduced in float64); ``None`` keeps the
+            input dtype.
+        group: A process group (default: the default group).
+
+    Returns:
+        The sum, with ``t``'s shape, dtype and device.
+
+    Raises:
+        DistributedError: No process group is initialised.
+    """
+    import torch.distributed as dist
+
+    require_process_group("all_reduce_sum")
+    dtype = _reduce_dtype(t.dtype, accumulate_dtype)
+    buf = t.detach().to(device=_backend_device(t, group), dtype=dtype, copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    comm_stats.all_reduces += 1
+    comm_stats.bytes_reduced += buf.numel() * buf.element_size()
+    return buf.to(device=t.device, dtype=t.dtype)
+
+
+def all_reduce_sum_many(
+    tensors: Mapping[str, Tensor] | Sequence[Tensor],
+    *,
+    accumulate_dtype: torch.dtype | None = torch.float64,
+    group: Any = None,
+) -> Any:
+    """Sum several tensors over ranks with one collective (they are packed into one buffer).
+
+    Args:
+        tensors: A dict or a sequence of tensors (e.g. one Gram matrix per layer); all must be
+            floating point and on one device.
+        accumulate_dtype: As in :func:`all_reduce_sum`; the buffer has the widest dtype needed.
+        group: A process group (default: the default group).
+
+    Returns:
+        The same container type with each tensor replaced by its sum over ranks.
+    """
+    items = list(tensors.items()) if isinstance(tensors, Mapping) else list(enumerate(tensors))
+    if not items:
+        return {} if isinstance(tensors, Mapping) else []
+    if any(not v.is_floating_point() for _, v in items):
+        raise TypeError("all_reduce_sum_many packs floating-point tensors only; reduce others one by one")
+    dtype = max((_reduce_dtype(v.dtype, accumulate_dtype) for _, v in items), key=lambda d: d.itemsize)
+    flat = torch.cat([v.detach().reshape(-1).to(dtype) for _, v in items])
+    total = all_reduce_sum(flat, accumulate_dtype=None, group=group)
+    out, start = [], 0
+    for key, v in items:
+        out.append((key, total[start : start + v.numel()].reshape(v.shape).to(v.dtype)))
+        start += v.numel()
+    return dict(out) if isinstance(tensors, Mapping) else [v for _, v in out]
+
+
+def reduce_sum(t: Tensor, distributed: bool) -> Tensor:
+    """``all_reduce_sum(t)`` when ``distributed`` is true, else ``t`` unchanged.
+
+    The one-line hook for code that accumulates sums over data (Gram matrices, interaction
+    matrices, metric totals) and carries an ``Objective``-style ``distributed`` flag.
+    """
+    return all_reduce_sum(t) if distributed else t
+
+
+def reduce_mean_weighted(total: Tensor, count: int | float | Tensor, distributed: bool) -> tuple[Tensor, int | float]:
+    """The global mean ``sum_r total_r / sum_r count_r`` and the global count.
+
+    Args:
+        total: This rank's *sum* (not mean) over its ``count`` items.
+        count: This rank's number of items (examples, tokens, loss terms).
+        distributed: Reduce over ranks; otherwise ``(total / count, count)``.
+
+    Returns:
+        ``(mean, global_count)``. Weighting by counts makes uneven shards exact (a mean of
+        per-rank means would not be).
+    """
+    c = torch.as_tensor(count, dtype=torch.float64)
+    if distributed:
+        packed = all_reduce_sum_many([total.to(torch.float64).reshape(-1), c.reshape(1)])
+        total_g = packed[0].reshape(total.shape).to(total.dtype)
+        c = packed[1][0]
+    else:
+        total_g = total
+    n = float(c)
+    n_out: int | float = int(n) if n.is_integer() else n
+    return total_g / n, n_out
+
+
+def broadcast(t: Tensor, src: int = 0, *, group: Any = None) -> Tensor:
+    """``src``'s value of ``t`` on every rank, as a new tensor (shapes and dtypes must match).
+
+    Without a process group this returns ``t`` (one process is its own source).
+    """
+    import torch.distributed as dist
+
+    if not is_distributed():
+        return t
+    buf = t.detach().to(device=_backend_device(t, group), copy=True)
+    dist.broadcast(buf, src=src, group=group)
+    comm_stats.broadcasts += 1
+    comm_stats.bytes_broadcast += buf.numel() * buf.element_size()
+    return buf.to(device=t.device)
+
+
+def check_replicated(x: nn.Module | Tensor, name: str = "model", *, atol: float = 0.0) -> None:
+    """Raise :class:`DistributedError` unless every rank holds the same weights (or tensor).
+
+    A distributed objective assumes identical weights on every rank (each rank differentiates
+    the same function on its own data). This broadcasts rank 0's copy, compares, and agrees on
+    the verdict with one all-reduce, so every rank raises or none does.
+
+    Args:
+        x: A module (its parameters and buffers, in order) or a tensor.
+        name: What to call ``x`` in the message.
+        atol: Largest allowed absolute difference.
+    """
+    require_process_group("check_replicated")
+    if isinstance(x, Tensor):
+        parts = [x]
+    else:
+        parts = [p for p in x.parameters()] + [b for b in x.buffers() if b.is_floating_point()]
+    if not parts:
+        return
+    flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in parts])
+    ref = broadcast(flat, 0)
+    diff = (flat - ref).abs().max().reshape(1) if flat.numel() else torch.zeros(1, dtype=torch.float64)
+    worst = all_reduce_sum(torch.cat([diff, (diff > atol).to(torch.float64)]))
+    if worst[1] > 0:
+        raise DistributedError(
+            f"{name} differs between ranks ({int(worst[1])} of {get_world_size()} ranks differ from "
+            "rank 0): load the same weights on every rank (e.g. broadcast a state_dict from rank 0)"
+        )
+
+
+# ----------------------------------------------------------------------------------- local launch
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to port 0 and read the port back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _launch_worker(
+    rank: int, fn: Callable[..., Any], world_size: int, args: tuple, port: int, backend: str,
+    pg_timeout_s: float, outdir: str, num_threads: int,
+) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(num_threads)
+
+    def record_failure() -> None:
+        # Timestamped before the group is torn down (which makes the peers fail too), so the
+        # launcher can tell the first failure from the ones it caused.
+        with open(os.path.join(outdir, f"rank{rank}.err"), "w") as f:
+            f.write(f"{time.time()!r}\n{traceback.format_exc()}")
+
+    try:
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=pg_timeout_s)
+        )
+    except BaseException:
+        record_failure()
+        raise
+    try:
+        result = fn(rank, world_size, *args)
+        # A file per rank, not a queue: a full pipe would block a rank that returns a lot.
+        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+    except BaseException:
+        record_failure()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _failure_report(outdir: str, nprocs: int) -> str:
+    errors = []
+    for r in range(nprocs):
+        path = os.path.join(outdir, f"rank{r}.err")
+        if os.path.exists(path):
+            with open(path) as f:
+                stamp, _, tb = f.read().partition("\n")
+            errors.append((float(stamp), r, tb.rstrip()))
+    if not errors:
+        return ""
+    errors.sort()
+    _, first, tb = errors[0]
+    lines = [f"rank {first} of {nprocs} failed first:\n{tb}"]
+    for _, r, later in errors[1:]:
+        last = later.splitlines()[-1] if later else ""
+        lines.append(f"rank {r} failed afterwards (likely as a consequence): {last}")
+    return "\n".join(lines)
+
+
+def launch(
+    fn: Callable[..., Any],
+    nprocs: int,
+    args: tuple = (),
+    *,
+    backend: str = "gloo",
+    timeout_s: float = 120.0,
+    pg_timeout_s: float = 30.0,
+    num_threads: int | None = None,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``nprocs`` fresh processes on this machine.
+
+    A loopback process group (``127.0.0.1``, a free port) is initialised in each process with a
+    collective timeout of ``pg_timeout_s``, so a rank stuck in a collective raises instead of
+    waiting forever. For tests, notebooks and benchmarks; on a cluster use ``torchrun``.
+
+    Args:
+        fn: A picklable (module-level) function; its return value must be ``torch.save``-able.
+        nprocs: Number of processes.
+        args: Extra positional arguments for ``fn``.
+        backend: ``"gloo"`` (CPU) or ``"nccl"`` (one GPU per process).
+        timeout_s: Wall-clock limit for the whole run; processes still alive then are killed.
+        pg_timeout_s: ``init_process_group(timeout=...)``: how long a collective may wait.
+        num_threads: Intra-op threads per process (default: CPU cores divided by ``nprocs``,
+            at least 1, so the processes do not oversubscribe the cores).
+
+    Returns:
+        The return values of ``fn``, indexed by rank.
+
+    Raises:
+        DistributedError: A rank raised (the first failure's traceback is in the message, with
+            the ranks that failed after it; the rest are terminated), or the run exceeded
+            ``timeout_s`` (the ranks still running are named and killed).
+    """
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
+    port = find_free_port()
+    threads = num_threads if num_threads is not None else max(1, (os.cpu_count() or 1) // nprocs)
+    outdir = tempfile.mkdtemp(prefix="wdecomp-launch-")
+    try:
+        procs = mp.start_processes(
+            _launch_worker,
+            args=(fn, nprocs, tuple(args), port, backend, pg_timeout_s, outdir, threads),
+            nprocs=nprocs,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not procs.join(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    alive = [r for r, p in enumerate(procs.processes) if p.is_alive()]
+                    report = _failure_report(outdir, nprocs)
+                    raise DistributedError(
+                        f"distributed run did not finish within {timeout_s:.0f} s: rank(s) {alive} still "
+                        "running (a hung rank, or a collective waiting on one) were killed"
+                        + (f"\n{report}" if report else "")
+                    )
+        except ProcessException as exc:
+            report = _failure_report(outdir, nprocs) or f"rank {exc.error_index} of {nprocs} failed:\n{exc}"
+            raise DistributedError(report) from None
+        finally:
+            for p in procs.processes:
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        files = [os.path.join(outdir, f"rank{r}.pt") for r in range(nprocs)]
+        missing = [r for r, f in enumerate(files) if not os.path.exists(f)]
+        if missing:
+            raise DistributedError(f"rank(s) {missing} exited without a result")
+        return [torch.load(f, weights_only=False) for f in files]
+    finally:
+        shutil.rmtree(outdir, ignore_errors=True)
