@@ -1,0 +1,607 @@
+"""Weight-space components: a network's weights rewritten in a basis.
+
+:func:`decompose` turns a basis into :class:`Components`, one uniform object whatever the basis:
+
+* **Activation bases** (:class:`~wdecomp.bases.Basis`: LIB, PCA, neuron, Jacobian). At a hook point
+  with coordinates ``c = C (f - mu)`` (``C``: ``k x d``) and ``f = C^+ c + mu`` on the data, the
+  weights next to the hook are rewritten in the basis: a producing ``Linear`` ``f = W a + b``
+  becomes ``c = (C W) a + C (b - mu)`` (row ``i`` of ``C W`` is component ``i``'s input weights),
+  a producing ``Embedding`` ``E`` becomes ``(E - mu) C^T``, and a consuming ``Linear``
+  ``y = W' f + b'`` reads ``y = (W' C^+) c + W' mu + b'`` (column ``i`` of ``W' C^+`` is component
+  ``i``'s output weights). Component ``i``'s weight-space *piece* is what removing it
+  (``c_i -> 0``) takes out of the weights: ``C^+_{:,i} C_{i,:} W`` and ``C^+_{:,i} C_{i,:} (b - mu)``
+  on the producing side (or ``W' C^+_{:,i} C_{i,:}`` and ``-W' C^+_{:,i} C_{i,:} mu`` on the consuming
+  side when nothing linear produces the activation).
+* **Curvature eigenbases** (:class:`~wdecomp.bases.CurvatureBasis`): component ``i`` is the
+  eigenvector ``v_i`` in the parameters' shapes, importance ``lambda_i``; its piece is
+  ``v_i v_i^T theta``.
+
+Projection onto a subset ``S`` removes the pieces of the components outside ``S``:
+``W_S = W - sum_{i not in S} piece_i``, so projecting on all components returns the weights
+exactly (for a complete curvature eigenbasis it is the orthogonal projection onto ``span(v_S)``).
+
+:meth:`Components.rewrite` returns a copy of the model that computes in the basis: at each hook
+point the producing ``Linear``/``Embedding`` is replaced by one with ``k`` outputs (``C`` folded
+into its weights) or followed by ``C``; the coordinates pass an ``nn.Identity`` named
+``<point>.coords`` (a hook point of their own), and ``C^+`` (with ``mu`` as bias) is inserted
+after it, so the copy computes the same function on the data the basis was fit on.
+
+Components save to one safetensors file (tensors) with the JSON metadata in its header (format,
+version, basis, model signature); writes are atomic and loading runs no code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wdecomp.activations import HookPoint, resolve_module
+from wdecomp.bases.base import Basis, LayerBasis, model_signature
+from wdecomp.bases.curvature import CurvatureBasis
+from wdecomp.errors import ModelMismatchError, SelectionError, ShapeError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Component",
+    "Components",
+    "decompose",
+    "load_basis",
+    "load_components",
+    "save_basis",
+]
+
+FORMAT_VERSION = 1
+_FORMAT = "wdecomp.components"
+
+
+@dataclass(frozen=True, eq=False)
+class Component:
+    """One component.
+
+    Attributes:
+        layer: Hook point (activation bases) or ``"weights"`` (curvature eigenbases).
+        index: Index within its layer (descending importance).
+        importance: Eigenvalue of the method (``Lambda``, ``D``, or the curvature eigenvalue).
+        direction: ``(d,)`` row ``C_i`` that reads the coordinate from the activations, or ``None``.
+        inverse: ``(d,)`` column ``C^+_{:,i}`` that writes it back, or ``None``.
+        weights: Parameter name -> the component's weights in the basis: the producing layer's row
+            ``(C W)_i`` / bias entry, the consuming layer's column ``(W' C^+)_{:,i}``, or the
+            eigenvector in the parameter's shape.
+    """
+
+    layer: str
+    index: int
+    importance: float
+    direction: Tensor | None
+    inverse: Tensor | None
+    weights: Mapping[str, Tensor]
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in self.weights.items())
+        return f"{self.layer}[{self.index}] importance {self.importance:.4g}; weights: {shapes or 'none adjacent'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "index": self.index, "importance": self.importance,
+                "weights": {n: list(t.shape) for n, t in self.weights.items()}}
+
+
+def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str, dict[str, Any]]:
+    """For each hook point, the ``Linear``/``Embedding`` module whose output *is* its activation
+    (producer) and the ``Linear`` modules whose input *is* it (consumers), by tensor identity.
+    Every tensor seen is kept alive during the pass so identities are not reused."""
+    seen_in: dict[str, Tensor] = {}
+    seen_out: dict[str, Tensor] = {}
+    tensors: dict[str, Tensor] = {}
+    handles = []
+    parsed = {p: HookPoint.parse(p) for p in points}
+    for name, module in model.named_modules():
+        def hook(m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            if args and isinstance(args[0], Tensor):
+                seen_in.setdefault(name, args[0])
+            if isinstance(out, Tensor):
+                seen_out.setdefault(name, out)
+            for p, hp in parsed.items():
+                if hp.module == name and p not in tensors:
+                    t = out if hp.side == "output" else (args[0] if args else None)
+                    if isinstance(t, Tensor):
+                        tensors[p] = t
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            from wdecomp.activations import _call
+
+            _call(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(model.named_modules())
+    adj: dict[str, dict[str, Any]] = {}
+    for p in points:
+        t = tensors.get(p)
+        producer = None
+        consumers: list[str] = []
+        if t is not None:
+            for name, o in seen_out.items():
+                if o is t and isinstance(modules[name], (nn.Linear, nn.Embedding)):
+                    producer = name
+            consumers = [n for n, i in seen_in.items() if i is t and isinstance(modules[n], nn.Linear)]
+        adj[p] = {"producer": producer, "consumers": consumers}
+    return adj
+
+
+def _static_adjacency(model: nn.Module, points: Sequence[str]) -> dict[str, dict[str, Any]]:
+    adj = {}
+    for p in points:
+        hp = HookPoint.parse(p)
+        m = resolve_module(model, hp.module)
+        producer = hp.module if hp.side == "output" and isinstance(m, (nn.Linear, nn.Embedding)) else None
+        consumers = [hp.module] if hp.side == "input" and isinstance(m, nn.Linear) else []
+        adj[p] = {"producer": producer, "consumers": consumers}
+    return adj
+
+
+@dataclass(frozen=True, eq=False)
+class Components(Sequence[Component]):
+    """The components of one model in one basis (see the module docstring).
+
+    Attributes:
+        basis: The :class:`Basis` or :class:`CurvatureBasis` they come from.
+        components: All components, layer by layer in forward order, each layer by importance.
+        adjacency: For activation bases, hook point -> ``{"producer": name | None, "consumers": [...]}``.
+        signature: :func:`model_signature` of the model.
+    """
+
+    basis: Basis | CurvatureBasis
+    components: tuple[Component, ...]
+    adjacency: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    signature: Mapping[str, list[int]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ container
+    def __len__(self) -> int:
+        return len(self.components)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.components[i]
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(self.components)
+
+    @property
+    def kind(self) -> str:
+        """``"activation"`` or ``"curvature"``."""
+        return "curvature" if isinstance(self.basis, CurvatureBasis) else "activation"
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return ("weights",) if self.kind == "curvature" else tuple(self.basis.layers)
+
+    def by_layer(self, layer: str) -> list[Component]:
+        return [c for c in self.components if c.layer == layer]
+
+    @property
+    def importances(self) -> Tensor:
+        return torch.tensor([c.importance for c in self.components], dtype=torch.float64)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise :class:`ModelMismatchError` unless ``model`` has the parameters these were built on."""
+        sig = model_signature(model)
+        if dict(sig) != {k: list(v) for k, v in self.signature.items()}:
+            missing = sorted(set(self.signature) - set(sig))[:5]
+            extra = sorted(set(sig) - set(self.signature))[:5]
+            raise ModelMismatchError(
+                f"these components were built on a different model (missing {missing}, extra {extra}, "
+                "or parameter shapes differ)"
+            )
+
+    def indices(self, keep: Iterable[Any] | Callable[[Component], bool] | None) -> list[int]:
+        """Global indices of ``keep``: ``None`` (all), a predicate on :class:`Component`, global
+        indices, or ``(layer, index)`` pairs."""
+        if keep is None:
+            return list(range(len(self)))
+        if callable(keep):
+            return [i for i, c in enumerate(self.components) if keep(c)]
+        lookup = {(c.layer, c.index): i for i, c in enumerate(self.components)}
+        out = []
+        for item in keep:
+            if isinstance(item, tuple):
+                if item not in lookup:
+                    raise SelectionError(f"no component {item}; layers are {list(self.layers)}")
+                out.append(lookup[item])
+            else:
+                i = int(item)
+                if not 0 <= i < len(self):
+                    raise SelectionError(f"component index {i} out of range 0..{len(self) - 1}")
+                out.append(i)
+        return out
+
+    # ------------------------------------------------------------------ weight space
+    def piece(self, model: nn.Module, i: int) -> dict[str, Tensor]:
+        """What removing component ``i`` takes out of the weights (parameter shapes, float64)."""
+        comp = self.components[i]
+        params = dict(model.named_parameters())
+        if self.kind == "curvature":
+            b: CurvatureBasis = self.basis  # type: ignore[assignment]
+            theta = b.flatten({n: params[n].detach().to(torch.float64) for n in b.names})
+            v = b.eigenvectors[:, comp.index].to(torch.float64)
+            return b.unflatten(v * (v @ theta))
+        lb: LayerBasis = self.basis[comp.layer]  # type: ignore[index]
+        C_i = lb.transform[comp.index].to(torch.float64)
+        P_i = lb.inverse[:, comp.index].to(torch.float64)
+        mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros_like(P_i)
+        adj = self.adjacency.get(comp.layer, {})
+        out: dict[str, Tensor] = {}
+        producer = adj.get("producer")
+        if producer is not None:
+            m = resolve_module(model, producer)
+            W = m.weight.detach().to(torch.float64)
+            if isinstance(m, nn.Embedding):
+                out[f"{producer}.weight"] = torch.outer((W - mu) @ C_i, P_i)
+            else:
+                out[f"{producer}.weight"] = torch.outer(P_i, C_i @ W)
+                if m.bias is not None:
+                    out[f"{producer}.bias"] = P_i * (C_i @ (m.bias.detach().to(torch.float64) - mu))
+            return out
+        for name in adj.get("consumers", []):
+            m = resolve_module(model, name)
+            Wp = m.weight.detach().to(torch.float64)
+            col = Wp @ P_i
+            out[f"{name}.weight"] = torch.outer(col, C_i)
+            if m.bias is not None:
+                out[f"{name}.bias"] = -col * (C_i @ mu)
+        return out
+
+    def project(self, model: nn.Module, keep: Any = None) -> dict[str, Tensor]:
+        """Weights with only the components in ``keep``: ``W - sum_{i not kept} piece_i``.
+
+        Returns:
+            Parameter name -> new value (model dtype) for every parameter any component touches.
+        """
+        self.check_model(model)
+        kept = set(self.indices(keep))
+        params = dict(model.named_parameters())
+        touched: dict[str, Tensor] = {}
+        for i in range(len(self)):
+            for name, piece in self.piece(model, i).items():
+                if name not in touched:
+                    touched[name] = params[name].detach().to(torch.float64).clone()
+                if i not in kept:
+                    touched[name] -= piece
+        if not touched and self.kind == "activation":
+            raise SelectionError(
+                "no Linear or Embedding weights are adjacent to these hook points (or decompose() got no "
+                "data to find the consuming layers); ablate the activations instead"
+            )
+        return {n: t.to(params[n].dtype) for n, t in touched.items()}
+
+    def projected_model(self, model: nn.Module, keep: Any = None) -> nn.Module:
+        """A deep copy of ``model`` whose weights are :meth:`project` ``(model, keep)``."""
+        new = self.project(model, keep)
+        clone = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, p in clone.named_parameters():
+                if name in new:
+                    p.copy_(new[name])
+        return clone
+
+    def coefficients(self, model: nn.Module) -> Tensor:
+        """Curvature bases: the weights' coordinates ``V^T theta`` ``(k,)``."""
+        if self.kind != "curvature":
+            raise TypeError("coefficients() is for curvature eigenbases; activation bases rewrite the model")
+        b: CurvatureBasis = self.basis  # type: ignore[assignment]
+        params = dict(model.named_parameters())
+        theta = b.flatten({n: params[n].detach().to(torch.float64) for n in b.names})
+        return b.eigenvectors.to(torch.float64).T @ theta
+
+    # ------------------------------------------------------------------ rewriting
+    def rewrite(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` that computes in the basis (same function on the fitted data).
+
+        Activation bases: see the module docstring (``<point>.coords`` holds the coordinates).
+        Curvature eigenbases: the weights rebuilt as ``V a`` plus their part outside ``span(V)``.
+        """
+        self.check_model(model)
+        if self.kind == "curvature":
+            return self.projected_model(model, None)
+        clone = copy.deepcopy(model)
+        dtype = next(model.parameters()).dtype
+        for point in sorted(self.basis.layers, key=lambda p: -HookPoint.parse(p).module.count(".")):
+            lb: LayerBasis = self.basis[point]  # type: ignore[index]
+            hp = HookPoint.parse(point)
+            if not hp.module:
+                raise SelectionError("cannot rewrite a hook point on the model itself; name a submodule")
+            inner = resolve_module(clone, hp.module)
+            producer = self.adjacency.get(point, {}).get("producer")
+            if hp.side == "output":
+                folded = _fold_producer(inner, lb, dtype) if producer == hp.module else None
+                to = None if folded is not None else _linear(lb.transform, _neg_center(lb), dtype)
+                new: nn.Module = _InBasis(folded if folded is not None else inner, to, _inverse_linear(lb, dtype))
+            else:
+                new = _InBasisInput(inner, _linear(lb.transform, _neg_center(lb), dtype), _inverse_linear(lb, dtype))
+            parent_name, _, child = hp.module.rpartition(".")
+            setattr(resolve_module(clone, parent_name), child, new)
+        return clone.eval()
+
+    def verify(self, model: nn.Module, data: Iterable[Any]) -> float:
+        """Largest absolute difference between :meth:`rewrite` ``(model)`` and ``model`` on ``data``."""
+        from wdecomp.activations import _call
+
+        rewritten = self.rewrite(model)
+        worst = 0.0
+        with torch.no_grad():
+            for batch in data:
+                x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+                worst = max(worst, float((_call(rewritten, x) - _call(model, x)).abs().max()))
+        return worst
+
+    # ------------------------------------------------------------------ reporting
+    def __str__(self) -> str:
+        lines = [f"Components ({self.kind}, {self.basis.method}): {len(self)} components"]
+        for layer in self.layers:
+            comps = self.by_layer(layer)
+            imp = ", ".join(f"{c.importance:.3g}" for c in comps[:6]) + (", ..." if len(comps) > 6 else "")
+            adj = self.adjacency.get(layer, {})
+            where = ""
+            if adj:
+                where = f"  producer={adj.get('producer')} consumers={list(adj.get('consumers', []))}"
+            lines.append(f"  {layer:<24} {len(comps):>5}  importance [{imp}]{where}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "method": self.basis.method, "count": len(self),
+                "adjacency": {k: dict(v) for k, v in self.adjacency.items()},
+                "components": [c.to_dict() for c in self.components]}
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the basis and adjacency to ``path`` (safetensors + JSON header), atomically."""
+        return save_basis(self.basis, path, adjacency=self.adjacency)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module) -> Components:
+        """Read components saved by :meth:`save` for ``model`` (checked against its signature)."""
+        return load_components(path, model)
+
+
+def _neg_center(lb: LayerBasis) -> Tensor | None:
+    return None if lb.center is None else -(lb.transform.to(torch.float64) @ lb.center.to(torch.float64))
+
+
+def _linear(weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> nn.Linear:
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=bias is not None).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def _inverse_linear(lb: LayerBasis, dtype: torch.dtype) -> nn.Linear:
+    return _linear(lb.inverse, lb.center, dtype)
+
+
+def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Module | None:
+    C = lb.transform.to(torch.float64)
+    mu = lb.center.to(torch.float64) if lb.center is not None else None
+    if isinstance(m, nn.Linear):
+        W = m.weight.detach().to(torch.float64)
+        b = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+        if mu is not None:
+            b = b - mu
+        return _linear(C @ W, C @ b if (m.bias is not None or mu is not None) else None, dtype)
+    if isinstance(m, nn.Embedding) and m.padding_idx is None and m.max_norm is None:
+        E = m.weight.detach().to(torch.float64)
+        if mu is not None:
+            E = E - mu
+        emb = nn.Embedding(E.shape[0], C.shape[0]).to(dtype)
+        with torch.no_grad():
+            emb.weight.copy_(E @ C.T)
+        return emb
+    return None
+
+
+class _InBasis(nn.Module):
+    """``inner`` (with ``C`` folded in, or followed by ``to_coords``), then ``coords`` (identity
+    hook point on the basis coordinates), then ``from_coords`` (``C^+``, bias ``mu``)."""
+
+    def __init__(self, inner: nn.Module, to_coords: nn.Module | None, from_coords: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.to_coords = to_coords if to_coords is not None else nn.Identity()
+        self.coords = nn.Identity()
+        self.from_coords = from_coords
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.inner(*args, **kwargs)
+        if not isinstance(out, Tensor):
+            raise ShapeError("rewrite() supports hook points whose module returns one tensor")
+        return self.from_coords(self.coords(self.to_coords(out)))
+
+
+class _InBasisInput(nn.Module):
+    """The module ``inner`` reading its first input through the basis: ``inner(C^+ C x, ...)``."""
+
+    def __init__(self, inner: nn.Module, to_coords: nn.Module, from_coords: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.to_coords = to_coords
+        self.coords = nn.Identity()
+        self.from_coords = from_coords
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(self.from_coords(self.coords(self.to_coords(x))), *args, **kwargs)
+
+
+def decompose(
+    model: nn.Module,
+    basis: Basis | CurvatureBasis,
+    data: Any = None,
+    *,
+    adjacency: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Components:
+    """Rewrite ``model``'s weights in ``basis``: one :class:`Component` per basis direction.
+
+    Args:
+        model: The model the basis was fit on (checked: :class:`ModelMismatchError` otherwise).
+        basis: An activation :class:`Basis` (from :func:`~wdecomp.bases.interaction_basis`) or a
+            :class:`CurvatureBasis` (from :func:`~wdecomp.bases.curvature_basis`).
+        data: Optional batches (or inputs); the first batch is run once to find the ``Linear``
+            layers that consume each hook point's activation (by tensor identity). Without it only
+            a hook point's own ``Linear``/``Embedding`` is found.
+        adjacency: Precomputed adjacency (as stored by :meth:`Components.save`).
+
+    Returns:
+        :class:`Components`.
+    """
+    basis.check_model(model)
+    params = dict(model.named_parameters())
+    comps: list[Component] = []
+    if isinstance(basis, CurvatureBasis):
+        for i in range(basis.size):
+            comps.append(Component("weights", i, float(basis.eigenvalues[i]), None, None, basis.direction(i)))
+        return Components(basis, tuple(comps), {}, dict(model_signature(model)))
+    if adjacency is None:
+        if data is not None:
+            first = next(iter(data)) if not isinstance(data, Tensor) else data
+            inputs = first[0] if isinstance(first, (tuple, list)) and len(first) == 2 else first
+            adjacency = _adjacency(model, list(basis.layers), inputs)
+        else:
+            adjacency = _static_adjacency(model, list(basis.layers))
+    adjacency = {k: {"producer": v.get("producer"), "consumers": list(v.get("consumers", []))}
+                 for k, v in adjacency.items()}
+    for point in basis.layers:
+        lb = basis[point]
+        C = lb.transform.to(torch.float64)
+        Cinv = lb.inverse.to(torch.float64)
+        mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros(lb.dim, dtype=torch.float64)
+        adj = adjacency.get(point, {})
+        rows: dict[str, Tensor] = {}
+        producer = adj.get("producer")
+        if producer is not None:
+            m = resolve_module(model, producer)
+            W = params[f"{producer}.weight"].detach().to(torch.float64)
+            if isinstance(m, nn.Embedding):
+                rows[f"{producer}.weight"] = ((W - mu) @ C.T).T  # (k, V): column i of (E - mu) C^T
+            else:
+                rows[f"{producer}.weight"] = C @ W  # (k, in)
+                if getattr(m, "bias", None) is not None:
+                    rows[f"{producer}.bias"] = C @ (m.bias.detach().to(torch.float64) - mu)
+        for name in adj.get("consumers", []):
+            Wp = params[f"{name}.weight"].detach().to(torch.float64)
+            rows[f"{name}.weight"] = (Wp @ Cinv).T  # (k, out): column i of W' C^+
+        for i in range(lb.size):
+            comps.append(Component(point, i, float(lb.eigenvalues[i]), lb.transform[i], lb.inverse[:, i],
+                                   {n: r[i] for n, r in rows.items()}))
+    return Components(basis, tuple(comps), adjacency, dict(model_signature(model)))
+
+
+# ---------------------------------------------------------------------- persistence
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Tensor):
+        return x.tolist()
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def _atomic_save(tensors: dict[str, Tensor], meta: dict[str, Any], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata={"wdecomp": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_basis(basis: Basis | CurvatureBasis, path: str | os.PathLike,
+               adjacency: Mapping[str, Any] | None = None) -> Path:
+    """Save a basis (and optional adjacency) to a safetensors file with a JSON header, atomically
+    (a temporary file in the same directory, then ``os.replace``)."""
+    path = Path(path)
+    tensors: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {"format": _FORMAT, "version": FORMAT_VERSION,
+                            "signature": _jsonable(basis.signature), "info": _jsonable(basis.info),
+                            "adjacency": _jsonable(adjacency or {})}
+    if isinstance(basis, CurvatureBasis):
+        meta.update(kind="curvature", curvature_kind=basis.kind, which=basis.which, names=list(basis.names),
+                    shapes=[list(s) for s in basis.shapes], null_threshold=basis.null_threshold)
+        tensors.update(eigenvalues=basis.eigenvalues, eigenvectors=basis.eigenvectors, spectrum=basis.spectrum)
+    else:
+        meta.update(kind="activation", method=basis.method, layers=list(basis.layers),
+                    layer_methods={p: basis[p].method for p in basis.layers})
+        for i, p in enumerate(basis.layers):
+            lb = basis[p]
+            tensors[f"{i}/transform"] = lb.transform
+            tensors[f"{i}/inverse"] = lb.inverse
+            tensors[f"{i}/eigenvalues"] = lb.eigenvalues
+            if lb.center is not None:
+                tensors[f"{i}/center"] = lb.center
+    _atomic_save(tensors, meta, path)
+    return path
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    if "wdecomp" not in header:
+        raise ValueError(f"{path} is not a wdecomp file (no 'wdecomp' metadata in its safetensors header)")
+    meta = json.loads(header["wdecomp"])
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path}: unknown format {meta.get('format')!r}")
+    if int(meta.get("version", -1)) > FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {meta.get('version')}; this wdecomp reads up to {FORMAT_VERSION}")
+    return meta, tensors
+
+
+def load_basis(path: str | os.PathLike, model: nn.Module | None = None) -> Basis | CurvatureBasis:
+    """Read a basis written by :func:`save_basis` (no code is executed); with ``model``, check it
+    is the model the basis was fit on (:class:`ModelMismatchError` otherwise)."""
+    meta, t = _read(path)
+    sig = {k: list(v) for k, v in meta["signature"].items()}
+    if meta["kind"] == "curvature":
+        basis: Basis | CurvatureBasis = CurvatureBasis(
+            names=tuple(meta["names"]), shapes=tuple(tuple(s) for s in meta["shapes"]),
+            eigenvalues=t["eigenvalues"], eigenvectors=t["eigenvectors"], kind=meta["curvature_kind"],
+            which=meta["which"], spectrum=t["spectrum"], null_threshold=float(meta["null_threshold"]),
+            signature=sig, info=meta.get("info", {}),
+        )
+    else:
+        bases = {}
+        for i, p in enumerate(meta["layers"]):
+            bases[p] = LayerBasis(p, t[f"{i}/transform"], t[f"{i}/inverse"], t[f"{i}/eigenvalues"],
+                                  t.get(f"{i}/center"), meta["layer_methods"][p])
+        basis = Basis(tuple(meta["layers"]), bases, meta["method"], sig, meta.get("info", {}))
+    if model is not None:
+        basis.check_model(model)
+    return basis
+
+
+def load_components(path: str | os.PathLike, model: nn.Module) -> Components:
+    """Read :class:`Components` saved by :meth:`Components.save`, for ``model`` (checked)."""
+    meta, _ = _read(path)
+    basis = load_basis(path, model)
+    return decompose(model, basis, adjacency=meta.get("adjacency") or None)
