@@ -40,14 +40,14 @@ def _probe_block(p: int) -> torch.Tensor:
     return torch.randn(p, 3, generator=torch.Generator().manual_seed(11), dtype=DT)
 
 
-def _has_spectral(name: str) -> bool:
+def _has_module(name: str) -> bool:
     import importlib
 
     try:
-        mod = importlib.import_module(f"wdecomp.spectral.{name}")
+        importlib.import_module(name)
     except ImportError:
         return False
-    return mod is not None
+    return True
 
 
 def _quantities(model: nn.Module, batches: list, distributed: bool) -> dict[str, torch.Tensor]:
@@ -69,10 +69,19 @@ def _quantities(model: nn.Module, batches: list, distributed: bool) -> dict[str,
     from wdecomp.spectral import eigh
 
     out["eigenvalues"] = eigh(H, k=3, which="largest").eigenvalues
-    if _has_spectral("trace"):
+    if _has_module("wdecomp.spectral.trace"):
         from wdecomp.spectral.trace import hutchinson_trace
 
         out["trace"] = torch.tensor(hutchinson_trace(H, 8, seed=3).estimate, dtype=DT)
+    from wdecomp.spectral.rank import rank
+
+    out["rank_ggn"] = torch.tensor(float(int(rank(wd.ggn(obj), method="dense"))), dtype=DT)
+    if _has_module("wdecomp.bases.capture"):
+        from wdecomp.bases.capture import gram_matrices
+
+        # Per-rank mean Gram weighted by its vector count: the global mean Gram (uneven shards).
+        g = gram_matrices(model, batches, ["1"])["1"]
+        out["gram_capture"], _ = wdist.reduce_mean_weighted(g.gram * g.count, g.count, distributed)
     # Activation Gram of the hidden layer, summed over examples and reduced like the products.
     gram = torch.zeros(6, 6, dtype=DT)
     with torch.no_grad():
@@ -99,6 +108,7 @@ def _worker(rank: int, world_size: int) -> dict:
     local = [(x[a:b], y[a:b]) for a, b in SHARDS[rank]]
     out = _quantities(model, local, distributed=True)
     wdist.check_replicated(model)
+    out["factors_refused"] = _raises(lambda: next(wd.ggn(wd.Objective(model, local, distributed=True)).factor_chunks()))
     out["per_sample_refused"] = _raises(lambda: wd.per_sample_gradients(wd.Objective(model, local, distributed=True)))
     with torch.no_grad():
         model[0].bias[0] += rank  # weights now differ between ranks: every rank must refuse
@@ -127,7 +137,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 QUANTITIES = [
     "value", "gradient", "total_count", "hessian", "hessian_rr", "ggn", "fisher_empirical",
-    "fisher_true", "eigenvalues", "trace", "gram", "gram_trace_mean", "gram_count",
+    "fisher_true", "eigenvalues", "trace", "rank_ggn", "gram_capture", "gram", "gram_trace_mean", "gram_count",
 ]
 
 
@@ -153,6 +163,7 @@ def test_ranks_and_refusals(two_process_results: list[dict]) -> None:
     assert [r["rank"] for r in two_process_results] == [0, 1]
     assert all(r["world_size"] == 2 for r in two_process_results)
     assert all(r["per_sample_refused"] for r in two_process_results)
+    assert all(r["factors_refused"] for r in two_process_results)
     assert all(r["mismatch_refused"] for r in two_process_results)
 
 

@@ -261,6 +261,10 @@ class Objective:
         self.loss = resolve_loss(loss)
         self.check_deterministic = check_deterministic
         self.distributed = distributed
+        if distributed:
+            from wdecomp.distributed import require_process_group
+
+            require_process_group("Objective(distributed=True)")
         self._single = _is_single_batch(data)
         if self._single:
             self._data: Any = [data]

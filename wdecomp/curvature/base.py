@@ -296,3 +296,14 @@ class FactoredOperator(CurvatureOperator):
     def factor_chunks(self, chunk_size: int = 64) -> Iterator[Tensor]:
         """Yield dense blocks ``F_j`` of shape ``(m_j, p)`` with ``A = sum_j F_j^T F_j``."""
         raise NotImplementedError
+
+    def _refuse_if_distributed(self) -> None:
+        """Factor rows are this rank's examples only: refuse rather than give a local Gram."""
+        if self.objective.distributed:
+            from wdecomp.distributed import DistributedError
+
+            raise DistributedError(
+                f"{self.kind} factor rows live on their own rank, so a Gram matrix of them would be "
+                "this rank's only; with a distributed objective use rank(method='dense') (built from "
+                "reduced products) or method='density'"
+            )

@@ -66,6 +66,7 @@ class EmpiricalFisherOperator(FactoredOperator):
 
     def factor_chunks(self, chunk_size: int = 64) -> Iterator[Tensor]:
         """Per-example gradients ``g_i / sqrt(N)``, ``chunk_size`` examples at a time."""
+        self._refuse_if_distributed()
         theta = self.params.as_dict()
         scale = float(self.objective.total_count) ** -0.5
         for batch in self.objective.batches():

@@ -91,6 +91,7 @@ class OutputSpaceOperator(FactoredOperator):
     def factor_chunks(self, chunk_size: int = 64) -> Iterator[Tensor]:
         """Rows ``L_i^T J_i / sqrt(N)`` (``M_i = L_i L_i^T`` per output position), ``chunk_size``
         examples at a time; the operator equals ``sum_j F_j^T F_j``."""
+        self._refuse_if_distributed()
         sqrt_fn = self.loss.output_hessian_sqrt
         if sqrt_fn is None:
             raise TypeError(f"no closed-form square root of the output Hessian for loss '{self.loss.name}'")

@@ -32,6 +32,13 @@ class PerSampleGradients(CurvatureOperator):
     symmetric = False
 
     def __init__(self, objective: Objective, params: ParamSpec | ParamSet = None, **kw: Any) -> None:
+        if objective.distributed:
+            from wdecomp.distributed import DistributedError
+
+            raise DistributedError(
+                "per-sample gradients are rows of this rank's examples and are not reduced; build them "
+                "from a distributed=False Objective on the local shard (rows stay on their rank)"
+            )
         super().__init__(objective, params, **kw)
         objective.output_loss()
         self._sizes: list[int] | None = None
