@@ -1,0 +1,60 @@
+"""The ablation examples run (``--fast``) and their numbers hang together."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation_examples")
+    study = _load("ablation_study").main(["--fast", "--out", str(out)])
+    spliced = _load("splice_sae").main(["--fast", "--out", str(out)])
+    return out, study, spliced
+
+
+def test_ablation_study_outputs(outputs):
+    out, study, _ = outputs
+    for name in ("ablation.json", "ablation.csv", "ablation.png"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "ablation.json").read_text()) == study
+    levels = study["levels"]
+    assert levels[0]["n_ablated"] == 0 and levels[0]["loss"] == study["original"]["loss"]
+    assert levels[0]["kl"] == 0.0
+    # mean-ablating every PCA direction sets the hook to its mean: the mean baseline
+    assert levels[-1]["loss"] == pytest.approx(study["mean_baseline"]["loss"], abs=1e-9)
+    # removing the low-variance directions hurts less than the whole hook
+    assert study["original"]["loss"] < levels[1]["loss"] < study["mean_baseline"]["loss"]
+
+
+def test_splice_outputs_agree_with_the_ablation(outputs):
+    out, study, spliced = outputs
+    rows = {r["label"]: r for r in spliced["levels"]}
+    assert rows["identity"]["loss"] == spliced["original"]["loss"] and rows["identity"]["kl"] == 0.0
+    # rank-32 PCA projection == mean-ablating the 32 least important PCA directions (E[c] = 0)
+    half = next(lv for lv in study["levels"] if lv["n_ablated"] == 32)
+    assert rows["pca r=32"]["loss"] == pytest.approx(half["loss"], abs=1e-9)
+    assert rows["pca r=8"]["loss"] > rows["pca r=16"]["loss"] > rows["pca r=32"]["loss"]
+    assert (out / "splice.png").stat().st_size > 0
