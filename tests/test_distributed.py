@@ -78,10 +78,14 @@ def _quantities(model: nn.Module, batches: list, distributed: bool) -> dict[str,
     out["rank_ggn"] = torch.tensor(float(int(rank(wd.ggn(obj), method="dense"))), dtype=DT)
     if _has_module("wdecomp.bases.capture"):
         from wdecomp.bases.capture import gram_matrices
+        from wdecomp.bases.interaction import interaction_basis, interaction_matrix
 
+        out["gram_capture"] = gram_matrices(model, batches, ["1"], constant=True, distributed=distributed)["1"].gram
         # Per-rank mean Gram weighted by its vector count: the global mean Gram (uneven shards).
         g = gram_matrices(model, batches, ["1"])["1"]
-        out["gram_capture"], _ = wdist.reduce_mean_weighted(g.gram * g.count, g.count, distributed)
+        out["gram_weighted"], _ = wdist.reduce_mean_weighted(g.gram * g.count, g.count, distributed)
+        out["interaction_matrix"] = interaction_matrix(model, batches, "1", "2", distributed=distributed)
+        out["lib_eigenvalues"] = interaction_basis(model, batches, ["1", "2"], distributed=distributed)["1"].eigenvalues
     # Activation Gram of the hidden layer, summed over examples and reduced like the products.
     gram = torch.zeros(6, 6, dtype=DT)
     with torch.no_grad():
@@ -137,7 +141,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 QUANTITIES = [
     "value", "gradient", "total_count", "hessian", "hessian_rr", "ggn", "fisher_empirical",
-    "fisher_true", "eigenvalues", "trace", "rank_ggn", "gram_capture", "gram", "gram_trace_mean", "gram_count",
+    "fisher_true", "eigenvalues", "trace", "rank_ggn", "gram_capture", "gram_weighted",
+    "interaction_matrix", "lib_eigenvalues", "gram", "gram_trace_mean", "gram_count",
 ]
 
 

@@ -99,6 +99,7 @@ def gram_matrices(
     constant: bool = False,
     center: bool = False,
     progress: bool | None = None,
+    distributed: bool = False,
 ) -> dict[str, GramResult]:
     """Gram matrices (or covariances) of the activations at ``points``, streamed over ``data``.
 
@@ -109,6 +110,8 @@ def gram_matrices(
         constant: Append a constant-1 direction (for biases, as LIB does).
         center: Return the covariance instead of the uncentred Gram matrix (not with ``constant``).
         progress: Progress bar over batches.
+        distributed: ``data`` is this rank's shard: sums and counts are all-reduced over the
+            process group (:mod:`wdecomp.distributed`), so every rank gets the global result.
 
     Returns:
         Point -> :class:`GramResult`.
@@ -144,6 +147,13 @@ def gram_matrices(
             bar.update(1)
     if not sums:
         raise DataError("the data hold no batches")
+    if distributed:
+        from wdecomp.distributed import all_reduce_sum_many
+
+        packed = all_reduce_sum_many({**{f"s{k}": sums[k] for k in keys}, **{f"m{k}": firsts[k] for k in keys},
+                                      "n": torch.tensor([float(counts[k]) for k in keys] + [float(examples)])})
+        sums, firsts = {k: packed[f"s{k}"] for k in keys}, {k: packed[f"m{k}"] for k in keys}
+        counts, examples = {k: int(packed["n"][i]) for i, k in enumerate(keys)}, int(packed["n"][-1])
     out = {}
     for key in keys:
         n = counts[key]

@@ -135,9 +135,11 @@ def interaction_matrix(
     *,
     chunk_size: int = 256,
     mode: str = "auto",
+    distributed: bool = False,
 ) -> Tensor:
     """``M = E_x sum_{target positions} J(x)^T J(x)`` in float64, ``(d_s, d_s)``, with ``J`` from
-    :func:`interaction_jacobians` (arXiv 2405.10928 sec. 2, step L3, before whitening)."""
+    :func:`interaction_jacobians` (arXiv 2405.10928 sec. 2, step L3, before whitening).
+    ``distributed=True``: ``data`` is this rank's shard; sum and count are all-reduced."""
     M = None
     for J in interaction_jacobians(model, data, source, target, transform, chunk_size=chunk_size, mode=mode):
         J = J.to(torch.float64).reshape(-1, J.shape[-1])
@@ -145,6 +147,11 @@ def interaction_matrix(
     count = sum(_num_examples(_split(batch)) for batch in data)
     if M is None or count == 0:
         raise DataError("the data hold no examples")
+    if distributed:
+        from wdecomp.distributed import all_reduce_sum_many
+
+        M, n = all_reduce_sum_many([M, torch.tensor([float(count)], dtype=torch.float64)])
+        count = int(n[0])
     M = M / count
     return (M + M.T) / 2
 
@@ -183,6 +190,7 @@ def interaction_basis(
     chunk_size: int = 256,
     mode: str = "auto",
     progress: bool | None = None,
+    distributed: bool = False,
 ) -> Basis:
     """A basis for the activations at each of ``layers``: LIB or a control.
 
@@ -202,6 +210,8 @@ def interaction_basis(
         chunk_size: Examples per ``vmap`` Jacobian call (bounds memory).
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
         progress: Progress bar over layers.
+        distributed: ``data`` is this rank's shard: Gram and interaction matrices are
+            all-reduced (:mod:`wdecomp.distributed`); every rank computes the same basis.
 
     Returns:
         A :class:`Basis` with ``basis[layer].transform`` ``(k, d)``, ``.inverse`` ``(d, k)``,
@@ -217,7 +227,7 @@ def interaction_basis(
         data = list(data)
     keys = _check_layers(model, data, layers)
     center = (method == "pca") if center is None else bool(center)
-    grams = gram_matrices(model, data, keys, center=center, progress=progress)
+    grams = gram_matrices(model, data, keys, center=center, progress=progress, distributed=distributed)
     info: dict[str, Any] = {
         "gram_threshold": gram_threshold, "interaction_threshold": interaction_threshold,
         "drop_noninteracting": drop_noninteracting, "center": center,
@@ -236,7 +246,8 @@ def interaction_basis(
         bar.update(1)
         for i in range(len(keys) - 2, -1, -1):
             key, nxt = keys[i], bases[keys[i + 1]]
-            M = interaction_matrix(model, data, key, keys[i + 1], nxt.transform, chunk_size=chunk_size, mode=mode)
+            M = interaction_matrix(model, data, key, keys[i + 1], nxt.transform, chunk_size=chunk_size, mode=mode,
+                                   distributed=distributed)
             bases[key] = _interaction_layer(
                 grams[key], M, method, gram_threshold, interaction_threshold, drop_noninteracting
             )
