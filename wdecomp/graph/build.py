@@ -207,7 +207,7 @@ def _jacobian_chunk(model: nn.Module, x: Any, src: LayerBasis, tgt: LayerBasis, 
     p_t, p_s = a_t[0].numel() // d_t, a_s[0].numel() // d_s
     jac = jac.reshape(b, p_t, d_t, p_s, d_s)
     dtype = jac.dtype
-    dc = torch.einsum("ia,bpaqc,cj->bpiqj", tgt.transform.to(dtype), jac, src.inverse.to(dtype))
+    dc = torch.einsum("ia,bpaqc,cj->bpiqj", tgt.transform.to(jac.device, dtype), jac, src.inverse.to(jac.device, dtype))
     c_s = src.to_coordinates(a_s.reshape(b, p_s, d_s))  # (B, P_s, k_s)
     return _reduce(dc * c_s[:, None, None], positions)
 
@@ -223,7 +223,7 @@ def _ig_chunk(model: nn.Module, x: Any, src: LayerBasis, tgt: LayerBasis, acts: 
     k_t_total = acts[tgt.point][0].numel() // acts[tgt.point].shape[-1] * tgt.size
     jac = jacrev if k_t_total <= c_s[0].numel() else jacfwd
     jh = jac(h, argnums=0)
-    nodes, weights = nodes.to(c_s.dtype), weights.to(c_s.dtype)
+    nodes, weights = nodes.to(c_s.device, c_s.dtype), weights.to(c_s.device, c_s.dtype)
     group = max(1, chunk_size // b)
 
     def along_path(c: Tensor, xi: Any, alphas: Tensor, w: Tensor) -> Tensor:
@@ -346,13 +346,13 @@ def interaction_graph(
                 if a.shape[-1] != b.dim:
                     raise ShapeError(f"activations at '{b.point}' have width {a.shape[-1]}, basis expects {b.dim}")
                 c = b.to_coordinates(a.reshape(a.shape[0], -1, a.shape[-1]))
-                ms += c.double().square().sum((0, 1))
+                ms += c.double().square().sum((0, 1)).cpu()
             for (src, tgt), acc in zip(pairs, accs):
                 if method == "jacobian":
-                    acc.sums += _jacobian_chunk(model, x, src, tgt, acts, positions).double()
+                    acc.sums += _jacobian_chunk(model, x, src, tgt, acts, positions).double().cpu()
                 else:
                     s, err, change = _ig_chunk(model, x, src, tgt, acts, positions, nodes_q, weights_q, chunk_size)
-                    acc.sums += s.double()
+                    acc.sums += s.double().cpu()
                     acc.err_max = max(acc.err_max, float(err.abs().max()))
                     acc.err_sq += float(err.double().square().sum())
                     acc.err_count += err.numel()

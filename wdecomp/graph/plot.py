@@ -79,7 +79,8 @@ def plot_graph(
         path: ``.png``, ``.svg`` or ``.pdf`` file, or ``None`` to only return the figure.
         order: Node order in a column (:func:`layered_layout`).
         max_labels: Label the nodes of columns with at most this many nodes.
-        node_size: Marker area (points^2) of the most important node of a layer.
+        node_size: Marker area (points^2) of the most important node of a layer (capped by the spacing
+            of the tallest column).
         edge_width: Line width (points) of the strongest edge of a layer pair.
         gamma: Edge width and opacity grow as ``(attribution / max)^gamma``.
         title: Figure title (default: method and counts).
@@ -121,23 +122,26 @@ def plot_graph(
     if segs:
         ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, zorder=1))
 
-    # nodes: area by importance relative to the layer's largest
+    # nodes: area by importance relative to the layer's largest, capped so neighbours do not overlap
+    spacing_pts = figsize[1] * 72 * 0.85 / 1.12 / max(tallest - 1, 1)
+    node_size = min(node_size, (0.9 * spacing_pts) ** 2)
     layer_colors = colormaps[cmap](np.linspace(0.15, 0.85, n_layers))
     for li, nodes in columns.items():
         imp = np.array([max(float(g.nodes[n].get("importance", 1.0)), 0.0) for n in nodes])
         rel = np.sqrt(imp / imp.max()) if imp.max() > 0 else np.ones_like(imp)
         xy = np.array([pos[n] for n in nodes])
-        ax.scatter(xy[:, 0], xy[:, 1], s=10 + node_size * rel, color=layer_colors[li % n_layers],
+        ax.scatter(xy[:, 0], xy[:, 1], s=2 + node_size * rel, color=layer_colors[li % n_layers],
                    edgecolors="black", linewidths=0.4, zorder=2)
         if len(nodes) <= max_labels:
             fontsize = 7 if len(nodes) <= 20 else 5
+            box = {"boxstyle": "round,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.7}
             for n, (x, y) in zip(nodes, xy):
                 ax.annotate(str(g.nodes[n].get("index", n)), (x, y), xytext=(6, 0), textcoords="offset points",
-                            fontsize=fontsize, va="center", zorder=3)
+                            fontsize=fontsize, va="center", zorder=3, bbox=box)
     for li, name in enumerate(graph.layers):
-        ax.text(li, 1.04, name, ha="center", va="bottom", fontsize=8, rotation=0 if len(name) < 14 else 15)
+        ax.text(li, 1.025, name, ha="center", va="bottom", fontsize=8, rotation=0 if len(name) < 14 else 15)
     ax.set_xlim(-0.4, n_layers - 0.6)
-    ax.set_ylim(-0.06, 1.12)
+    ax.set_ylim(-0.04, 1.08)
     if title is None:
         title = f"{graph.method} interaction graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges"
     fig.suptitle(title, fontsize=10)
