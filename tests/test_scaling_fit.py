@@ -1,0 +1,103 @@
+"""The approach-3 fitter: exact recovery without noise, bootstrap coverage with 1% noise."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wdecomp.errors import DataError
+from wdecomp.scaling import ChinchillaLaw, ComputeLaw, ScalingFit, fit, huber
+
+TRUE = ChinchillaLaw(E=1.8, A=450.0, B=1200.0, alpha=0.33, beta=0.36)
+
+
+def _sweep(law=TRUE, noise=0.0, seed=0):
+    n = np.logspace(6.5, 9.5, 8)
+    d = np.logspace(8.5, 11.0, 8)
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    loss = law.loss(nn, dd)
+    if noise:
+        loss = loss * np.exp(noise * np.random.default_rng(seed).standard_normal(loss.shape))
+    return np.column_stack([nn, dd, loss])
+
+
+def test_huber():
+    r = np.array([-0.1, -1e-3, 0.0, 5e-4, 0.2])
+    np.testing.assert_allclose(huber(r, 1e-3), [1e-3 * (0.1 - 5e-4), 5e-7, 0.0, 1.25e-7, 1e-3 * (0.2 - 5e-4)])
+
+
+def test_recovers_noiseless_chinchilla_law():
+    res = fit(_sweep(), n_starts=8, n_bootstrap=0)
+    for k, v in TRUE.params().items():
+        assert res.estimates[k] == pytest.approx(v, rel=1e-3), k
+    assert res.objective < 1e-12
+    assert isinstance(res.law, ChinchillaLaw)
+    assert res.law.fitted_range.n_min == pytest.approx(10**6.5)
+    assert res.law.fitted_range.d_max == pytest.approx(1e11)
+
+
+def test_recovers_noiseless_compute_law():
+    true = ComputeLaw(E=1.5, A=2.0e3, alpha=0.15)
+    c = np.logspace(15, 21, 25)
+    res = fit(np.column_stack([c, true.loss(c)]), n_starts=8, n_bootstrap=0)
+    assert isinstance(res.law, ComputeLaw)
+    for k, v in true.params().items():
+        assert res.estimates[k] == pytest.approx(v, rel=1e-3), k
+
+
+def test_true_parameters_inside_bootstrap_ci_under_1pct_noise():
+    # One seeded draw. Measured when this test was written (noise seeds 100..111, 40 refits,
+    # 95% percentile intervals): E, B, beta covered 12/12; A and alpha 10/12, so the intervals
+    # under-cover somewhat (Huber at delta=1e-3 with 1% noise is close to L1 regression).
+    res = fit(_sweep(noise=0.01, seed=100), n_starts=8, n_bootstrap=40, seed=0)
+    for k, v in TRUE.params().items():
+        lo, hi = res.ci[k]
+        assert lo <= v <= hi, (k, lo, v, hi)
+    a_true = TRUE.beta / (TRUE.alpha + TRUE.beta)
+    assert res.ci["a_opt"][0] <= a_true <= res.ci["a_opt"][1]
+    assert res.samples.shape == (40, 5)
+
+
+def test_bootstrap_is_seeded():
+    pts = _sweep(noise=0.01, seed=1)
+    a = fit(pts, n_starts=4, n_bootstrap=5, seed=3)
+    b = fit(pts, n_starts=4, n_bootstrap=5, seed=3)
+    assert a.ci == b.ci
+
+
+def test_result_prints_and_round_trips_json():
+    res = fit(_sweep(noise=0.01, seed=2), n_starts=4, n_bootstrap=4, seed=0)
+    text = str(res)
+    for k in ("E", "A", "B", "alpha", "beta", "95% low"):
+        assert k in text
+    d = json.loads(json.dumps(res.to_dict(include_samples=True)))
+    back = ScalingFit.from_dict(d)
+    assert back.law == res.law and back.ci == res.ci
+    np.testing.assert_array_equal(back.samples, res.samples)
+
+
+def test_dict_points_accepted():
+    pts = _sweep()
+    res = fit({"N": pts[:, 0], "D": pts[:, 1], "loss": pts[:, 2]}, n_starts=4, n_bootstrap=0)
+    assert res.estimates["E"] == pytest.approx(1.8, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "points, match",
+    [
+        (np.empty((0, 3)), "empty"),
+        ([[1e6, 1e9]] * 2, "cannot determine"),
+        (np.ones((10, 4)), "shape"),
+        ([[1e6, 1e9, float("nan")]] * 10, "NaN"),
+        ([[1e6, 1e9, -1.0]] * 10, "positive"),
+        ({"x": [1.0]}, "keys"),
+    ],
+)
+def test_bad_points_raise(points, match):
+    with pytest.raises(DataError, match=match):
+        fit(points, n_bootstrap=0)
+
+
+def test_form_mismatch_raises():
+    with pytest.raises(DataError, match="columns"):
+        fit(_sweep(), form="compute", n_bootstrap=0)

@@ -1,0 +1,70 @@
+"""Scaling laws, a fitter for one's own sweep, and compute/parameter equivalents.
+
+The yardstick of wdecomp's ablations: a degraded loss read off a scaling law as the fraction of
+training compute (or parameters) that reaches it (see :mod:`wdecomp.scaling.equivalents`).
+
+* Laws (:mod:`~wdecomp.scaling.laws`): :class:`ChinchillaLaw` ``E + A/N**alpha + B/D**beta``,
+  :class:`KaplanLaw`, :class:`ComputeLaw` ``E + A/C**alpha``, all following :class:`ScalingLaw`.
+* Published fits: :data:`CHINCHILLA` (Hoffmann et al. 2022, arXiv 2203.15556, as printed),
+  :data:`CHINCHILLA_TEX` (its unrounded exponents), :data:`EPOCH` (Besiroglu et al. 2024,
+  arXiv 2404.10102), :data:`KAPLAN` (Kaplan et al. 2020, arXiv 2001.08361).
+* :func:`fit`: Chinchilla approach 3 (Huber on log-loss residuals, L-BFGS from a grid) with
+  bootstrap intervals.
+* :func:`compute_equivalent`, :func:`parameter_equivalent`, :func:`plot_frontier`.
+
+Example:
+    >>> from wdecomp.scaling import CHINCHILLA, compute_equivalent
+    >>> round(CHINCHILLA.loss(70e9, 1.4e12), 2)
+    1.94
+    >>> compute_equivalent(2.0, 2.0, CHINCHILLA).fraction
+    1.0
+"""
+
+from wdecomp.scaling.equivalents import (
+    ComputeEquivalent,
+    ParameterEquivalent,
+    compute_equivalent,
+    parameter_equivalent,
+)
+from wdecomp.scaling.fit import ScalingFit, default_grid, fit, huber
+from wdecomp.scaling.laws import (
+    CHINCHILLA,
+    CHINCHILLA_TEX,
+    EPOCH,
+    FLOPS_PER_PF_DAY,
+    KAPLAN,
+    ChinchillaLaw,
+    ComputeLaw,
+    ExtrapolationWarning,
+    FittedRange,
+    KaplanLaw,
+    ScalingLaw,
+    TwoVariableLaw,
+    law_from_dict,
+)
+from wdecomp.scaling.plot import plot_frontier
+
+__all__ = [
+    "CHINCHILLA",
+    "CHINCHILLA_TEX",
+    "EPOCH",
+    "FLOPS_PER_PF_DAY",
+    "KAPLAN",
+    "ChinchillaLaw",
+    "ComputeEquivalent",
+    "ComputeLaw",
+    "ExtrapolationWarning",
+    "FittedRange",
+    "KaplanLaw",
+    "ParameterEquivalent",
+    "ScalingFit",
+    "ScalingLaw",
+    "TwoVariableLaw",
+    "compute_equivalent",
+    "default_grid",
+    "fit",
+    "huber",
+    "law_from_dict",
+    "parameter_equivalent",
+    "plot_frontier",
+]
