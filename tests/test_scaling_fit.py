@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wdecomp.errors import DataError
-from wdecomp.scaling import ChinchillaLaw, ComputeLaw, ScalingFit, fit, huber
+from wdecomp.scaling import ChinchillaLaw, ComputeLaw, ScalingFit, fit, huber, law_from_dict
 
 TRUE = ChinchillaLaw(E=1.8, A=450.0, B=1200.0, alpha=0.33, beta=0.36)
 
@@ -73,6 +73,7 @@ def test_result_prints_and_round_trips_json():
     d = json.loads(json.dumps(res.to_dict(include_samples=True)))
     back = ScalingFit.from_dict(d)
     assert back.law == res.law and back.ci == res.ci
+    assert law_from_dict(d) == res.law  # a saved fit loads as its law (CLI --law file.json)
     np.testing.assert_array_equal(back.samples, res.samples)
 
 

@@ -23,7 +23,7 @@ from wdecomp.scaling import (
     law_from_dict,
 )
 
-GOPHER_BUDGET = 5.76e23  # FLOPs, Hoffmann et al. 2022, section 3 / Table 3
+GOPHER_BUDGET = 5.76e23  # FLOPs: Gopher's (and Chinchilla's) training compute, Hoffmann et al.
 
 pytestmark = pytest.mark.filterwarnings("ignore::wdecomp.scaling.ExtrapolationWarning")
 

@@ -630,11 +630,13 @@ _KINDS: dict[str, type[ScalingLaw]] = {
 
 
 def law_from_dict(d: dict[str, Any]) -> ScalingLaw:
-    """Rebuild any law from its :meth:`ScalingLaw.to_dict` output.
+    """Rebuild any law from its :meth:`ScalingLaw.to_dict` output (or a ``ScalingFit.to_dict()``).
 
     Raises:
         ValueError: unknown ``kind``.
     """
+    if "kind" not in d and isinstance(d.get("law"), dict):  # a ScalingFit.to_dict()
+        d = d["law"]
     kind = d.get("kind")
     if kind not in _KINDS:
         raise ValueError(f"unknown scaling-law kind {kind!r}; expected one of {sorted(_KINDS)}")
