@@ -168,6 +168,18 @@ def iter_chunks(data: Any, chunk_size: int) -> Iterator[Any]:
             yield _slice(inputs, start, start + chunk_size)
 
 
+def _count_chunks(data: Any, chunk_size: int) -> int | None:
+    """Number of chunks :func:`iter_chunks` will yield, when ``data`` can be looked at twice."""
+    if not isinstance(data, (Tensor, Mapping, list, tuple)):
+        return None
+    batches = [data] if isinstance(data, (Tensor, Mapping)) else data
+    total = 0
+    for batch in batches:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+        total += math.ceil(_examples(inputs) / chunk_size)
+    return total
+
+
 def _unsqueeze(x: Any) -> Any:
     if isinstance(x, Tensor):
         return x.unsqueeze(0)
@@ -328,7 +340,7 @@ def interaction_graph(
     accs = [_Accumulator(torch.zeros(t.size, s.size, dtype=torch.float64)) for s, t in pairs]
     mean_sq = [torch.zeros(b.size, dtype=torch.float64) for b in bases]
     n_examples = 0
-    total = len(data) if hasattr(data, "__len__") and not isinstance(data, (Tensor, Mapping)) else None
+    total = _count_chunks(data, chunk_size)
     bar = progress_bar(total=total, desc=f"graph ({method})", enabled=progress)
     checked = False
     try:
