@@ -1,0 +1,41 @@
+"""The bases examples run in fast mode and report what they claim."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_toy_superposition_components_fast():
+    res = _load("toy_superposition_components").run(fast=True)
+    assert res["rewrite_error"] < 1e-10
+    # the rotation of the 2-d hidden space (W -> R W) leaves W^T W unchanged: one null direction
+    assert res["behavioural_rank"] == 9
+    for rows in list(res["activation_share"].values()) + [res["weight_share"]]:
+        for row in rows:
+            assert math.isclose(sum(row), 1.0, rel_tol=1e-9)
+    assert len(res["activation_share"]["hidden"]) == 2 and len(res["activation_share"]["act"]) == 5
+
+
+@pytest.mark.slow
+def test_modular_addition_fourier_fast():
+    res = _load("modular_addition_fourier").run(fast=True)
+    for method in ("lib", "pca", "neuron"):
+        r = res[method]
+        assert r["rewrite_error"] < 1e-10
+        assert all(2 / (res["p"] - 1) - 1e-12 <= c <= 1 + 1e-12 for c in r["concentration"])
+    if res["metrics"]["test_accuracy"] == 1.0:  # a generalising network computes with Fourier features
+        assert res["lib"]["mean_concentration"] > res["neuron"]["mean_concentration"]
