@@ -5,6 +5,8 @@ The common path is flat at ``wdecomp.*``; submodules hold the rest:
 -> ``graph`` / ``ablation`` -> ``scaling``. Lower layers never import higher ones.
 """
 
+from wdecomp import scaling  # noqa: E402  (wd.scaling.CHINCHILLA, wd.scaling.fit)
+from wdecomp.ablation import AblationResult, ablate, ablation_sweep, score_splice, splice
 from wdecomp.curvature import (
     CurvatureOperator,
     fisher,
@@ -23,12 +25,32 @@ from wdecomp.errors import (
     ShapeError,
     WdecompError,
 )
+from wdecomp.graph import InteractionGraph, interaction_graph, load_graph, save_graph
 from wdecomp.objective import BatchLoss, Objective
 from wdecomp.params import ParamSet, select_parameters
+from wdecomp.scaling import compute_equivalent, parameter_equivalent
+from wdecomp.spectral import eigh, hutchinson_trace, hutchpp_trace, rank, slq_density
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AblationResult",
+    "InteractionGraph",
+    "ablate",
+    "ablation_sweep",
+    "compute_equivalent",
+    "eigh",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "interaction_graph",
+    "load_graph",
+    "parameter_equivalent",
+    "rank",
+    "save_graph",
+    "scaling",
+    "score_splice",
+    "slq_density",
+    "splice",
     "BatchLoss",
     "CurvatureOperator",
     "DataError",
