@@ -1,0 +1,165 @@
+"""On-disk cache of trained weights: safetensors plus a JSON sidecar, written atomically.
+
+Layout, under :func:`cache_dir` (``$WDECOMP_CACHE`` or ``~/.cache/wdecomp``)::
+
+    models/<name>-<key>.safetensors   the state dict (tensors only; loading runs no code)
+    models/<name>-<key>.json          name, config, code version, SHA-256 of the weights, metrics
+
+``key`` is a SHA-256 of the factory name, every configuration value that affects training and
+:data:`CODE_VERSION`; bump the constant whenever a change to training code changes the weights.
+An entry is trusted only if the sidecar parses, names the same factory, configuration and code
+version, the weights file hashes to the recorded digest and every tensor matches the model's
+names, shapes and dtypes. Anything else is reported with a :class:`CacheWarning` and the caller
+retrains. Files are written to a temporary file in the same directory, flushed, ``fsync``-ed and
+moved into place with ``os.replace``; the sidecar is written last, so a crash leaves either a
+complete entry or one that fails verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+__all__ = [
+    "CODE_VERSION",
+    "CacheWarning",
+    "cache_dir",
+    "cache_key",
+    "entry_paths",
+    "load_entry",
+    "save_entry",
+]
+
+#: Version of the training code; part of every cache key.
+CODE_VERSION = "1"
+
+
+class CacheWarning(UserWarning):
+    """A cache entry existed but could not be trusted; the model is retrained."""
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$WDECOMP_CACHE`` if set, else ``~/.cache/wdecomp``."""
+    env = os.environ.get("WDECOMP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "wdecomp"
+
+
+def _canonical(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def cache_key(name: str, config: dict[str, Any]) -> str:
+    """Hex digest identifying a trained model: hash of name, config and :data:`CODE_VERSION`."""
+    payload = _canonical({"name": name, "config": config, "code_version": CODE_VERSION})
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def entry_paths(name: str, config: dict[str, Any]) -> tuple[Path, Path]:
+    """``(weights_path, sidecar_path)`` of the cache entry for ``name`` and ``config``."""
+    stem = f"{name}-{cache_key(name, config)}"
+    root = cache_dir() / "models"
+    return root / f"{stem}.safetensors", root / f"{stem}.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable; not possible on every platform
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_entry(
+    name: str, config: dict[str, Any], model: nn.Module, metrics: dict[str, Any]
+) -> Path:
+    """Write ``model``'s state dict and a sidecar with ``config`` and ``metrics``.
+
+    Returns:
+        Path of the weights file.
+    """
+    weights_path, meta_path = entry_paths(name, config)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    blob = st_save(state, metadata={"name": name, "code_version": CODE_VERSION})
+    _atomic_write(weights_path, blob)
+    sidecar = {
+        "name": name,
+        "config": config,
+        "code_version": CODE_VERSION,
+        "key": cache_key(name, config),
+        "weights_file": weights_path.name,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "metrics": metrics,
+        "torch_version": torch.__version__,
+    }
+    _atomic_write(meta_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return weights_path
+
+
+def load_entry(name: str, config: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """Load a verified cache entry into ``model`` in place.
+
+    Returns:
+        The stored metrics if a valid entry was loaded, ``None`` if there is no entry or it
+        failed verification (then ``model`` is left untouched and a :class:`CacheWarning`
+        says why).
+    """
+    weights_path, meta_path = entry_paths(name, config)
+    if not meta_path.exists() and not weights_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("sidecar is not a JSON object")
+        if meta.get("name") != name or meta.get("code_version") != CODE_VERSION:
+            raise ValueError("sidecar names a different model or code version")
+        if _canonical(meta.get("config", {})) != _canonical(config):
+            raise ValueError("sidecar configuration differs from the requested one")
+        blob = weights_path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+            raise ValueError("weights file does not match its recorded SHA-256")
+        state = st_load(blob)
+        expected = model.state_dict()
+        if set(state) != set(expected):
+            raise ValueError("tensor names differ from the model's state dict")
+        for k, v in expected.items():
+            if state[k].shape != v.shape or state[k].dtype != v.dtype:
+                raise ValueError(f"tensor {k!r} has shape/dtype {tuple(state[k].shape)}/"
+                                 f"{state[k].dtype}, model expects {tuple(v.shape)}/{v.dtype}")
+        metrics = meta.get("metrics", {})
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not trust, retrain
+        warnings.warn(
+            f"ignoring cache entry {weights_path.name}: {exc}; retraining", CacheWarning,
+            stacklevel=3,
+        )
+        return None
+    model.load_state_dict(state, strict=True)
+    return metrics
