@@ -7,6 +7,16 @@ The common path is flat at ``wdecomp.*``; submodules hold the rest:
 
 from wdecomp import scaling  # noqa: E402  (wd.scaling.CHINCHILLA, wd.scaling.fit)
 from wdecomp.ablation import AblationResult, ablate, ablation_sweep, score_splice, splice
+from wdecomp.bases import (
+    Basis,
+    CurvatureBasis,
+    LayerBasis,
+    curvature_basis,
+    gram_matrices,
+    interaction_basis,
+    neuron_basis,
+)
+from wdecomp.components import Component, Components, decompose, load_components
 from wdecomp.curvature import (
     CurvatureOperator,
     fisher,
@@ -34,6 +44,17 @@ from wdecomp.spectral import eigh, hutchinson_trace, hutchpp_trace, rank, slq_de
 __version__ = "0.1.0"
 
 __all__ = [
+    "Basis",
+    "Component",
+    "Components",
+    "CurvatureBasis",
+    "LayerBasis",
+    "curvature_basis",
+    "decompose",
+    "gram_matrices",
+    "interaction_basis",
+    "load_components",
+    "neuron_basis",
     "AblationResult",
     "InteractionGraph",
     "ablate",
