@@ -10,7 +10,7 @@ or on a cluster (the same command on every node; see docs/distributed.md):
         --rdzv_endpoint=HOST:29500 --rdzv_id=eig1 examples/distributed_eigen.py
 
 Every rank builds the same model (same seed) and keeps its own shard of the data; shards may
-be uneven (here 1000 examples over N ranks). Every rank runs the same Lanczos iteration on the
+be uneven (here 1001 examples over N ranks). Every rank runs the same Lanczos iteration on the
 globally reduced Hessian, with the same seeded start block, so all ranks hold the same result;
 rank 0 prints it. Without torchrun (no ``RANK`` in the environment) it runs as one process.
 """
@@ -30,7 +30,7 @@ import wdecomp as wd
 from wdecomp import distributed as wdist
 
 
-def make_problem(n: int = 1000, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def make_problem(n: int = 1001, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A small float64 MLP and a synthetic 3-class data set, identical on every rank."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=5, help="number of top eigenpairs")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--examples", type=int, default=1001)
     args = parser.parse_args()
 
     launched = "RANK" in os.environ  # torchrun (or any launcher) sets RANK, WORLD_SIZE, MASTER_*
@@ -61,7 +61,7 @@ def main() -> None:
         model = model.cuda()
     shard = wdist.shard_range(len(x), rank, world)  # uneven when N does not divide the data
     local = [
-        (x[i : i + args.batch_size], y[i : i + args.batch_size])
+        (x[i : min(i + args.batch_size, shard.stop)], y[i : min(i + args.batch_size, shard.stop)])
         for i in range(shard.start, shard.stop, args.batch_size)
     ]
     if launched:
