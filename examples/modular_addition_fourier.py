@@ -18,17 +18,8 @@ import torch
 
 from wdecomp.bases import interaction_basis
 from wdecomp.components import decompose
+from wdecomp.fourier import fourier_concentration
 from wdecomp.models.modular import modular_addition
-
-
-def fourier_concentration(values: torch.Tensor) -> tuple[float, int]:
-    """``values`` ``(p,)`` -> (largest share of non-constant power at one frequency, that frequency)."""
-    p = values.shape[0]
-    power = torch.fft.fft(values - values.mean()).abs().pow(2)
-    half = [(float(power[w] + power[p - w]), w) for w in range(1, (p - 1) // 2 + 1)]
-    total = sum(v for v, _ in half)
-    best, w = max(half)
-    return (best / total if total > 0 else 0.0), w
 
 
 def run(fast: bool = False, top: int = 6) -> dict[str, Any]:

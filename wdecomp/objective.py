@@ -202,15 +202,16 @@ def _fingerprint(obj: Any, h: hashlib._Hash) -> None:
         h.update(repr(obj).encode())
 
 
-def _to(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+def move_batch(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move tensors (nested in tuples, lists, dicts) to ``device``; floating ones also to ``dtype``."""
     if isinstance(obj, Tensor):
         if obj.is_floating_point():
             return obj.to(device=device, dtype=dtype)
         return obj.to(device=device)
     if isinstance(obj, Mapping):
-        return {k: _to(v, device, dtype) for k, v in obj.items()}
+        return {k: move_batch(v, device, dtype) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(v, device, dtype) for v in obj)
+        return type(obj)(move_batch(v, device, dtype) for v in obj)
     return obj
 
 
@@ -312,7 +313,7 @@ class Objective:
                         f"batch {i} differs from the first pass over the data; curvature needs the "
                         "same data on every pass (turn off shuffling and augmentation, or fix the seed)"
                     )
-            yield _to(batch, self.device, self.dtype)
+            yield move_batch(batch, self.device, self.dtype)
         if self.check_deterministic:
             if self._fingerprints is not None and len(prints) != len(self._fingerprints):
                 raise DataError(

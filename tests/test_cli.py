@@ -1,0 +1,91 @@
+"""The command line: exit codes, JSON output, and each subcommand on a tiny factory model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from wdecomp.cli import build_parser, main
+
+
+def tiny_factory():
+    """A factory as users write them: returns (model, data)."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("hidden", nn.Linear(3, 6))
+    model.add_module("act", nn.Tanh())
+    model.add_module("out", nn.Linear(6, 3))
+    x = torch.randn(24, 3)
+    y = torch.randint(0, 3, (24,))
+    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
+
+
+FACTORY = f"{__name__}:tiny_factory"
+
+
+def test_help_everywhere(capsys):
+    for cmd in ("spectrum", "rank", "basis", "graph", "ablate", "demo"):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: wdecomp" in capsys.readouterr().out
+
+
+def test_usage_error_exits_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["spectrum"])  # --model missing
+    assert exc.value.code == 2
+
+
+def test_spectrum_json_matches_library(capsys):
+    code = main(["spectrum", "--model", FACTORY, "--k", "3", "--json", "-"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    import wdecomp as wd
+
+    model, data = tiny_factory()
+    ref = wd.eigh(wd.hessian(wd.Objective(model.double(), data)), k=3)
+    assert payload["eigenvalues"] == pytest.approx(ref.eigenvalues.tolist(), rel=1e-8)
+
+
+def test_rank_by_module(capsys, tmp_path):
+    out = tmp_path / "rank.json"
+    assert main(["rank", "--model", FACTORY, "--operator", "ggn", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    # GGN of a softmax head: rank <= examples x (classes - 1) = 48, and <= p = 45
+    assert 0 < payload["rank"] <= 45
+    assert "rank" in capsys.readouterr().out
+
+
+def test_graph_and_basis_and_ablate(tmp_path, capsys):
+    graph = tmp_path / "g.graphml"
+    assert main(["graph", "--model", FACTORY, "--layers", "hidden,act,out", "--out", str(graph),
+                 "--plot", str(tmp_path / "g.png")]) == 0
+    import networkx as nx
+
+    g = nx.read_graphml(graph)
+    assert g.number_of_nodes() > 0 and (tmp_path / "g.png").stat().st_size > 1000
+    comps = tmp_path / "c.safetensors"
+    assert main(["basis", "--model", FACTORY, "--layers", "hidden,act,out", "--out", str(comps)]) == 0
+    assert comps.exists()
+    assert main(["ablate", "--model", FACTORY, "--layers", "hidden,act,out", "--at", "act", "--basis", "pca",
+                 "--levels", "0,2,4", "--json", str(tmp_path / "a.json")]) == 0
+    levels = json.loads((tmp_path / "a.json").read_text())["levels"]
+    assert [lv["n_ablated"] for lv in levels] == [0, 2, 4]
+    assert levels[0]["delta_loss"] == 0.0
+
+
+def test_bad_model_name_exits_1(capsys):
+    assert main(["rank", "--model", "no_such_model"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'no_such_model'" in err and "built-in models" in err
+    assert main(["rank", "--model", "nowhere.at_all:f"]) == 1
+    assert "cannot load model factory" in capsys.readouterr().err
+
+
+def test_bad_params_exit_1(capsys):
+    assert main(["spectrum", "--model", FACTORY, "--params", "nothing.*", "--k", "2"]) == 1
+    assert "matches no parameter" in capsys.readouterr().err
