@@ -518,7 +518,13 @@ def ablation_sweep(
         k: Numbers of components to ablate, each in ``0..n`` (default: every ``k`` from 0 to
             ``n``).
         order: ``"least_important"`` or ``"most_important"``.
-        method, loss, law, tokens, seed, top_n, progress: As for :func:`ablate`.
+        method: As for :func:`ablate`.
+        loss: As for :func:`ablate`.
+        law: As for :func:`ablate`.
+        tokens: As for :func:`ablate`.
+        seed: As for :func:`ablate`.
+        top_n: As for :func:`ablate`.
+        progress: As for :func:`ablate`.
 
     Returns:
         An :class:`AblationResult` with one level per ``k``.
