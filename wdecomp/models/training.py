@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +172,17 @@ def _lr_factor(step: int, steps: int, warmup: int, schedule: str, min_lr_ratio: 
     raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
 
 
-def train(
+def train(*args: Any, **kwargs: Any) -> TrainLog:
+    """Train ``model`` in place with AdamW (arguments as for the loop below); small models
+    train on one thread (:mod:`wdecomp.threads`), which is faster and reproducible across core counts."""
+    from wdecomp.threads import limit_threads, threads_for
+
+    model = args[0] if args else kwargs["model"]
+    with limit_threads(threads_for(sum(p.numel() for p in model.parameters()))):
+        return _train_steps(*args, **kwargs)
+
+
+def _train_steps(
     model: nn.Module,
     loss_fn: LossFn,
     sample: BatchSampler,
