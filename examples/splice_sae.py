@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_study import illustrative_law, pca_basis, train_model  # noqa: E402
+from ablation_study import ILLUSTRATIVE_TOKENS, illustrative_law, pca_basis, train_model  # noqa: E402
 
 from wdecomp.ablation import score_splice  # noqa: E402
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         replacements[f"pca r={r}"] = low_rank(basis, r)
     first = score_splice(model, "mlp", nn.Identity(), data, top_n=0)
     law = illustrative_law(first.original.loss)
-    result = score_splice(model, "mlp", replacements, data, law=law, tokens=1e6 if law else None)
+    result = score_splice(model, "mlp", replacements, data, law=law, tokens=ILLUSTRATIVE_TOKENS)
     print(result)
     result.to_json(out / "splice.json")
     result.to_csv(out / "splice.csv")
