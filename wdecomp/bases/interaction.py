@@ -117,7 +117,10 @@ def interaction_jacobians(
                 _, out = run_with_hooks(model, _unsqueeze(x1), read=[tgt], write={src: (a1 + delta).unsqueeze(0)})
                 return out[tgt][0] @ T.T
 
-            jac = jacfwd if (mode == "forward" or (mode == "auto" and d_s <= k_t)) else jacrev
+            # forward mode: one JVP per source direction (d_s; the source is one vector shared by
+            # all positions); reverse: one VJP per target entry (positions x k_t)
+            n_out = acts[tgt][0].numel() // d_t * k_t
+            jac = jacfwd if (mode == "forward" or (mode == "auto" and d_s <= n_out)) else jacrev
             delta0 = torch.zeros(d_s, dtype=a.dtype, device=a.device)
             with torch.no_grad():
                 J = vmap(jac(g), in_dims=(None, 0, 0))(delta0, a, x)
