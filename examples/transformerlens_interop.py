@@ -1,0 +1,171 @@
+"""A TransformerLens ``HookedTransformer`` taken apart by wdecomp: curvature, a basis, ablations.
+
+Builds a 2-layer ``HookedTransformer`` from a ``HookedTransformerConfig`` (seeded, float64, no
+downloads), trains it briefly as a character model on the English help text that ships with
+Python (``pydoc_data.topics``), and then
+
+1. checks the Hessian-vector products of block 0's MLP weights against finite differences
+   (``op.check()``) and computes the top Hessian eigenpairs with their residuals;
+2. reads wdecomp's activations at TransformerLens hook points and compares them with
+   ``run_with_cache``;
+3. fits a Local Interaction Basis at ``blocks.0.hook_resid_mid`` and ``blocks.0.hook_resid_post``
+   and checks the round trip ``f -> C^+ C f`` through TransformerLens's own ``run_with_hooks``
+   and through wdecomp's rewritten model (outputs unchanged);
+4. runs a zero-ablation sweep over the basis directions.
+
+Run: ``python examples/transformerlens_interop.py [--fast] [--out DIR]``; writes
+``transformerlens.json`` to ``DIR``. Needs ``pip install "wdecomp[interop]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import wdecomp as wd
+from wdecomp.activations import capture
+from wdecomp.components import decompose
+from wdecomp.interop import hooked_transformer, require, tl_hook_points
+from wdecomp.models.char import char_corpus
+from wdecomp.threads import limit_threads
+
+LAYERS = ["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post"]
+
+
+def text_batches(context: int, batch: int, n_batches: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` batches of ``(tokens (B, T), next tokens (B, T))`` windows of the training text."""
+    ids = char_corpus().train
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - context - 1, (n_batches, batch), generator=gen)
+    out = []
+    for s in starts:
+        seq = ids[s[:, None] + torch.arange(context + 1)]
+        out.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
+    return out
+
+
+def build(fast: bool) -> torch.nn.Module:
+    """The model: a HookedTransformer from its config (random weights from ``seed``)."""
+    tl = require("transformer_lens")
+    cfg = tl.HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=char_corpus().vocab_size,
+        act_fn="gelu", normalization_type="LN", seed=0, dtype=torch.float64,
+    )
+    return hooked_transformer(cfg)
+
+
+def train(model: torch.nn.Module, steps: int, context: int) -> list[float]:
+    """A few Adam steps of next-character prediction (through the model's own forward)."""
+    batches = text_batches(context, 32, steps, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    model.train()
+    for x, y in batches:
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def round_trip_tl(model: torch.nn.Module, basis: wd.Basis, tokens: torch.Tensor) -> float:
+    """Largest change of the logits when every basis layer is replaced by ``C^+ C f`` via TL hooks."""
+
+    def through_basis(name: str):
+        lb = basis[name]
+        return lambda act, hook: lb.from_coordinates(lb.to_coordinates(act))
+
+    with torch.no_grad():
+        ref = model(tokens)
+        hooked = model.run_with_hooks(tokens, fwd_hooks=[(name, through_basis(name)) for name in basis.layers])
+    return float((hooked - ref).abs().max())
+
+
+def run(fast: bool = False) -> dict[str, Any]:
+    """Everything in the module docstring; returns the numbers (JSON-ready)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    context = 16
+    model = build(fast)
+    losses = train(model, 40 if fast else 400, context)
+    data = text_batches(context, 16 if fast else 32, 2 if fast else 4, seed=2)
+    obj = wd.Objective(model, data, loss="cross_entropy")
+
+    # 1. curvature of block 0's MLP weights
+    H = wd.hessian(obj, params="blocks.0.mlp.*")
+    check = H.check()
+    eig = wd.eigh(H, k=4 if fast else 8)
+
+    # 2. wdecomp's hook points are TransformerLens's hook names
+    x0 = data[0][0]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x0, names_filter=lambda n: n in LAYERS)
+    ours = capture(model, x0, LAYERS)
+    cache_diff = max(float((ours[n] - cache[n]).abs().max()) for n in LAYERS)
+
+    # 3. a Local Interaction Basis of the residual stream, and its round trip
+    basis = wd.interaction_basis(model, data, LAYERS, method="lib", drop_noninteracting=False)
+    tl_round_trip = max(round_trip_tl(model, basis, x) for x, _ in data)
+    rewrite_error = decompose(model, basis, data).verify(model, data)
+
+    # 4. zero-ablate the least important directions
+    n = sum(basis[p].size for p in basis.layers)
+    ks = [0, n // 4, n // 2, n] if fast else list(range(0, n + 1, max(1, n // 16)))
+    sweep = wd.ablation_sweep(model, basis, data, k=ks, method="zero", top_n=0, progress=False)
+
+    return {
+        "model": {"n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab,
+                  "parameters": sum(p.numel() for p in model.parameters()), "hook_points": len(tl_hook_points(model))},
+        "train_loss": {"first": losses[0], "last": losses[-1]},
+        "loss": obj.value(),
+        "hessian": {"dim": H.shape[0], "check_passed": bool(check.passed), "check_errors": list(check.relative_errors),
+                    "symmetry_error": check.symmetry_error,
+                    "eigenvalues": eig.eigenvalues.tolist(), "residuals": eig.residuals.tolist(),
+                    "relative_residuals": eig.relative_residuals.tolist(), "converged": bool(eig.all_converged)},
+        "cache_difference": cache_diff,
+        "basis": {p: {"size": basis[p].size, "dim": basis[p].dim, "importance": basis[p].eigenvalues.tolist()}
+                  for p in basis.layers},
+        "round_trip": {"transformer_lens_hooks": tl_round_trip, "rewritten_model": rewrite_error},
+        "ablation": sweep.to_dict(),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fast", action="store_true", help="short training, fewer eigenpairs (for tests)")
+    parser.add_argument("--out", default="transformerlens_out", help="output directory")
+    args = parser.parse_args(argv)
+    with limit_threads(1):  # a model this small runs fastest on one thread (wdecomp.threads)
+        res = run(fast=args.fast)
+    h = res["hessian"]
+    print(f"HookedTransformer {res['model']}; train loss {res['train_loss']['first']:.3f} -> "
+          f"{res['train_loss']['last']:.3f}; objective {res['loss']:.4f}")
+    print(f"Hessian of blocks.0.mlp.* ({h['dim']} weights): check passed={h['check_passed']} "
+          f"errors {', '.join(f'{e:.1e}' for e in h['check_errors'])}")
+    for lam, r in zip(h["eigenvalues"], h["relative_residuals"]):
+        print(f"  eigenvalue {lam:11.5f}   relative residual {r:.1e}")
+    print(f"wdecomp activations vs run_with_cache: max difference {res['cache_difference']:.1e}")
+    for p, b in res["basis"].items():
+        print(f"LIB at {p}: {b['size']}/{b['dim']} directions, top importance "
+              + " ".join(f"{v:.3g}" for v in b["importance"][:4]))
+    rt = res["round_trip"]
+    print(f"round trip f -> C^+ C f: TL run_with_hooks {rt['transformer_lens_hooks']:.1e}, "
+          f"rewritten model {rt['rewritten_model']:.1e}")
+    print(wd.AblationResult.from_dict(res["ablation"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transformerlens.json").write_text(json.dumps(res, indent=2))
+    print(f"\nwrote {out / 'transformerlens.json'} ({res['seconds']:.1f} s)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
