@@ -273,3 +273,48 @@ def test_activation_components_with_importance_and_multiple_groups():
     res = ablate(model, [g1, g2], [0, 8], data=data)
     assert set(res.hooks) == {"1", "0:input"}
     assert res.n_components == 13
+
+
+def test_float32_sequence_model_empty_level_is_exact_and_fused_edit_matches():
+    """The cached-reference metric path (float32, tokens x vocab logits): ablating nothing gives
+    Objective.value bit for bit and KL exactly 0; the fused (I - A) edit used for many
+    components matches the two-product edit used for few."""
+    torch.manual_seed(1)
+    V, T, d = 11, 7, 6
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(V, d)
+            self.mlp = nn.Sequential(nn.Linear(d, d), nn.Tanh())
+            self.out = nn.Linear(d, V)
+
+        def forward(self, x):
+            return self.out(self.mlp(self.emb(x)))
+
+    model = Seq().float().eval()
+    x = torch.randint(0, V, (10, T))
+    y = torch.randint(0, V, (10, T))
+    data = [(x[:4], y[:4]), (x[4:], y[4:])]
+    B = _random_basis("mlp", d, 7)
+    ref = Objective(model, data).value()
+    res = ablation_sweep(model, B, data, k=[0, 1, 5, 6], method="mean", top_n=4)
+    assert res.original.loss == ref and res.levels[0].loss == ref
+    assert res.levels[0].kl == 0.0 and res.original.kl == 0.0
+    assert all(lv.kl > 0 for lv in res.levels[1:])
+    for lv in res.levels[1:]:  # fused (k >= d/2) and thin (k < d/2) edits against the formula
+        S = torch.tensor(sorted(lv.ablated))
+        X = torch.cat([b[0] for b in data])
+        with torch.no_grad():
+            fbar = model.mlp(model.emb(X)).reshape(-1, d).double().mean(0)
+        r = B.to_coordinates(fbar)
+
+        def edit(f, S=S, r=r):
+            c = B.to_coordinates(f.double())
+            c[..., S] = r[S]
+            return B.from_coordinates(c).to(f.dtype)
+
+        expected = _hooked_loss(model, data, "mlp", edit)
+        assert abs(lv.loss - expected) < 1e-5
+        incs = [g.increase for g in lv.degradation]
+        assert incs == sorted(incs, reverse=True) and len(incs) == 4

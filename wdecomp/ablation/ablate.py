@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from wdecomp.ablation.metrics import Accumulator, equivalents, is_classification, loss_recovered, per_term_losses
+from wdecomp.ablation.metrics import Accumulator, equivalents, loss_recovered, reference_entry
 from wdecomp.ablation.primitives import (
     METHODS,
     ActivationComponents,
@@ -174,22 +174,53 @@ def _derangement(n: int, generator: torch.Generator) -> Tensor:
 
 def _activation_edit(g: ActivationComponents, idx: Tensor, method: str, mean: Tensor | None,
                      ctx: _Context, dtype: torch.dtype, device: torch.device) -> Edit:
+    """``f -> f - C_S^+ (C_S (f - mu) - r_S)``.
+
+    For zero and mean ablation this is affine in ``f``: ``f (I - A) + b`` with
+    ``A = C_S^T C_S^{+T}`` and ``b = mu A + r_S C_S^{+T}`` (row vectors), both formed once per
+    level in the basis's precision. When ``2 k_S >= d`` the edit is one fused
+    ``addmm`` with the ``(d, d)`` matrix; for fewer components the two thin products
+    ``(f - mu) C_S^T`` and ``(.) C_S^{+T}`` are cheaper.
+    """
     B = g.basis
-    C = B.transform[idx].to(dtype=dtype, device=device)  # (k_S, d)
-    Cp = B.inverse[:, idx].to(dtype=dtype, device=device)  # (d, k_S)
-    mu = None if B.center is None else B.center.to(dtype=dtype, device=device)
+    C64 = B.transform[idx]  # (k_S, d)
+    Cp64 = B.inverse[:, idx]  # (d, k_S)
+    mu64 = B.center
     if method == "zero":
-        r = torch.zeros(len(idx), dtype=dtype, device=device) if mu is None else -(C @ mu)
+        r64 = torch.zeros(len(idx), dtype=C64.dtype, device=C64.device) if mu64 is None else -(C64 @ mu64)
     elif method == "mean":
         assert mean is not None
-        m = mean.to(dtype=dtype, device=device)
-        r = C @ (m if mu is None else m - mu)
+        m = mean.to(dtype=C64.dtype, device=C64.device)
+        r64 = C64 @ (m if mu64 is None else m - mu64)
     else:
-        r = None
+        r64 = None
+    d = B.dim
+
+    def check(f: Tensor) -> None:
+        if f.shape[-1] != d:
+            raise ShapeError(f"activations at '{B.point}' have width {f.shape[-1]}, the basis expects {d}")
+
+    if r64 is not None and 2 * len(idx) >= d:
+        A = C64.T @ Cp64.T  # (d, d)
+        bias64 = r64 @ Cp64.T if mu64 is None else mu64 @ A + r64 @ Cp64.T
+        M = (torch.eye(d, dtype=A.dtype, device=A.device) - A).to(dtype=dtype, device=device)
+        bias = bias64.to(dtype=dtype, device=device)
+
+        def fused(f: Tensor) -> Tensor:
+            check(f)
+            if f.dtype != M.dtype:
+                return f @ M.to(f.dtype) + bias.to(f.dtype)
+            return torch.addmm(bias, f.reshape(-1, d), M).reshape(f.shape)
+
+        return fused
+
+    C = C64.to(dtype=dtype, device=device)
+    Cp = Cp64.to(dtype=dtype, device=device)
+    mu = None if mu64 is None else mu64.to(dtype=dtype, device=device)
+    r = None if r64 is None else r64.to(dtype=dtype, device=device)
 
     def fn(f: Tensor) -> Tensor:
-        if f.shape[-1] != B.dim:
-            raise ShapeError(f"activations at '{B.point}' have width {f.shape[-1]}, the basis expects {B.dim}")
+        check(f)
         c = (f if mu is None else f - mu) @ C.T
         if r is None:
             if ctx.perm is None:
@@ -229,6 +260,16 @@ def _weight_hook(g: WeightComponents, method: str, mean_in: Tensor | None, ctx: 
     return hook
 
 
+def _call_direct(model: nn.Module, inputs: Any) -> Tensor:
+    """``model(inputs)`` on its own weights (what :func:`call_model` computes, without swapping
+    parameters in and out)."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
 class _Engine:
     def __init__(self, model: nn.Module, cset: ComponentSet | None, data: Any, loss: LossSpec, *,
                  method: str, seed: int, top_n: int, hooks: Sequence[str] | None = None) -> None:
@@ -259,7 +300,10 @@ class _Engine:
     def _forward(self, state: Mapping[str, Tensor], batch: Any) -> Tensor:
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = call_model(self.model, state, batch[0])
+            if state is self.state:  # the model's own weights: no functional_call needed
+                out = _call_direct(self.model, batch[0])
+            else:
+                out = call_model(self.model, state, batch[0])
         self.forward_seconds += time.perf_counter() - t0
         return out
 
@@ -300,13 +344,8 @@ class _Engine:
         with _attached(self.model, [(p, reader(p)) for p in points]):
             for batch in self.batches:
                 out = self._forward(self.state, batch)
-                targets = batch[1]
-                ref: dict[str, Any] = {"offset": offset}
-                if is_classification(self.loss, targets):
-                    ref["logp"] = out.log_softmax(dim=-1).to(torch.float64)
-                if self.top_n > 0:
-                    ref["terms"] = per_term_losses(self.loss, out, targets).to(torch.float64)
-                acc.add(out, targets, ref, offset)
+                ref = reference_entry(self.loss, out, batch[1], self.top_n, offset)
+                acc.add(out, batch[1], ref)
                 refs.append(ref)
                 offset += int(out.shape[0])
         missing = [p for p in points if p not in sums]
@@ -361,7 +400,7 @@ class _Engine:
             for b, (batch, ref) in enumerate(zip(self.batches, self.refs)):
                 self.ctx.perm = self._perm(b, batch)
                 out = self._forward(state, batch)
-                acc.add(out, batch[1], ref, ref["offset"])
+                acc.add(out, batch[1], ref)
                 bar.update(1)
         self.ctx.perm = None
         return acc.finish()

@@ -30,7 +30,7 @@ ablated outputs ``z'``:
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,10 +84,47 @@ def is_classification(loss: OutputLoss, targets: Tensor) -> bool:
     return loss.name == "cross_entropy" and not targets.is_floating_point()
 
 
+def reference_entry(loss: OutputLoss, outputs: Tensor, targets: Tensor, top_n: int, offset: int) -> dict[str, Any]:
+    """What the ablated passes compare against, for one batch of the original model's outputs.
+
+    For cross-entropy on class targets: the log-probabilities ``log p`` (flattened to
+    ``(terms, classes)``, in the outputs' dtype) and ``p = exp(log p)``, cached once for the KL of
+    every level. ``fast`` records whether ``nll_loss(log_softmax(z))`` reproduces the loss's own
+    summed value bit for bit on this batch (it does for the built-in cross-entropy, which is
+    defined so); only then do the levels reuse one ``log_softmax`` for the loss, the KL and the
+    per-term losses. ``terms`` (for ``top_n > 0``) are the per-term losses of the batch.
+    """
+    z = outputs.detach()
+    ref: dict[str, Any] = {"offset": offset, "examples": int(z.shape[0])}
+    if is_classification(loss, targets):
+        flat = z.log_softmax(dim=-1).reshape(-1, z.shape[-1])
+        t = targets.reshape(-1)
+        s, _ = loss.summed(z, targets)
+        ref["fast"] = flat.shape[0] == t.shape[0] and torch.equal(
+            F.nll_loss(flat, t, reduction="sum"), s.detach()
+        )
+        ref["logp"] = flat
+        ref["p"] = flat.exp()
+        ref["p_positive"] = bool((ref["p"] > 0).all())
+    if top_n > 0:
+        terms = per_term_losses(loss, z, targets)
+        ref["width"] = int(terms.shape[1])
+        ref["terms"] = terms.reshape(-1)
+    return ref
+
+
 class Accumulator:
     """Running sums for one ablation level over batches (internal to the engine).
 
-    ``add`` takes one batch's ablated outputs and the cached reference of that batch.
+    ``add`` takes one batch's ablated outputs and the cached reference of that batch (from
+    :func:`reference_entry`). Sums stay tensors until :meth:`finish` (no per-batch ``.item()``);
+    the per-term losses of every batch are kept, and the ``top_n`` most degraded terms are taken
+    by one ``topk`` over the whole level.
+
+    Per batch of ``N`` terms and ``V`` classes, cross-entropy costs one ``log_softmax``, one
+    subtraction and one dot product for the KL (``sum p (log p - log p')``, the difference taken
+    elementwise, so small KLs do not cancel), one ``argmax`` for the accuracy and two ``nll_loss``
+    over ``N`` entries: a few passes over the ``N x V`` logits, in their dtype.
     """
 
     def __init__(self, loss: OutputLoss, top_n: int) -> None:
@@ -95,39 +132,47 @@ class Accumulator:
         self.top_n = top_n
         self.total: Tensor | None = None
         self.count = 0
-        self.kl = 0.0
-        self.correct = 0
+        self.kl: Tensor | None = None
+        self.correct: Tensor | None = None
         self.classification = True
-        self.heap: list[tuple[float, int, int, float, float]] = []
+        self.terms: list[Tensor] = []
+        self.refs: list[dict[str, Any]] = []
 
-    def add(self, outputs: Tensor, targets: Tensor, ref: dict[str, Any], offset: int) -> None:
-        s, n = self.loss.summed(outputs, targets)
-        s64 = s.detach().to(torch.float64)
-        self.total = s64 if self.total is None else self.total + s64
-        self.count += int(n)
+    def add(self, outputs: Tensor, targets: Tensor, ref: dict[str, Any], offset: int | None = None) -> None:
+        z = outputs.detach()
         cls = is_classification(self.loss, targets)
         self.classification = self.classification and cls
+        terms = None
+        if cls and ref.get("fast", False):
+            flat = z.log_softmax(dim=-1).reshape(-1, z.shape[-1])
+            t = targets.reshape(-1)
+            s = F.nll_loss(flat, t, reduction="sum")
+            n = flat.shape[0]
+            if self.top_n > 0:
+                terms = F.nll_loss(flat, t, reduction="none")
+        else:
+            s, n = self.loss.summed(z, targets)
+            s = s.detach()
+            flat = z.log_softmax(dim=-1).reshape(-1, z.shape[-1]) if cls else None
+        s64 = s.to(torch.float64)
+        self.total = s64 if self.total is None else self.total + s64
+        self.count += int(n)
         if cls:
-            logp = outputs.detach().log_softmax(dim=-1).to(torch.float64)
-            ref_logp = ref["logp"]
-            p = ref_logp.exp()
-            term = torch.where(p > 0, p * (ref_logp - logp), torch.zeros_like(p)).sum(dim=-1)
-            self.kl += float(term.sum())
-            self.correct += int((outputs.detach().argmax(dim=-1) == targets).sum())
+            assert flat is not None
+            p = ref["p"]
+            if ref["p_positive"]:
+                kl = torch.dot(p.reshape(-1), torch.sub(ref["logp"], flat).reshape(-1))
+            else:  # terms with p = 0 count 0, also where log p = -inf
+                kl = torch.where(p > 0, p * (ref["logp"] - flat), torch.zeros_like(p)).sum()
+            kl = kl.to(torch.float64)
+            self.kl = kl if self.kl is None else self.kl + kl
+            hit = (z.argmax(dim=-1) == targets).sum()
+            self.correct = hit if self.correct is None else self.correct + hit
         if self.top_n > 0:
-            terms = per_term_losses(self.loss, outputs.detach(), targets).to(torch.float64)
-            inc = (terms - ref["terms"]).reshape(-1)
-            k = min(self.top_n, inc.numel())
-            vals, idx = torch.topk(inc, k)
-            width = terms.shape[1]
-            flat_terms = terms.reshape(-1)
-            flat_ref = ref["terms"].reshape(-1)
-            for v, i in zip(vals.tolist(), idx.tolist()):
-                item = (v, offset + i // width, i % width, float(flat_ref[i]), float(flat_terms[i]))
-                if len(self.heap) < self.top_n:
-                    heapq.heappush(self.heap, item)
-                elif item[0] > self.heap[0][0]:
-                    heapq.heapreplace(self.heap, item)
+            if terms is None:
+                terms = per_term_losses(self.loss, z, targets).reshape(-1)
+            self.terms.append(terms)
+            self.refs.append(ref)
 
     @property
     def value(self) -> float:
@@ -136,17 +181,37 @@ class Accumulator:
         value = float(self.total) / self.count
         return value
 
+    def _worst(self) -> tuple[Degradation, ...]:
+        if not self.terms:
+            return ()
+        terms = torch.cat([t.to(torch.float64) for t in self.terms])
+        ref = torch.cat([r["terms"].to(torch.float64) for r in self.refs])
+        inc = terms - ref
+        k = min(self.top_n, inc.numel())
+        _, idx = torch.topk(inc, k)
+        starts = [0]
+        for t in self.terms:
+            starts.append(starts[-1] + t.numel())
+        out = []
+        for i in idx.tolist():
+            b = bisect.bisect_right(starts, i) - 1
+            local = i - starts[b]
+            width = self.refs[b]["width"]
+            out.append((self.refs[b]["offset"] + local // width, local % width, float(ref[i]), float(terms[i])))
+        out.sort(key=lambda t: (-(t[3] - t[2]), t[0], t[1]))
+        return tuple(Degradation(e, p, o, a) for e, p, o, a in out)
+
     def finish(self) -> dict[str, Any]:
         value = self.value
         if not math.isfinite(value):
             raise NonFiniteError(f"the ablated loss is {value}")
-        worst = sorted(self.heap, key=lambda t: (-t[0], t[1], t[2]))
+        cls = self.classification and self.kl is not None
         return {
             "loss": value,
             "count": self.count,
-            "kl": self.kl / self.count if self.classification else None,
-            "accuracy": self.correct / self.count if self.classification else None,
-            "degradation": tuple(Degradation(e, p, o, a) for _, e, p, o, a in worst),
+            "kl": float(self.kl) / self.count if cls else None,
+            "accuracy": int(self.correct) / self.count if cls else None,
+            "degradation": self._worst(),
         }
 
 
