@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jacrev, jvp, vjp
 
 from wdecomp.curvature._batch import batch_size, output_function, slice_examples
-from wdecomp.curvature.base import FactoredOperator
+from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.curvature.ggn import OutputSpaceOperator
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
@@ -50,7 +50,7 @@ class EmpiricalFisherOperator(FactoredOperator):
         def column(v: dict[str, Tensor]) -> dict[str, Tensor]:
             return pullback(jvp(e, (theta,), (v,))[1] / total)[0]
 
-        return self.params.flatten(vmap(column)(V))
+        return self.params.flatten(map_columns(column, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``G^T [(s(theta + eps v) - s(theta - eps v)) / 2 eps] / N``."""

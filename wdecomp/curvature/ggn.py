@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.func import grad, jacrev, jvp, vjp, vmap
+from torch.func import grad, jacrev, jvp, vjp
 
 from wdecomp.curvature._batch import batch_size, output_function, slice_examples
-from wdecomp.curvature.base import FactoredOperator
+from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
@@ -74,7 +74,7 @@ class OutputSpaceOperator(FactoredOperator):
             jv = jvp(f, (theta,), (v,))[1]
             return pullback(m_product(jv))[0]
 
-        return self.params.flatten(vmap(column)(V))
+        return self.params.flatten(map_columns(column, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``J^T M [(f(theta + eps v) - f(theta - eps v)) / 2 eps]``, the JVP by differences."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import grad, jvp, vjp
 
-from wdecomp.curvature.base import CurvatureOperator
+from wdecomp.curvature.base import CurvatureOperator, map_columns
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
@@ -45,29 +45,19 @@ class HessianOperator(CurvatureOperator):
 
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
         g = grad(self.objective.batch_objective(batch, self.params))
-        k = next(iter(V.values())).shape[0]
         if self.method == "reverse-over-reverse":
             _, pullback = vjp(g, theta)
-            out = vmap(pullback)(V)[0] if k > 1 else _unsqueeze(pullback(_squeeze(V))[0])
-        else:
-            def hvp(v: dict[str, Tensor]) -> dict[str, Tensor]:
-                return jvp(g, (theta,), (v,))[1]
+            return self.params.flatten(map_columns(lambda v: pullback(v)[0], V))
 
-            out = vmap(hvp)(V) if k > 1 else _unsqueeze(hvp(_squeeze(V)))
-        return self.params.flatten(out)
+        def hvp(v: dict[str, Tensor]) -> dict[str, Tensor]:
+            return jvp(g, (theta,), (v,))[1]
+
+        return self.params.flatten(map_columns(hvp, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``(grad L(theta + eps v) - grad L(theta - eps v)) / (2 eps)``."""
         plus, minus = self._shifted_state(v, eps)
         return (self._gradient_at(plus) - self._gradient_at(minus)) / (2 * eps)
-
-
-def _squeeze(V: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {n: t[0] for n, t in V.items()}
-
-
-def _unsqueeze(V: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {n: t.unsqueeze(0) for n, t in V.items()}
 
 
 def hessian(
