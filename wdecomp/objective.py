@@ -449,14 +449,13 @@ class Objective:
         return value
 
     def gradient(self, params: ParamSpec | ParamSet = None) -> Tensor:
-        """Flat gradient ``dL/dtheta`` over the selected parameters."""
-        from torch.func import grad
-
+        """Flat gradient ``dL/dtheta`` over the selected parameters (plain reverse mode, batch by batch)."""
         pset = select_parameters(self.model, params)
         g = torch.zeros(pset.numel, dtype=pset.dtype, device=pset.device)
-        theta = pset.as_dict()
         for batch in self.batches():
-            g = g + pset.flatten(grad(self.batch_objective(batch, pset))(theta))
+            theta = {n: t.detach().requires_grad_() for n, t in pset.as_dict().items()}
+            loss = self.batch_objective(batch, pset)(theta)
+            g = g + pset.flatten(dict(zip(theta, torch.autograd.grad(loss, list(theta.values())))))
         return self.reduce(g)
 
 
