@@ -68,7 +68,9 @@ class EigenResult:
             convergence (not the Ritz estimate).
         relative_residuals: ``residuals / |lambda|``.
         converged: ``(k,)`` bool: residual ``<= 2 tol max(|lambda|, floor)`` with
-            ``floor = 10 sqrt(p) eps ||A|| / tol`` (the round-off level of a product).
+            ``floor = 100 eps ||A|| / tol`` (a margin over the round-off of a product, measured
+            below ``eps ||A||`` for float32 Hessian products of an 85k-parameter MLP and a
+            117k-parameter transformer).
         matvecs: Operator-vector products used, including the residual check.
         restarts: Thick restarts performed.
         which, tol, block_size, basis_size, reorth: The settings used.
@@ -319,7 +321,9 @@ def eigh(
     bar = progress_bar(total=max_matvecs, desc="lanczos", enabled=progress)
 
     def floor_abs() -> float:
-        return 10 * math.sqrt(p) * eps * anorm
+        # 100 eps ||A||: the old 10 sqrt(p) eps ||A|| capped float32 runs at relative residuals
+        # ~1e-2 on the 20th eigenvalue of trained models (eigenvalue errors above 1e-4)
+        return 100 * eps * anorm
 
     try:
         while True:
