@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wdecomp.errors import WdecompError
+from wdecomp.io import atomic_write_text
 
 
 @dataclass
@@ -90,27 +91,10 @@ def _emit(result: Any, args: argparse.Namespace) -> None:
         if args.json == "-":
             print(text)
         else:
-            _atomic_text(Path(args.json), text)
+            atomic_write_text(args.json, text)
             print(f"wrote {args.json}", file=sys.stderr)
     if not args.json or args.json != "-":
         print(result)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _operator(loaded: LoadedModel, kind: str, params: str | None) -> Any:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from wdecomp.activations import HookPoint, resolve_module
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.curvature import CurvatureBasis
 from wdecomp.errors import ModelMismatchError, SelectionError, ShapeError
+from wdecomp.io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -521,17 +521,8 @@ def _jsonable(x: Any) -> Any:
 def _atomic_save(tensors: dict[str, Tensor], meta: dict[str, Any], path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={"wdecomp": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(plain, tmp, metadata={"wdecomp": json.dumps(meta)}))
 
 
 def save_basis(basis: Basis | CurvatureBasis, path: str | os.PathLike,

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from wdecomp.io import atomic_write_text
+
 
 @dataclass
 class DemoReport:
@@ -57,12 +59,6 @@ class DemoReport:
         return "\n".join(out) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _timed(report: DemoReport, name: str, fn: Callable[[], Any]) -> Any:
     t0 = time.perf_counter()
     out = fn()
@@ -91,8 +87,8 @@ def run_demo(out: str | Path = "wdecomp-report", *, quick: bool = False, progres
     _modular_addition(report, quick, progress)
     _superposition(report, quick, progress)
     _char_ablation(report, quick, progress)
-    _write_text(folder / "report.md", report.markdown())
-    _write_text(folder / "results.json", json.dumps(report.results | {"timings": report.timings}, indent=2,
+    atomic_write_text(folder / "report.md", report.markdown())
+    atomic_write_text(folder / "results.json", json.dumps(report.results | {"timings": report.timings}, indent=2,
                                                      default=str))
     return report
 

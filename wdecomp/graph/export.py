@@ -14,11 +14,7 @@ Open GraphML or GEXF in Gephi or Cytoscape; render DOT with Graphviz.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ import networkx as nx
 import numpy as np
 
 from wdecomp.graph.graph import Completeness, InteractionGraph
+from wdecomp.io import atomic_write
 
 FORMATS = {".graphml": "graphml", ".gexf": "gexf", ".json": "json", ".dot": "dot", ".gv": "dot"}
 _INT_KEYS = {"layer_index", "index"}
@@ -92,22 +89,6 @@ def _pydot() -> Any:
         raise ImportError("writing or reading DOT needs the optional 'pydot' package: "
                           "pip install 'wdecomp[dot]' (or pip install pydot)") from exc
     return pydot
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _node_link_data(g: nx.DiGraph) -> dict[str, Any]:
