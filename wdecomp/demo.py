@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +113,12 @@ def _modular_addition(report: DemoReport, quick: bool, progress: bool | None) ->
     H = wd.hessian(obj)
     k = 6 if quick else 10
     eig = _timed(report, "Hessian top eigenpairs", lambda: wd.eigh(H, k=k, tol=1e-6, progress=progress))
-    trace = _timed(report, "Hutch++ trace", lambda: wd.hutchpp_trace(H, num_matvecs=60 if quick else 240))
+    trace = _timed(report, "Hutch++ trace", lambda: wd.hutchpp_trace(H, num_matvecs=60 if quick else 120))
     density = _timed(report, "SLQ spectral density",
-                     lambda: wd.slq_density(H, steps=30 if quick else 60, num_starts=3 if quick else 6))
+                     lambda: wd.slq_density(H, steps=30 if quick else 40, num_starts=3 if quick else 4))
     density.plot(folder / "hessian_density.png")
     rank = _timed(report, "Hessian rank (density estimate)", lambda: wd.rank(H, method="density", num_starts=3,
-                                                                         steps=30 if quick else 60))
+                                                                         steps=30 if quick else 40))
     report.headline["Hessian top eigenvalue (modular)"] = (
         f"{float(eig.eigenvalues[0]):.4g} (rel. residual {float(eig.relative_residuals[0]):.1e})")
     report.headline["Hessian rank estimate (modular)"] = f"{rank.rank} of {H.shape[0]}"
@@ -217,8 +218,11 @@ def _char_ablation(report: DemoReport, quick: bool, progress: bool | None) -> No
     n = basis[point].size
     levels = sorted({round(i * n / 10) for i in range(11)})
     tokens = float(pre["tokens"][-1])
-    result = _timed(report, "ablation sweep", lambda: wd.ablation_sweep(
-        model, basis[point], data, k=levels, method="mean", law=law, tokens=tokens, progress=progress))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", wd.scaling.ExtrapolationWarning)
+        result = _timed(report, "ablation sweep", lambda: wd.ablation_sweep(
+            model, basis[point], data, k=levels, method="mean", law=law, tokens=tokens, progress=progress))
+    extrapolated = sorted({str(w.message) for w in caught if issubclass(w.category, wd.scaling.ExtrapolationWarning)})
     result.plot(report.folder / "ablation.png")
     last_ok = [lv for lv in result.levels if lv.compute_equivalent is not None and lv.recovered_zero is not None]
     if last_ok:
@@ -226,7 +230,11 @@ def _char_ablation(report: DemoReport, quick: bool, progress: bool | None) -> No
         report.headline["ablation: loss recovered vs compute-equivalent"] = (
             f"{mid.label}: {100 * mid.recovered_zero:.1f}% recovered, "
             f"compute-equivalent {mid.compute_equivalent:.3g}")
+    caveat = ""
+    if extrapolated:
+        caveat = ("\n\nThe scaling law was fitted on a small sweep; these equivalents lie outside its fitted "
+                  "range and are extrapolations:\n\n" + "\n".join(f"- {m}" for m in extrapolated[:8]))
     report.add(f"Character transformer: ablating PCA components of the residual stream at `{point}`",
-               _code(result) + "\n\n![ablation sweep](ablation.png)")
+               _code(result) + "\n\n![ablation sweep](ablation.png)" + caveat)
     report.results["ablation"] = result.to_dict()
     report.results["scaling_fit"] = fit.to_dict()
