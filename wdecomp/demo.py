@@ -224,12 +224,11 @@ def _char_ablation(report: DemoReport, quick: bool, progress: bool | None) -> No
             model, basis[point], data, k=levels, method="mean", law=law, tokens=tokens, progress=progress))
     extrapolated = sorted({str(w.message) for w in caught if issubclass(w.category, wd.scaling.ExtrapolationWarning)})
     result.plot(report.folder / "ablation.png")
-    last_ok = [lv for lv in result.levels if lv.compute_equivalent is not None and lv.recovered_zero is not None]
-    if last_ok:
-        mid = last_ok[len(last_ok) // 2]
+    scored = [lv for lv in result.levels if lv.compute_equivalent is not None and lv.recovered_zero >= 0.8]
+    if scored:  # the most damaged level that "loss recovered" still calls a success
+        lv = min(scored, key=lambda v: v.compute_equivalent)
         report.headline["ablation: loss recovered vs compute-equivalent"] = (
-            f"{mid.label}: {100 * mid.recovered_zero:.1f}% recovered, "
-            f"compute-equivalent {mid.compute_equivalent:.3g}")
+            f"{lv.label}: {100 * lv.recovered_zero:.1f}% 'recovered', compute-equivalent {lv.compute_equivalent:.3g}")
     caveat = ""
     if extrapolated:
         caveat = ("\n\nThe scaling law was fitted on a small sweep; these equivalents lie outside its fitted "
