@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,19 +37,10 @@ from wdecomp.interop import logits_module, require
 from wdecomp.models.char import char_corpus
 from wdecomp.threads import limit_threads
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transformerlens_interop import text_batches, train  # noqa: E402  (shared with the TransformerLens example)
+
 LAYERS = ["model.transformer.h.0.ln_2:input", "model.transformer.h.0"]
-
-
-def text_batches(context: int, batch: int, n_batches: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_batches`` batches of ``(tokens (B, T), next tokens (B, T))`` windows of the training text."""
-    ids = char_corpus().train
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(ids) - context - 1, (n_batches, batch), generator=gen)
-    out = []
-    for s in starts:
-        seq = ids[s[:, None] + torch.arange(context + 1)]
-        out.append((seq[:, :-1].contiguous(), seq[:, 1:].contiguous()))
-    return out
 
 
 def build(context: int) -> torch.nn.Module:
@@ -61,21 +53,6 @@ def build(context: int) -> torch.nn.Module:
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(cfg).to(torch.float64)
     return logits_module(hf).eval()
-
-
-def train(model: torch.nn.Module, steps: int, context: int) -> list[float]:
-    """A few Adam steps of next-character prediction (through the wrapped model's forward)."""
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    model.train()
-    for x, y in text_batches(context, 32, steps, seed=1):
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
 
 
 def round_trip_hooks(model: torch.nn.Module, basis: wd.Basis, tokens: torch.Tensor) -> float:
