@@ -24,7 +24,7 @@ degraded model relative to what the original model actually used. They raise
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -59,8 +59,24 @@ def _ratio(log_num: Any, log_den: Any) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
+class _EquivalentResult:
+    """What both equivalent results share: ``float()`` of a scalar fraction, and a JSON dict."""
+
+    _what = "equivalents"
+
+    def __float__(self) -> float:
+        if np.ndim(self.fraction) != 0:
+            raise TypeError(f"float() of an array of {self._what}; use .fraction")
+        return float(self.fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (arrays as lists), one key per field."""
+        return {f.name: (getattr(self, f.name) if f.name == "law" else _tolist(getattr(self, f.name)))
+                for f in fields(self)}
+
+
 @dataclass(frozen=True)
-class ComputeEquivalent:
+class ComputeEquivalent(_EquivalentResult):
     """Result of :func:`compute_equivalent` (scalars or arrays, as the losses were given).
 
     Attributes:
@@ -83,10 +99,7 @@ class ComputeEquivalent:
     training_fraction: float | np.ndarray | None
     law: str
 
-    def __float__(self) -> float:
-        if np.ndim(self.fraction) != 0:
-            raise TypeError("float() of an array of compute-equivalents; use .fraction")
-        return float(self.fraction)
+    _what = "compute-equivalents"
 
     def __str__(self) -> str:
         rows = [
@@ -101,22 +114,9 @@ class ComputeEquivalent:
         ]
         return "Compute-equivalent\n" + "\n".join(f"  {k:<22}{v}" for k, v in rows)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (arrays as lists)."""
-        return {
-            "law": self.law,
-            "loss": _tolist(self.loss),
-            "reference_loss": _tolist(self.reference_loss),
-            "fraction": _tolist(self.fraction),
-            "compute": _tolist(self.compute),
-            "reference_compute": _tolist(self.reference_compute),
-            "training_compute": _tolist(self.training_compute),
-            "training_fraction": _tolist(self.training_fraction),
-        }
-
 
 @dataclass(frozen=True)
-class ParameterEquivalent:
+class ParameterEquivalent(_EquivalentResult):
     """Result of :func:`parameter_equivalent` (scalars or arrays, as the losses were given).
 
     Attributes:
@@ -141,10 +141,7 @@ class ParameterEquivalent:
     model_fraction: float | np.ndarray | None
     law: str
 
-    def __float__(self) -> float:
-        if np.ndim(self.fraction) != 0:
-            raise TypeError("float() of an array of parameter-equivalents; use .fraction")
-        return float(self.fraction)
+    _what = "parameter-equivalents"
 
     def __str__(self) -> str:
         rows = [
@@ -159,20 +156,6 @@ class ParameterEquivalent:
             ("N_eq(loss) / model", _fmt(self.model_fraction)),
         ]
         return "Parameter-equivalent\n" + "\n".join(f"  {k:<22}{v}" for k, v in rows)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (arrays as lists)."""
-        return {
-            "law": self.law,
-            "loss": _tolist(self.loss),
-            "reference_loss": _tolist(self.reference_loss),
-            "tokens": _tolist(self.tokens),
-            "fraction": _tolist(self.fraction),
-            "params": _tolist(self.params),
-            "reference_params": _tolist(self.reference_params),
-            "model_params": _tolist(self.model_params),
-            "model_fraction": _tolist(self.model_fraction),
-        }
 
 
 def _positive_scalar(x: float | None, what: str) -> float | None:
