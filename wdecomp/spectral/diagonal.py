@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from wdecomp.progress import progress_bar
-from wdecomp.spectral._probes import probes
+from wdecomp.spectral._probes import probe_products
 from wdecomp.spectral._table import table, to_jsonable
 from wdecomp.spectral.operator import as_operator
 
@@ -86,19 +85,14 @@ def hutchinson_diagonal(
     A = as_operator(op)
     mv0 = A.matvecs
     p = A.shape[0]
-    gen = torch.Generator().manual_seed(seed)
     acc = torch.zeros(p, dtype=torch.float64, device=A.device)
     acc2 = torch.zeros_like(acc)
     norm = torch.zeros_like(acc)
-    with progress_bar(total=num_matvecs, desc="diagonal", enabled=progress) as bar:
-        for s in range(0, num_matvecs, block_size):
-            n = min(block_size, num_matvecs - s)
-            Z = probes(p, n, distribution, gen, A.dtype, A.device)
-            X = (Z * A.matmat(Z)).double()
-            acc += X.sum(1)
-            acc2 += X.pow(2).sum(1)
-            norm += Z.double().pow(2).sum(1)
-            bar.update(n)
+    for Z, ZAZ in probe_products(A, num_matvecs, distribution, block_size, seed, "diagonal", progress):
+        X = ZAZ.double()
+        acc += X.sum(1)
+        acc2 += X.pow(2).sum(1)
+        norm += Z.double().pow(2).sum(1)
     est = acc / norm
     mean = acc / num_matvecs
     var = (acc2 / num_matvecs - mean.pow(2)).clamp_min(0) * num_matvecs / max(num_matvecs - 1, 1)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from wdecomp.progress import progress_bar
-from wdecomp.spectral._probes import probes
+from wdecomp.spectral._probes import probe_products, probes
 from wdecomp.spectral._table import table
 from wdecomp.spectral.operator import as_operator
 
@@ -98,14 +98,8 @@ def hutchinson_trace(
     A = as_operator(op)
     mv0 = A.matvecs
     p = A.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    samples = []
-    with progress_bar(total=num_matvecs, desc="hutchinson", enabled=progress) as bar:
-        for s in range(0, num_matvecs, block_size):
-            n = min(block_size, num_matvecs - s)
-            Z = probes(p, n, distribution, gen, A.dtype, A.device)
-            samples.append((Z * A.matmat(Z)).sum(0).double().cpu())
-            bar.update(n)
+    samples = [ZAZ.sum(0).double().cpu() for _, ZAZ in
+               probe_products(A, num_matvecs, distribution, block_size, seed, "hutchinson", progress)]
     x = torch.cat(samples)
     se = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.inf
     return TraceEstimate(float(x.mean()), se, A.matvecs - mv0, "hutchinson", 0.0, p)
