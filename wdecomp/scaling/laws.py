@@ -117,6 +117,18 @@ def _stacklevel() -> int:
     return level
 
 
+def _check_constants(law: Any, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` unless the named constants are finite and positive (or >= 0)."""
+    for k in positive:
+        v = getattr(law, k)
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{k} must be finite and positive, got {v!r}")
+    for k in nonnegative:
+        v = getattr(law, k)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{k} must be finite and >= 0, got {v!r}")
+
+
 @dataclass(frozen=True)
 class FittedRange:
     """Where a law was fitted; any bound may be ``None`` (unknown).
@@ -403,12 +415,7 @@ class ChinchillaLaw(TwoVariableLaw):
     _floor_formula = "E + B/D^beta, an infinitely large model"
 
     def __post_init__(self) -> None:
-        for k in ("A", "B", "alpha", "beta"):
-            v = getattr(self, k)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{k} must be finite and positive, got {v!r}")
-        if not (math.isfinite(self.E) and self.E >= 0):
-            raise ValueError(f"E must be finite and >= 0, got {self.E!r}")
+        _check_constants(self, positive=("A", "B", "alpha", "beta"), nonnegative=("E",))
 
     @property
     def irreducible_loss(self) -> float:
@@ -520,10 +527,8 @@ class KaplanLaw(TwoVariableLaw):
     _floor_formula = "(D_c/D)^alpha_D, an infinitely large model"
 
     def __post_init__(self) -> None:
-        for k in ("alpha_N", "N_c", "alpha_D", "D_c", "alpha_C", "C_c", "N_e", "p_N"):
-            v = getattr(self, k)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{k} must be finite and positive, got {v!r}")
+        _check_constants(self, positive=("alpha_N", "N_c", "alpha_D", "D_c", "alpha_C", "C_c", "N_e", "p_N"),
+                         nonnegative=())
 
     @property
     def irreducible_loss(self) -> float:
@@ -594,12 +599,7 @@ class ComputeLaw(ScalingLaw):
     kind = "compute"
 
     def __post_init__(self) -> None:
-        for k in ("A", "alpha"):
-            v = getattr(self, k)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{k} must be finite and positive, got {v!r}")
-        if not (math.isfinite(self.E) and self.E >= 0):
-            raise ValueError(f"E must be finite and >= 0, got {self.E!r}")
+        _check_constants(self, positive=("A", "alpha"), nonnegative=("E",))
 
     @property
     def irreducible_loss(self) -> float:
