@@ -220,3 +220,23 @@ def check_pairs_model(r, D, which):
     simple = gaps > 1e-6 * ev.abs().max()
     cos = (r.eigenvectors * U).sum(0).abs()
     assert (cos[simple] >= 1 - 1e-8).all(), cos
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_ritz_estimates_equal_true_residuals_without_verification(block_size):
+    """``verify=False`` skips the ``k`` residual products and reports the Ritz estimates
+    ``||B_j E_j^T u||``; under full reorthogonalisation ``A V = V T + Q_{j+1} B_j E_j^T`` holds to
+    round-off, so the estimates equal the recomputed ``||A v - lambda v||`` to ~eps ||A||."""
+    g = torch.Generator().manual_seed(5)
+    lams = torch.cat([torch.linspace(1.5, 3, 10, dtype=F64), torch.rand(290, generator=g, dtype=F64)])
+    A = with_spectrum(lams)
+    checked = eigh(A, k=8, block_size=block_size, tol=1e-6, seed=2)
+    fast = eigh(A, k=8, block_size=block_size, tol=1e-6, seed=2, verify=False)
+    assert checked.residual_kind == "product" and fast.residual_kind == "ritz"
+    assert checked.matvecs - fast.matvecs == 8  # the same iteration, minus the check
+    assert torch.equal(checked.eigenvalues, fast.eigenvalues)
+    V = fast.eigenvectors
+    true = (A @ V - V * fast.eigenvalues).norm(dim=0)
+    assert (true - fast.residuals).abs().max() < 1e-12 * 3, (true, fast.residuals)
+    assert fast.all_converged and bool((fast.relative_residuals <= 2e-6).all())
+    assert fast.to_dict()["residual_kind"] == "ritz"

@@ -31,11 +31,13 @@ orthogonalised only against the previous two blocks, the thick-restart vectors, 
 Ritz vectors that converged to ``sqrt(eps) ||A||`` in the current cycle (those are where
 orthogonality is lost, Paige 1971); cheaper per step when ``m`` is large.
 
-**Memory.** The iteration holds the basis ``V`` (``p x m``), one work block ``W`` (``p x b``)
-and the pending next block (``p x b``); restarts rotate ``V`` in place in row chunks. So an
-``m``-column run holds ``m + 2b`` parameter-sized vectors (``m + 2`` for ``b = 1``), plus
-the converged Ritz vectors in selective mode; the final eigenvectors (``p x k``) are a copy
-made after the basis is released. ``EigenResult.peak_vectors`` reports this count.
+**Memory.** The iteration holds the basis ``V`` (``m x p``, one vector per row, so every
+projection is one contiguous GEMM), one work block ``W`` (``b x p``) and the pending next block
+(``b x p``); restarts rotate ``V`` in place in column chunks. So an ``m``-column run holds
+``m + 2b`` parameter-sized vectors (``m + 2`` for ``b = 1``), plus the converged Ritz vectors
+in selective mode; ``EigenResult.peak_vectors`` reports this count. At the end the ``k``
+eigenvectors are copied out of the basis (briefly ``m + k`` vectors) and the basis is released
+before the residual check.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from wdecomp.spectral.operator import as_operator
 __all__ = ["EigenResult", "eigh"]
 
 _WHICH = ("largest", "smallest", "magnitude")
+_VERIFY_BLOCK = 32  # columns per product when the final residuals are checked
+_DGKS = 2**-0.5  # keep-fraction above which one Gram-Schmidt pass suffices
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,8 +68,10 @@ class EigenResult:
         eigenvalues: ``(k,)``, ordered by ``which`` (largest first, smallest first, or largest
             magnitude first).
         eigenvectors: ``(p, k)``, orthonormal columns.
-        residuals: ``(k,)`` actual ``||A v - lambda v||`` from one product per vector after
-            convergence (not the Ritz estimate).
+        residuals: ``(k,)`` ``||A v - lambda v||``: with ``verify=True`` (the default) the actual
+            residual from one product per vector after convergence; with ``verify=False`` the
+            Ritz estimate ``||B_j E_j^T u||``, equal to it up to round-off under full
+            reorthogonalisation (see ``residual_kind``).
         relative_residuals: ``residuals / |lambda|``.
         converged: ``(k,)`` bool: residual ``<= 2 tol max(|lambda|, floor)`` with
             ``floor = 100 eps ||A|| / tol`` (a margin over the round-off of a product, measured
@@ -92,6 +98,7 @@ class EigenResult:
     reorth: str
     peak_vectors: int
     params: Any = None
+    residual_kind: str = "product"
 
     @property
     def all_converged(self) -> bool:
@@ -138,6 +145,7 @@ class EigenResult:
             "basis_size": self.basis_size,
             "reorth": self.reorth,
             "peak_vectors": self.peak_vectors,
+            "residual_kind": self.residual_kind,
         }
         if vectors:
             out["eigenvectors"] = self.eigenvectors.T
@@ -153,83 +161,83 @@ def _order(theta: Tensor, which: str) -> Tensor:
 
 
 def _project_out(W: Tensor, V: Tensor, ranges: list[tuple[int, int]], extra: Tensor | None) -> Tensor:
-    """Classical Gram-Schmidt, twice, of ``W`` against ``V[:, a:b]`` for each range (and ``extra``).
+    """Classical Gram-Schmidt of the rows of ``W`` against ``V[a:b]`` for each range (and ``extra``).
 
-    Returns the coefficients ``C`` with ``C[a:b] = V[:, a:b]^T W`` summed over both passes;
-    ``W`` is modified in place.
+    ``W`` ``(nb, p)`` and ``V`` ``(m, p)`` hold vectors as rows, so every projection is one
+    contiguous GEMM. The second pass is skipped when the first removed little (the DGKS test of
+    Daniel, Gragg, Kaufman & Stewart 1976, "Reorthogonalization and stable algorithms for updating
+    the Gram-Schmidt QR factorization", Math. Comp. 30:772-795: every row kept more than
+    ``1/sqrt(2)`` of its norm, so round-off cannot have left a component along ``V``); otherwise
+    twice is enough (Giraud et al. 2005).
+
+    Returns the coefficients ``C`` ``(total, nb)`` with ``C[a:b] = V[a:b] W^T`` summed over the
+    passes; ``W`` is modified in place.
     """
     total = max((b for _, b in ranges), default=0)
-    C = torch.zeros(total, W.shape[1], dtype=W.dtype, device=W.device)
-    for _ in range(2):
+    C = torch.zeros(total, W.shape[0], dtype=W.dtype, device=W.device)
+    for sweep in range(2):
+        before = W.norm(dim=1)
         for a, b in ranges:
             if b > a:
-                c = V[:, a:b].T @ W
-                W -= V[:, a:b] @ c
+                c = V[a:b] @ W.T
+                W.addmm_(c.T, V[a:b], alpha=-1)
                 C[a:b] += c
-        if extra is not None and extra.shape[1]:
-            W -= extra @ (extra.T @ W)
+        if extra is not None and extra.shape[0]:
+            W.addmm_((extra @ W.T).T, extra, alpha=-1)
+        if sweep == 0 and bool((W.norm(dim=1) > _DGKS * before).all()):
+            break
     return C
 
 
 def _next_block(
     W: Tensor, V: Tensor, cols: int, scale: float, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Orthonormalise ``W`` (already orthogonal to ``V[:, :cols]``) column by column.
+    """Orthonormalise the rows of ``W`` (already orthogonal to ``V[:cols]``) one by one.
 
-    Returns ``Q`` ``(p, r)`` and ``R`` ``(r, nb)`` with ``W ~= Q R``. A column whose remainder
-    is at round-off level (an invariant subspace was found: Lanczos breakdown) gets a zero row
-    in ``R`` and is replaced by a random unit vector orthogonal to the basis, so the iteration
-    can go on into the rest of the space; if the space is exhausted the block shrinks.
+    Returns ``Q`` ``(r, p)`` and ``R`` ``(r, nb)`` (float64, CPU) with ``W^T ~= Q^T R``. A row whose
+    remainder is at round-off level (an invariant subspace was found: Lanczos breakdown) gets a
+    zero row in ``R`` and is replaced by a random unit vector orthogonal to the basis, so the
+    iteration can go on into the rest of the space; if the space is exhausted the block shrinks.
     """
-    p, nb = W.shape
+    nb, p = W.shape
     eps = torch.finfo(W.dtype).eps
     thr = 100 * eps * max(scale, float(W.norm()) if W.numel() else 0.0, 1e-300)
-    qs: list[Tensor] = []
-    rrows: list[Tensor] = []
+    Q = torch.empty_like(W)
+    R = torch.zeros(nb, nb, dtype=torch.float64)
+    n = 0
     for j in range(nb):
-        w = W[:, j].clone()
-        coef = torch.zeros(nb, dtype=W.dtype, device=W.device)
-        if qs:
-            Q = torch.stack(qs, 1)
+        w = W[j].clone()
+        if n:
             for _ in range(2):
-                c = Q.T @ w
-                w -= Q @ c
-                coef[: len(qs)] += c
+                c = Q[:n] @ w
+                w -= c @ Q[:n]
+                R[:n, j] += c.to(device="cpu", dtype=torch.float64)
         nrm = float(w.norm())
         refill = nrm <= thr
         if refill:
             w = torch.randn(p, generator=gen, dtype=W.dtype).to(W.device)
             for _ in range(2):
                 if cols:
-                    w -= V[:, :cols] @ (V[:, :cols].T @ w)
-                if qs:
-                    Q = torch.stack(qs, 1)
-                    w -= Q @ (Q.T @ w)
+                    w -= (V[:cols] @ w) @ V[:cols]
+                if n:
+                    w -= (Q[:n] @ w) @ Q[:n]
             nrm = float(w.norm())
-            if nrm <= 1e-8 or cols + len(qs) >= p:  # the whole space is spanned
-                # fold the (zero) coupling of this column into nothing
-                for i, r in enumerate(rrows):
-                    r[j] = coef[i]
+            if nrm <= 1e-8 or cols + n >= p:  # the whole space is spanned: the block shrinks
                 continue
-        for i, r in enumerate(rrows):
-            r[j] = coef[i]
-        qs.append(w / nrm)
-        row = torch.zeros(nb, dtype=W.dtype, device=W.device)
-        row[j] = 0.0 if refill else nrm
-        rrows.append(row)
-    if not qs:
-        return W.new_zeros(p, 0), W.new_zeros(0, nb)
-    return torch.stack(qs, 1), torch.stack(rrows, 0)
+        Q[n] = w / nrm
+        R[n, j] = 0.0 if refill else nrm
+        n += 1
+    return Q[:n], R[:n]
 
 
 def _rotate_inplace(V: Tensor, cols: int, U: Tensor, chunk_elems: int = 2**22) -> None:
-    """``V[:, :l] = V[:, :cols] @ U`` for ``U`` ``(cols, l)``, row chunk by row chunk (no p x l copy)."""
-    p = V.shape[0]
-    rows = max(1, chunk_elems // max(cols, 1))
-    U = U.to(V.dtype).to(V.device)
-    for r0 in range(0, p, rows):
-        r1 = min(p, r0 + rows)
-        V[r0:r1, : U.shape[1]] = V[r0:r1, :cols] @ U
+    """``V[:l] = U^T V[:cols]`` for ``U`` ``(cols, l)``, column chunk by column chunk (no l x p copy)."""
+    p = V.shape[1]
+    width = max(1, chunk_elems // max(cols, 1))
+    Ut = U.T.to(dtype=V.dtype, device=V.device).contiguous()
+    for c0 in range(0, p, width):
+        c1 = min(p, c0 + width)
+        V[: Ut.shape[0], c0:c1] = Ut @ V[:cols, c0:c1]
 
 
 def eigh(
@@ -244,6 +252,7 @@ def eigh(
     reorth: str = "full",
     seed: int = 0,
     v0: Tensor | None = None,
+    verify: bool = True,
     progress: bool | None = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by thick-restart block Lanczos.
@@ -264,6 +273,10 @@ def eigh(
         reorth: ``"full"`` or ``"selective"`` (see the module docstring).
         seed: Seed of the random start block.
         v0: Start block ``(p,)`` or ``(p, b)`` instead of a random one.
+        verify: Recompute every returned pair's residual ``||A v - lambda v||`` from a product
+            (``k`` more matvecs, in blocks of up to 32 columns). ``False`` reports the Ritz
+            estimates instead, which full reorthogonalisation keeps equal to the true residuals
+            up to round-off (about ``eps ||A||``), and saves those products.
         progress: tqdm bar over matvecs (default: only on a TTY).
 
     Returns:
@@ -303,11 +316,11 @@ def eigh(
         X = v0.reshape(p, -1).to(dtype=dtype, device=device).clone()
     else:
         X = torch.randn(p, b, generator=gen, dtype=dtype).to(device)
-    V = torch.empty(p, m, dtype=dtype, device=device)
+    V = torch.empty(m, p, dtype=dtype, device=device)  # basis vectors as rows: contiguous GEMMs
     T = torch.zeros(m, m, dtype=torch.float64)
-    Q0, _ = _next_block(X, V, 0, float(X.norm()), gen)
-    b0 = Q0.shape[1]
-    V[:, :b0] = Q0
+    Q0, _ = _next_block(X.T.contiguous(), V, 0, float(X.norm()), gen)
+    b0 = Q0.shape[0]
+    V[:b0] = Q0
     del X, Q0
 
     cols, cur, prev = b0, (0, b0), None
@@ -328,7 +341,7 @@ def eigh(
     try:
         while True:
             s, nb = cur
-            W = A.matmat(V[:, s : s + nb])
+            W = A.matmat(V[s : s + nb].T).T.contiguous()
             bar.update(nb)
             if reorth == "full" or after_restart:
                 ranges = [(0, cols)]
@@ -341,10 +354,9 @@ def eigh(
             T[s : s + nb, : Cc.shape[0]] = Cc.T
             after_restart = False
             anorm = max(anorm, float(Cc.abs().max()) if Cc.numel() else 0.0)
-            Qn, R = _next_block(W, V, cols, anorm, gen)
+            Qn, Rc = _next_block(W, V, cols, anorm, gen)
             del W
-            Rc = R.to(device="cpu", dtype=torch.float64)
-            r = Qn.shape[1]
+            r = Qn.shape[0]
 
             Tc = T[:cols, :cols]
             theta, U = torch.linalg.eigh(0.5 * (Tc + Tc.T))
@@ -357,7 +369,7 @@ def eigh(
             if done and reorth == "selective":
                 # selective mode: semi-orthogonality can make Ritz estimates optimistic, so check
                 # the real residuals once; if they fail, finish the run with full reorthogonalisation
-                Y = V[:, :cols] @ U[:, want].to(dtype=dtype, device=device)
+                Y = (U[:, want].T.to(dtype=dtype, device=device) @ V[:cols]).T
                 lam_w = theta[want].to(dtype=dtype, device=device)
                 real = (A.matmat(Y) - Y * lam_w).norm(dim=0).to(device="cpu", dtype=torch.float64)
                 if not bool((real <= 2 * thr).all()):
@@ -368,7 +380,8 @@ def eigh(
                     bar.close()
                     rest = eigh(
                         A, k, which, tol=tol, max_matvecs=max(max_matvecs - (A.matvecs - mv0), 2 * k),
-                        block_size=b, basis_size=m, reorth="full", seed=seed + 1, v0=start, progress=progress,
+                        block_size=b, basis_size=m, reorth="full", seed=seed + 1, v0=start, verify=verify,
+                        progress=progress,
                     )
                     return replace(
                         rest, matvecs=A.matvecs - mv0, restarts=restarts + rest.restarts + 1,
@@ -380,14 +393,14 @@ def eigh(
                 break
 
             if cols + r <= m:
-                V[:, cols : cols + r] = Qn
+                V[cols : cols + r] = Qn
                 T[cols : cols + r, s : s + nb] = Rc
                 T[s : s + nb, cols : cols + r] = Rc.T
                 prev, cur = cur, (cols, r)
                 if reorth == "selective":
                     good = (est <= math.sqrt(eps) * anorm).nonzero().flatten()
                     if good.numel() > nsel_good:
-                        sel = V[:, :cols] @ U[:, good].to(dtype=dtype, device=device)
+                        sel = U[:, good].T.to(dtype=dtype, device=device) @ V[:cols]
                         nsel_good = good.numel()
                         peak = max(peak, m + 2 * b + nsel_good)
                 cols += r
@@ -404,7 +417,7 @@ def eigh(
             T[:ll, :ll] = torch.diag(theta[keep])
             T[ll : ll + r, :ll] = S
             T[:ll, ll : ll + r] = S.T
-            V[:, ll : ll + r] = Qn
+            V[ll : ll + r] = Qn
             cols, cur, prev, kept = ll + r, (ll, r), None, ll
             after_restart, sel, nsel_good = True, None, 0
             restarts += 1
@@ -414,14 +427,19 @@ def eigh(
     ksel = order[:k]
     lam = theta[ksel]
     _rotate_inplace(V, cols, U[:, ksel])
-    vecs = V[:, :k].clone()
+    del Qn
+    vecs = V[:k].T.contiguous()
     del V, sel
-    lam_t = lam.to(dtype=dtype, device=device)
-    res = torch.empty(k, dtype=torch.float64)
-    for j in range(0, k, b):
-        Xj = vecs[:, j : j + b]
-        AX = A.matmat(Xj)
-        res[j : j + b] = (AX - Xj * lam_t[j : j + b]).norm(dim=0).to(device="cpu", dtype=torch.float64)
+    if verify:
+        lam_t = lam.to(dtype=dtype, device=device)
+        res = torch.empty(k, dtype=torch.float64)
+        step = max(b, min(k, _VERIFY_BLOCK))  # the batched product is cheapest per vector in large blocks
+        for j in range(0, k, step):
+            Xj = vecs[:, j : j + step]
+            AX = A.matmat(Xj)
+            res[j : j + step] = (AX - Xj * lam_t[j : j + step]).norm(dim=0).to(device="cpu", dtype=torch.float64)
+    else:
+        res = est[ksel].clone()
     thr = torch.clamp(tol * lam.abs(), min=floor_abs())
     return EigenResult(
         eigenvalues=lam.to(dtype),
@@ -438,4 +456,5 @@ def eigh(
         reorth=reorth,
         peak_vectors=peak,
         params=A.params,
+        residual_kind="product" if verify else "ritz",
     )
