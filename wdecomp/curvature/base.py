@@ -145,6 +145,11 @@ class CurvatureOperator:
         """
         raise NotImplementedError
 
+    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
+        """The product hook :meth:`_matmat` calls for batch number ``index`` (its position in the
+        objective's batch order); ``_batch_matmat`` unless a subclass keeps per-batch state."""
+        return self._batch_matmat(theta, batch, V)
+
     def _in_dim(self) -> int:
         return self.shape[1]
 
@@ -175,10 +180,10 @@ class CurvatureOperator:
         bar = progress_bar(
             total=len(chunks) * self.num_batches, desc=f"{self.kind} products", enabled=self.progress
         )
-        for batch in self.objective.batches():
+        for index, batch in enumerate(self.objective.batches()):
             for start, stop in chunks:
                 tangents = self.params.unflatten(V[:, start:stop].T.contiguous())
-                out[:, start:stop] += self._batch_matmat(theta, batch, tangents).T
+                out[:, start:stop] += self._batch_product(index, theta, batch, tangents).T
                 bar.update(1)
         bar.close()
         out = self.objective.reduce(out)

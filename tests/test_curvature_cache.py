@@ -1,0 +1,293 @@
+"""The Hessian's cached reverse-over-reverse pullbacks: exact, never stale, never shared, in float64."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from _zoo import DT, cases, dense_hessian
+from torch import nn
+
+import wdecomp as wd
+
+# the module (``wdecomp.curvature.hessian`` as an attribute is the function of that name)
+hessian_module = importlib.import_module("wdecomp.curvature.hessian")
+RTOL = 1e-10
+
+
+def _case(name):
+    return {c.name: c for c in cases()}[name]
+
+
+def _objective(case):
+    return wd.Objective(case.model, case.data, loss=case.loss)
+
+
+def _uncached(case, objective=None):
+    """An independent rule: forward-over-reverse, rebuilt on every call."""
+    obj = objective if objective is not None else _objective(case)
+    return wd.hessian(obj, params=case.params, method="forward-over-reverse")
+
+
+def _close(a, b, scale=None):
+    scale = float(b.abs().max()) if scale is None else scale
+    torch.testing.assert_close(a, b, rtol=RTOL, atol=RTOL * max(scale, 1e-300))
+
+
+@pytest.fixture
+def count_builds(monkeypatch):
+    """Count the ``vjp`` calls that record a gradient graph (one per build of a pullback)."""
+    calls = []
+    real = hessian_module.vjp
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hessian_module, "vjp", counting)
+    return calls
+
+
+# (case, cache setting that makes it cache): one-batch cases cache under "auto", multi-batch need True
+CACHED = [
+    ("layernorm", "auto"),
+    ("tied_embedding", "auto"),
+    ("param_subset", "auto"),
+    ("tanh_mlp", True),
+    ("attention_seq", True),
+    ("conv_pool", True),
+    ("batchnorm_eval", True),
+]
+
+
+@pytest.mark.parametrize("name,cache", CACHED)
+def test_cached_products_equal_uncached_and_dense(name, cache, count_builds):
+    case = _case(name)
+    obj = _objective(case)
+    H = wd.hessian(obj, params=case.params, cache=cache, chunk_size=3)
+    assert H.caching
+    ref = _uncached(case, obj)
+    D = dense_hessian(case)
+    g = torch.Generator().manual_seed(1)
+    p = H.shape[0]
+    v = torch.randn(p, generator=g, dtype=DT)
+    small = torch.randn(p, 2, generator=g, dtype=DT)  # one vmap chunk
+    big = torch.randn(p, 8, generator=g, dtype=DT)  # three chunks of at most 3
+    for x in (v, small, big):
+        out = H @ x
+        _close(out, ref @ x)
+        _close(out, D @ x)
+    _close(H.dense(), D)
+    # every product after the first reused the one pullback per batch
+    assert len(count_builds) == obj.num_batches
+    assert len(H._entries) == obj.num_batches
+    assert H.matvec_count == 1 + 2 + 8 + p
+
+
+def test_cache_modes_decide_when_to_cache():
+    one, many = _case("layernorm"), _case("tanh_mlp")
+    assert wd.hessian(_objective(one)).caching
+    assert wd.hessian(_objective(one), method="reverse-over-reverse").caching
+    assert not wd.hessian(_objective(one), method="forward-over-reverse").caching
+    assert not wd.hessian(_objective(one), cache=False).caching
+    assert not wd.hessian(_objective(many)).caching
+    assert wd.hessian(_objective(many), cache=True).caching
+    with pytest.raises(ValueError, match="cache=True.*forward-over-reverse"):
+        wd.hessian(_objective(one), method="forward-over-reverse", cache=True)
+    with pytest.raises(ValueError, match="cache"):
+        wd.hessian(_objective(one), cache="always")
+
+
+def test_auto_method_uses_the_cached_pullback_for_blocks(monkeypatch):
+    case = _case("layernorm")
+    H = wd.hessian(_objective(case), chunk_size=4)
+    D = dense_hessian(case)
+
+    def no_jvp(*args, **kwargs):
+        raise AssertionError("forward-over-reverse used while caching")
+
+    monkeypatch.setattr(hessian_module, "jvp", no_jvp)
+    V = torch.randn(H.shape[0], 10, dtype=DT)
+    _close(H @ V, D @ V)
+
+
+def test_repeated_products_are_identical():
+    case = _case("attention_seq")
+    H = wd.hessian(_objective(case), cache=True, chunk_size=3)
+    V = torch.randn(H.shape[0], 7, dtype=DT)
+    first, second = H @ V, H @ V
+    assert torch.equal(first, second)
+    assert torch.equal(H @ V[:, 2], H @ V[:, 2])
+
+
+def _set_to(model, state):
+    model.load_state_dict(state)
+
+
+def _change_no_grad(model, params):
+    with torch.no_grad():
+        next(model.parameters()).add_(0.3)
+
+
+def _change_optimizer(model, params):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+
+
+def _change_load_state_dict(model, params):
+    state = {k: v + 0.2 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+
+
+def _change_through_data(model, params):
+    next(model.parameters()).data.mul_(1.5)  # bypasses the version counter
+
+
+def _change_vector_to_parameters(model, params):
+    vec = torch.nn.utils.parameters_to_vector(model.parameters())
+    torch.nn.utils.vector_to_parameters(vec, model.parameters())
+    return vec  # the parameters now live in vec; changing vec changes them silently
+
+
+CHANGES = {
+    "no_grad_add": _change_no_grad,
+    "optimizer_step": _change_optimizer,
+    "load_state_dict": _change_load_state_dict,
+    "through_data": _change_through_data,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("name", ["layernorm", "tied_embedding", "attention_seq"])
+def test_in_place_weight_changes_are_never_stale(name, change):
+    case = _case(name)
+    obj = _objective(case)
+    H = wd.hessian(obj, params=case.params, cache=True)
+    v = torch.randn(H.shape[0], dtype=DT)
+    V = torch.randn(H.shape[0], 5, dtype=DT)
+    old_v, old_V = H @ v, H @ V
+    CHANGES[change](case.model, case.params)
+    fresh = _uncached(case)
+    new_v, new_V = H @ v, H @ V
+    _close(new_v, fresh @ v)
+    _close(new_V, fresh @ V)
+    _close(new_v, dense_hessian(case) @ v)
+    assert (new_v - old_v).abs().max() > 1e-6 * old_v.abs().max()
+    assert (new_V - old_V).abs().max() > 1e-6 * old_V.abs().max()
+
+
+def test_parameters_shared_with_a_reused_vector_are_never_stale():
+    case = _case("layernorm")
+    vec = _change_vector_to_parameters(case.model, case.params)
+    H = wd.hessian(_objective(case))
+    v = torch.randn(H.shape[0], dtype=DT)
+    old = H @ v
+    with torch.no_grad():
+        vec.mul_(0.7)  # neither the parameters' version counters nor their pointers change
+    new = H @ v
+    _close(new, _uncached(case) @ v)
+    assert (new - old).abs().max() > 1e-6 * old.abs().max()
+
+
+def test_changes_outside_the_selection_are_never_stale():
+    """The loss also reads unselected weights, buffers and train/eval flags."""
+    case = _case("param_subset")  # selects 0.weight and 2.bias
+    H = wd.hessian(_objective(case), params=case.params)
+    v = torch.randn(H.shape[0], dtype=DT)
+    old = H @ v
+    with torch.no_grad():
+        case.model[2].weight.mul_(2.0)
+    new = H @ v
+    _close(new, _uncached(case) @ v)
+    assert (new - old).abs().max() > 1e-6 * old.abs().max()
+
+    bn = _case("batchnorm_eval")
+    obj = _objective(bn)
+    H = wd.hessian(obj, cache=True)
+    old = H @ torch.ones(H.shape[0], dtype=DT)
+    bn.model[1].running_var.mul_(3.0)  # a buffer, in place
+    new = H @ torch.ones(H.shape[0], dtype=DT)
+    _close(new, wd.hessian(obj, cache=False) @ torch.ones(H.shape[0], dtype=DT))
+    assert (new - old).abs().max() > 1e-6 * old.abs().max()
+
+
+class _ModeDependent(nn.Module):
+    """Deterministic, but a different function in training mode."""
+
+    def forward(self, h):
+        return torch.tanh(h) if self.training else torch.sin(h)
+
+
+def test_a_train_eval_switch_is_never_stale():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), _ModeDependent(), nn.Linear(4, 3)).to(DT)
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
+    obj = wd.Objective(model, (x, y))
+    H = wd.hessian(obj)
+    v = torch.randn(H.shape[0], dtype=DT)
+    old = H @ v
+    model.eval()
+    new = H @ v
+    _close(new, wd.hessian(obj, cache=False) @ v)
+    assert (new - old).abs().max() > 1e-6 * old.abs().max()
+
+
+def test_batch_changed_in_place_is_never_stale():
+    case = _case("layernorm")
+    obj = _objective(case)
+    H = wd.hessian(obj)
+    v = torch.randn(H.shape[0], dtype=DT)
+    old = H @ v
+    case.data[0][0].mul_(-2.0)  # the objective holds this very tensor
+    new = H @ v
+    _close(new, wd.hessian(obj, cache=False) @ v)
+    _close(new, dense_hessian(case) @ v)
+    assert (new - old).abs().max() > 1e-6 * old.abs().max()
+
+
+def test_resample_and_restrict_get_their_own_fresh_caches():
+    case = _case("attention_seq")
+    obj = _objective(case)
+    H = wd.hessian(obj, cache=True, chunk_size=3)
+    v = torch.randn(H.shape[0], dtype=DT)
+    H @ v
+    R = H.resample([1, 1, 0])
+    assert R._entries == {} and R._entries is not H._entries
+    ref = wd.hessian(obj.subset([1, 1, 0]), method="forward-over-reverse")
+    _close(R @ v, ref @ v)
+    assert len(R._entries) == 3 and len(H._entries) == 2
+    names = ["q.weight", "unembed.weight"]
+    S = H.restrict(names)
+    sub = S.params.numel
+    w = torch.randn(sub, 4, dtype=DT)
+    _close(S @ w, wd.hessian(obj, params=names, method="forward-over-reverse") @ w)
+    # after a weight change every operator sees it, whatever it cached before
+    with torch.no_grad():
+        case.model.q.weight.mul_(1.7)
+    _close(R @ v, wd.hessian(obj.subset([1, 1, 0]), method="forward-over-reverse") @ v)
+    _close(S @ w, wd.hessian(obj, params=names, method="forward-over-reverse") @ w)
+    _close(H @ v, dense_hessian(case) @ v)
+
+
+def test_clear_cache_rebuilds_and_stays_exact(count_builds):
+    case = _case("tied_embedding")
+    H = wd.hessian(_objective(case))
+    v = torch.randn(H.shape[0], dtype=DT)
+    first = H @ v
+    H @ v
+    assert len(count_builds) == 1
+    H.clear_cache()
+    assert H._entries == {}
+    assert torch.equal(H @ v, first)
+    assert len(count_builds) == 2
+
+
+def test_float32_cached_passes_its_self_check():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    H = wd.hessian(wd.Objective(model, (x, y)))
+    assert H.caching and H.check().passed
