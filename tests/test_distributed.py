@@ -1,7 +1,8 @@
 """Data-parallel curvature over torch.distributed: 2 gloo processes on loopback, uneven shards.
 
 Every distributed number is compared in float64 with the same quantity from one process over
-all the data (different batching too), to 1e-10 relative. Failure tests check that a rank that
+all the data (different batching too), to 1e-10 relative; ablation sweeps (global metrics, means and
+degradation lists) to 1e-12. Failure tests check that a rank that
 raises or hangs ends the run quickly with a clear :class:`DistributedError`.
 """
 
@@ -228,3 +229,113 @@ def test_launcher_wall_clock_timeout_kills_ranks() -> None:
     with pytest.raises(DistributedError, match=r"did not finish within 8 s: rank\(s\) \[.*1\] still running"):
         wdist.launch(_hanging_worker, 2, timeout_s=8, pg_timeout_s=60)
     assert time.monotonic() - start < 15
+
+
+# ------------------------------------------------------------------------------ ablation
+# A few hundred examples on uneven shards (rank 0: 117 in 3 batches, rank 1: 83 in 2), against one
+# process with another batching. Mean ablation needs the global activation means, every metric the
+# global sums, and the degradation list global example indices and the global top N.
+ABL_EXAMPLES = 200
+ABL_SHARDS = {0: [(0, 50), (50, 100), (100, 117)], 1: [(117, 160), (160, 200)]}
+ABL_ONE_PROCESS_BATCHES = [(0, 64), (64, 128), (128, 192), (192, 200)]
+ABL_TOP_N = 7
+ABL_FIELDS = ("loss", "delta_loss", "kl", "accuracy", "recovered_zero", "recovered_mean", "compute_equivalent",
+              "parameter_equivalent")
+
+
+def _ablation_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(ABL_EXAMPLES, 5, generator=gen, dtype=DT)
+    y = torch.randint(0, 3, (ABL_EXAMPLES,), generator=gen)
+    return x, y
+
+
+def _ablation_results(model: nn.Module, batches: list, distributed: bool) -> dict:
+    """Every row of zero- and mean-ablation sweeps of activation and weight components, as plain data."""
+    from wdecomp import scaling
+    from wdecomp.ablation import WeightComponents, ablation_sweep
+    from wdecomp.bases.base import LayerBasis
+    from wdecomp.params import select_parameters
+
+    gen = torch.Generator().manual_seed(23)
+    C = torch.randn(6, 6, generator=gen, dtype=DT) + 3 * torch.eye(6, dtype=DT)
+    basis = LayerBasis("1", C, torch.linalg.inv(C), torch.rand(6, generator=gen, dtype=DT),
+                       torch.randn(6, generator=gen, dtype=DT), "test")
+    ps = select_parameters(model, "2")
+    V = torch.linalg.qr(torch.randn(ps.numel, ps.numel, generator=gen, dtype=DT))[0]
+    weights = WeightComponents.from_params(ps, V, torch.rand(ps.numel, generator=gen, dtype=DT), model=model)
+    law = scaling.ChinchillaLaw(E=0.5, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    obj = wd.Objective(model, batches, loss="cross_entropy", distributed=distributed)
+    out: dict = {"value": obj.value()}
+    for name, comps, ks in (("activation", basis, [0, 2, 6]), ("weight", weights, [0, 5, 21])):
+        for method in ("zero", "mean"):
+            res = ablation_sweep(model, comps, obj, k=ks, method=method, law=law, tokens=1e13, top_n=ABL_TOP_N,
+                                 progress=False)
+            rows = [res.original, res.zero_baseline, res.mean_baseline, *res.levels]
+            out[f"{name}/{method}"] = {
+                "n_terms": res.n_terms,
+                "rows": [{f: getattr(r, f) for f in ABL_FIELDS} for r in rows],
+                "degradation": [[(d.example, d.position, d.original, d.ablated) for d in r.degradation]
+                                for r in res.levels],
+            }
+    return out
+
+
+def _ablation_worker(rank: int, world_size: int) -> dict:
+    model, _, _ = _setup()
+    x, y = _ablation_data()
+    return _ablation_results(model, [(x[a:b], y[a:b]) for a, b in ABL_SHARDS[rank]], distributed=True)
+
+
+@pytest.fixture(scope="module")
+def two_process_ablation() -> list[dict]:
+    start = time.monotonic()
+    results = wdist.launch(_ablation_worker, 2, timeout_s=120, pg_timeout_s=60)
+    print(f"2-process ablation run: {time.monotonic() - start:.1f} s")
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_process_ablation() -> dict:
+    model, _, _ = _setup()
+    x, y = _ablation_data()
+    return _ablation_results(model, [(x[a:b], y[a:b]) for a, b in ABL_ONE_PROCESS_BATCHES], distributed=False)
+
+
+def _close(a: float | None, b: float | None, tol: float = 1e-12, scale: float = 1e-300) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= tol * max(abs(b), scale)
+
+
+@pytest.mark.parametrize("key", ["activation/zero", "activation/mean", "weight/zero", "weight/mean"])
+def test_distributed_ablation_matches_one_process(key: str, two_process_ablation: list[dict],
+                                                  one_process_ablation: dict) -> None:
+    ref = one_process_ablation[key]
+    # every rank holds bitwise the same result: global metrics, not rank-local ones
+    assert two_process_ablation[0][key] == two_process_ablation[1][key]
+    got = two_process_ablation[0][key]
+    assert got["n_terms"] == ref["n_terms"] == ABL_EXAMPLES
+    for row, want in zip(got["rows"], ref["rows"], strict=True):
+        for f in ABL_FIELDS:
+            # loss recovered is 1 - (a ratio of loss differences): relative to 1, as it is exactly 0 where a
+            # level equals its baseline
+            scale = 1.0 if f.startswith("recovered") else 1e-300
+            assert _close(row[f], want[f], scale=scale), f"{key} {f}: {row[f]!r} vs one process {want[f]!r}"
+    for level, want in zip(got["degradation"], ref["degradation"], strict=True):
+        assert len(level) == len(want) == ABL_TOP_N
+        assert [(e, p) for e, p, _, _ in level] == [(e, p) for e, p, _, _ in want]
+        for (_, _, o, a), (_, _, wo, wa) in zip(level, want):
+            assert _close(o, wo) and _close(a, wa)
+    # ablating nothing: nothing degrades, so the ties give the first examples in global order
+    assert [e for e, _, _, _ in got["degradation"][0]] == list(range(ABL_TOP_N))
+    # the global top N draws on both shards (rank 1's examples carry its global offset, 117)
+    examples = {e for level in got["degradation"][1:] for e, _, _, _ in level}
+    assert min(examples) < 117 <= max(examples) < ABL_EXAMPLES
+
+
+def test_distributed_ablation_of_nothing_is_the_objective_value(two_process_ablation: list[dict]) -> None:
+    for res in two_process_ablation:
+        for key in ("activation/zero", "activation/mean", "weight/zero", "weight/mean"):
+            assert res[key]["rows"][0]["loss"] == res["value"]  # original, bit for bit
+            assert res[key]["rows"][3]["loss"] == res["value"]  # level k = 0

@@ -16,6 +16,17 @@ weight-space components by a functional call with the group's parameters replace
 back the data-mean or resampled contribution; see :mod:`wdecomp.ablation.primitives`). An
 ablation of nothing adds no hook and substitutes no weight, so it reproduces
 :meth:`wdecomp.Objective.value` bit for bit.
+
+**Distributed.** Given an ``Objective(model, shard, loss, distributed=True)`` as ``data``, every
+rank runs the same passes on its own shard and every number is global, bitwise the same on every
+rank, and equal (to float64 round-off) to one process on all the data: the activation means of
+mean ablation (float64 sums and counts all-reduced), the loss, KL, accuracy, loss recovered and
+compute-/parameter-equivalent of each level (the float64 summed loss, term count, summed KL and
+correct count all-reduced, one collective per level), and the degradation list (the global top
+``top_n``, example indices over the shards concatenated in rank order). Shards may be uneven.
+Resample ablation draws the replacement from another example of the same batch, which lives on
+the same rank: it stays rank-local (batch ``b`` of every rank uses the same seeded permutation
+of its size), so its result depends on the sharding as it depends on the batching.
 """
 
 from __future__ import annotations
@@ -295,6 +306,8 @@ class _Engine:
             raise DataError("the data hold no batches")
         self.ctx = _Context()
         self.forward_seconds = 0.0
+        # The objective's own all-reduce for a distributed objective; None keeps one process exact.
+        self.reduce: Callable[[Tensor], Tensor] | None = self.obj.reduce if self.obj.distributed else None
 
     # ------------------------------------------------------------------ passes
     def _forward(self, state: Mapping[str, Tensor], batch: Any) -> Tensor:
@@ -338,7 +351,7 @@ class _Engine:
 
             return fn
 
-        acc = Accumulator(self.loss, self.top_n)
+        acc = Accumulator(self.loss, self.top_n, self.reduce)
         refs = []
         offset = 0
         with _attached(self.model, [(p, reader(p)) for p in points]):
@@ -348,12 +361,50 @@ class _Engine:
                 acc.add(out, batch[1], ref)
                 refs.append(ref)
                 offset += int(out.shape[0])
-        missing = [p for p in points if p not in sums]
-        if missing:
-            raise SelectionError(f"hook points {missing} were not reached in the forward pass")
-        self.means = {p: sums[p] / counts[p] for p in points}
+        if self.reduce is None:
+            missing = [p for p in points if p not in sums]
+            if missing:
+                raise SelectionError(f"hook points {missing} were not reached in the forward pass")
+            self.means = {p: sums[p] / counts[p] for p in points}
+        else:
+            self.means = self._global_means(list(points), sums, counts, refs, offset)
         self.refs = refs
         return acc.finish()
+
+    def _global_means(self, points: list[str], sums: dict[str, Tensor], counts: dict[str, int],
+                      refs: list[dict[str, Any]], examples: int) -> dict[str, Tensor]:
+        """Distributed reference pass: global activation means and global example offsets.
+
+        One all-reduce agrees on the hook points some rank did not reach (every rank then raises
+        alike, none waits in a collective) and sums a one-hot-by-rank vector of example counts,
+        whose entries below this rank are its first global example index (an exclusive prefix
+        sum); the reference entries' offsets are moved by it, so every degradation report names
+        examples over the shards concatenated in rank order. A second all-reduce sums the
+        float64 activation sums and their counts.
+        """
+        from wdecomp.distributed import get_rank, get_world_size
+
+        assert self.reduce is not None
+        world, rank, f64 = get_world_size(), get_rank(), torch.float64
+        head = torch.zeros(len(points) + world, dtype=f64)
+        head[: len(points)] = torch.tensor([float(p not in sums) for p in points], dtype=f64)
+        head[len(points) + rank] = float(examples)
+        head = self.reduce(head)
+        missing = [p for p, m in zip(points, head[: len(points)].tolist()) if m > 0]
+        if missing:
+            raise SelectionError(f"hook points {missing} were not reached in the forward pass (on some rank)")
+        start = int(head[len(points): len(points) + rank].sum())
+        for ref in refs:
+            ref["offset"] += start
+        device = sums[points[0]].device
+        packed = self.reduce(torch.cat([*(sums[p] for p in points),
+                                        torch.tensor([float(counts[p]) for p in points], dtype=f64, device=device)]))
+        means, at = {}, 0
+        for i, p in enumerate(points):
+            width = sums[p].numel()
+            means[p] = packed[at: at + width] / float(packed[-len(points) + i])
+            at += width
+        return means
 
     def _build(self, plan: _Plan) -> tuple[dict[str, Tensor], list[tuple[str, Edit]], list[tuple[str, Any]]]:
         dtype, device = self.obj.dtype, self.obj.device
@@ -395,7 +446,7 @@ class _Engine:
 
     def evaluate(self, plan: _Plan, bar: Any) -> dict[str, Any]:
         state, edits, module_hooks = self._build(plan)
-        acc = Accumulator(self.loss, self.top_n)
+        acc = Accumulator(self.loss, self.top_n, self.reduce)
         with _attached(self.model, edits, module_hooks):
             for b, (batch, ref) in enumerate(zip(self.batches, self.refs)):
                 self.ctx.perm = self._perm(b, batch)
@@ -448,8 +499,13 @@ def _run(engine: _Engine, plans: Sequence[_Plan], *, method: str, order: str, la
 
     if engine.loss.name != "cross_entropy":
         notes.append("KL divergence and accuracy apply to cross-entropy on class targets only")
-    if method == "resample" and any(int(b[1].shape[0]) < 2 for b in engine.batches):
-        notes.append("batches of one example are not resampled")
+    if method == "resample":
+        singles = any(int(b[1].shape[0]) < 2 for b in engine.batches)
+        if engine.reduce is not None:  # the same notes on every rank
+            singles = bool(engine.reduce(torch.tensor(float(singles), dtype=torch.float64)) > 0)
+            notes.append("resampled replacements come from the same batch of the same rank (rank-local)")
+        if singles:
+            notes.append("batches of one example are not resampled")
     return AblationResult(
         levels=tuple(row(3 + i, p.label, r, p) for i, (p, r) in enumerate(zip(plans, levels))),
         original=row(0, "original", original, None),
@@ -505,7 +561,9 @@ def ablate(
         components: :class:`ActivationComponents`, :class:`WeightComponents`, a ``LayerBasis``,
             a ``Basis``, ``Components``, or a list of these (global indices run group by group).
         which: Global indices of the components to ablate, a boolean mask ``(n,)``, or ``"all"``.
-        data: One ``(inputs, targets)`` batch, a list of batches, or an :class:`Objective`.
+        data: One ``(inputs, targets)`` batch, a list of batches, or an :class:`Objective`. A
+            distributed objective (``distributed=True``, this rank's shard) gives global metrics,
+            the same on every rank (see the module docstring); every rank must call this.
         method: ``"zero"``, ``"mean"`` or ``"resample"`` (see :mod:`wdecomp.ablation.primitives`).
         loss: The loss (``"cross_entropy"``, ``"mse"``, a callable); ignored for an Objective.
         law: A scaling law for the compute- and parameter-equivalent columns (or ``None``).
@@ -553,7 +611,8 @@ def ablation_sweep(
     Args:
         model: The network.
         components: As for :func:`ablate`.
-        data: Batches or an :class:`Objective`.
+        data: Batches or an :class:`Objective` (a distributed one gives global metrics, as for
+            :func:`ablate`).
         k: Numbers of components to ablate, each in ``0..n`` (default: every ``k`` from 0 to
             ``n``).
         order: ``"least_important"`` or ``"most_important"``.
@@ -602,7 +661,8 @@ def score_splice(
 
     Each replacement is one level of the result (labelled by its key when a mapping is given),
     with loss recovered against zero- and mean-ablation of the hook, KL, accuracy and the
-    compute-/parameter-equivalent.
+    compute-/parameter-equivalent. A distributed :class:`Objective` as ``data`` gives global
+    metrics, as for :func:`ablate`.
     """
     reps = dict(replacement) if isinstance(replacement, Mapping) else {"splice": replacement}
     if not reps:

@@ -25,14 +25,19 @@ ablated outputs ``z'``:
   reaches the degraded loss. 1.0 for an unchanged model; a model whose loss rises from 1.5 to
   2.0 nats loses far more compute than one going from 4.5 to 5.0, which loss recovered hides.
 * **per-input degradation**: the ``top_n`` loss terms (inputs, or tokens with their position)
-  whose loss rises most, ``l'_t - l_t``.
+  whose loss rises most, ``l'_t - l_t`` (ties: the smallest example index, then position).
+
+For a distributed :class:`~wdecomp.objective.Objective` (``distributed=True``, each rank holding
+a shard) every metric is global and the same on every rank: the sums above run over all ranks'
+loss terms (all-reduced in float64, so uneven shards are weighted exactly), and the degradation
+list is the global top ``top_n``, with example indices over the shards concatenated in rank order.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +54,8 @@ class Degradation:
     """One loss term that degrades under an ablation.
 
     Attributes:
-        example: Index of the example over the whole data (batches concatenated).
+        example: Index of the example over the whole data (batches concatenated; for a
+            distributed objective, every rank's shard concatenated in rank order).
         position: Token position within the example (0 for non-sequence outputs).
         original: Its loss in the original model.
         ablated: Its loss in the ablated model.
@@ -119,17 +125,26 @@ class Accumulator:
     ``add`` takes one batch's ablated outputs and the cached reference of that batch (from
     :func:`reference_entry`). Sums stay tensors until :meth:`finish` (no per-batch ``.item()``);
     the per-term losses of every batch are kept, and the ``top_n`` most degraded terms are taken
-    by one ``topk`` over the whole level.
+    by one ``topk`` over the whole level (ties broken by example, then position, the smallest
+    first).
 
     Per batch of ``N`` terms and ``V`` classes, cross-entropy costs one ``log_softmax``, one
     subtraction and one dot product for the KL (``sum p (log p - log p')``, the difference taken
     elementwise, so small KLs do not cancel), one ``argmax`` for the accuracy and two ``nll_loss``
     over ``N`` entries: a few passes over the ``N x V`` logits, in their dtype.
+
+    Args:
+        loss: The objective's output loss.
+        top_n: How many most-degraded loss terms :meth:`finish` reports.
+        reduce: Sum over processes for a distributed objective (its
+            :meth:`~wdecomp.objective.Objective.reduce`), or ``None`` for one process. When given,
+            :meth:`finish` returns global metrics, the same on every rank (see there).
     """
 
-    def __init__(self, loss: OutputLoss, top_n: int) -> None:
+    def __init__(self, loss: OutputLoss, top_n: int, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         self.loss = loss
         self.top_n = top_n
+        self.reduce = reduce
         self.total: Tensor | None = None
         self.count = 0
         self.kl: Tensor | None = None
@@ -176,19 +191,34 @@ class Accumulator:
 
     @property
     def value(self) -> float:
-        """The mean loss (as :meth:`Objective.value` computes it)."""
+        """The mean loss over the batches added here (as :meth:`Objective.value` computes it for
+        one process; :meth:`finish` gives the global one of a distributed objective)."""
         assert self.total is not None
         value = float(self.total) / self.count
         return value
 
-    def _worst(self) -> tuple[Degradation, ...]:
+    def _worst(self) -> list[tuple[int, int, float, float]]:
+        """This process's ``top_n`` most degraded terms, ``(example, position, original, ablated)``,
+        largest increase first, ties by ``(example, position)`` ascending.
+
+        The example index is ``ref["offset"]`` plus the index within the batch, so it is global
+        when the engine has made the offsets global. Ties at the cut-off are taken in that order
+        too (not as ``topk`` happens to return them), so the selection is deterministic and the
+        union of every rank's list contains the global top ``top_n``.
+        """
         if not self.terms:
-            return ()
+            return []
         terms = torch.cat([t.to(torch.float64) for t in self.terms])
         ref = torch.cat([r["terms"].to(torch.float64) for r in self.refs])
         inc = terms - ref
         k = min(self.top_n, inc.numel())
-        _, idx = torch.topk(inc, k)
+        if k == 0:
+            return []
+        kth = torch.topk(inc, k).values[-1]
+        above = torch.nonzero(inc > kth).reshape(-1)
+        # flat index order is (example, position) order: batches in order, rows of width `width`
+        tied = torch.nonzero(inc == kth).reshape(-1)[: max(k - above.numel(), 0)]
+        idx = torch.cat([above, tied])
         starts = [0]
         for t in self.terms:
             starts.append(starts[-1] + t.numel())
@@ -198,21 +228,60 @@ class Accumulator:
             local = i - starts[b]
             width = self.refs[b]["width"]
             out.append((self.refs[b]["offset"] + local // width, local % width, float(ref[i]), float(terms[i])))
-        out.sort(key=lambda t: (-(t[3] - t[2]), t[0], t[1]))
-        return tuple(Degradation(e, p, o, a) for e, p, o, a in out)
+        return out
 
     def finish(self) -> dict[str, Any]:
-        value = self.value
+        """The level's metrics: mean loss, number of terms, KL, accuracy and the ``top_n`` most
+        degraded terms.
+
+        With ``reduce`` (a distributed objective) every entry is global and bitwise the same on
+        every rank: the float64 summed loss, the term count, the summed KL and the number of
+        correct argmaxes are summed over ranks in one all-reduce, together with a
+        ``(world, top_n, 5)`` table in which each rank fills its own slot with its local
+        ``top_n`` rows (example indices already global, see the engine) and a validity flag;
+        every rank then takes the global ``top_n`` from that table with the same order and
+        tie-break as one process.
+        """
+        rows = self._worst()
+        cls = self.classification and self.kl is not None
+        assert self.total is not None
+        total: Any = self.total
+        count = self.count
+        kl: Any = self.kl
+        correct: Any = self.correct
+        if self.reduce is not None:
+            total, count, kl, correct, cls, rows = self._reduce(rows, cls)
+        value = float(total) / count
         if not math.isfinite(value):
             raise NonFiniteError(f"the ablated loss is {value}")
-        cls = self.classification and self.kl is not None
+        rows.sort(key=lambda t: (-(t[3] - t[2]), t[0], t[1]))
         return {
             "loss": value,
-            "count": self.count,
-            "kl": float(self.kl) / self.count if cls else None,
-            "accuracy": int(self.correct) / self.count if cls else None,
-            "degradation": self._worst(),
+            "count": count,
+            "kl": float(kl) / count if cls else None,
+            "accuracy": int(correct) / count if cls else None,
+            "degradation": tuple(Degradation(e, p, o, a) for e, p, o, a in rows[: self.top_n]),
         }
+
+    def _reduce(self, rows: list[tuple[int, int, float, float]], cls: bool) -> tuple[Any, ...]:
+        """Sum the level's statistics over ranks (one all-reduce) and merge the top-``n`` lists."""
+        from wdecomp.distributed import get_rank, get_world_size
+
+        assert self.reduce is not None and self.total is not None
+        world, rank, n = get_world_size(), get_rank(), self.top_n
+        f64 = torch.float64
+        # float() of a float64 sum is exact; the last entry counts ranks without KL / accuracy
+        scalars = torch.tensor([float(self.total), float(self.count), float(self.kl) if cls else 0.0,
+                                float(self.correct) if cls else 0.0, 0.0 if cls else 1.0], dtype=f64)
+        table = torch.zeros(world, n, 5, dtype=f64)
+        if rows:
+            table[rank, : len(rows), :4] = torch.tensor(rows, dtype=f64)
+            table[rank, : len(rows), 4] = 1.0
+        summed = self.reduce(torch.cat([scalars, table.reshape(-1)]))
+        scalars, table = summed[:5], summed[5:].reshape(world, n, 5)
+        valid = table[table[..., 4] == 1.0]
+        merged = [(int(e), int(p), float(o), float(a)) for e, p, o, a, _ in valid.tolist()]
+        return scalars[0], int(scalars[1]), scalars[2], scalars[3], bool(scalars[4] == 0), merged
 
 
 def loss_recovered(loss: float, original: float, baseline: float) -> float:

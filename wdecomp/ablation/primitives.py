@@ -17,7 +17,8 @@ so the part of ``f`` outside the span of the basis is kept as it is. The replace
   (computed once, in float64).
 * ``"resample"``: ``r = c(x')`` for another example ``x'`` of the same batch, drawn by a seeded
   permutation without fixed points (the same permutation for every ablation level, so a sweep
-  compares like with like). Positions of a sequence stay aligned.
+  compares like with like). Positions of a sequence stay aligned. With a distributed objective
+  the other example comes from the same batch on the same rank (rank-local resampling).
 
 **Weight-space components** (:class:`WeightComponents`): orthonormal directions
 ``V = [v_1 .. v_k]`` (``(p, k)``) in the flat space of a parameter group ``theta`` (a
