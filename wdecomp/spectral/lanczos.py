@@ -56,7 +56,6 @@ from wdecomp.spectral.operator import as_operator
 __all__ = ["EigenResult", "eigh"]
 
 _WHICH = ("largest", "smallest", "magnitude")
-_VERIFY_BLOCK = 8  # columns per product when the final residuals are checked (bounded temporaries)
 _DGKS = 2**-0.5  # keep-fraction above which one Gram-Schmidt pass suffices
 
 
@@ -288,7 +287,7 @@ def eigh(
         seed: Seed of the random start block.
         v0: Start block ``(p,)`` or ``(p, b)`` instead of a random one.
         verify: Recompute every returned pair's residual ``||A v - lambda v||`` from a product
-            (``k`` more matvecs, in blocks of ``max(b, 8)`` columns). ``False`` reports the Ritz
+            (``k`` more matvecs, in blocks of ``b`` columns). ``False`` reports the Ritz
             estimates instead, which full reorthogonalisation keeps equal to the true residuals
             up to round-off (about ``eps ||A||``), and saves those products.
         progress: tqdm bar over matvecs (default: only on a TTY).
@@ -448,7 +447,7 @@ def eigh(
     if verify:
         lam_t = lam.to(dtype=dtype, device=device)
         res = torch.empty(k, dtype=torch.float64)
-        step = max(b, min(k, _VERIFY_BLOCK))  # the batched product is cheapest per vector in large blocks
+        step = b  # the block size the run's products already used: no larger product temporaries
         for j in range(0, k, step):
             Xj = vecs[:, j : j + step]
             AX = A.matmat(Xj)
