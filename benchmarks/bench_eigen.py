@@ -286,8 +286,9 @@ WDECOMP_SETTINGS = (
     {"tol": 1e-4}, {"tol": 1e-3}, {"tol": 1e-2},
     {"tol": 1e-3, "block_size": 1}, {"tol": 1e-3, "block_size": 2},
     {"tol": 1e-3, "block_size": 1, "basis_size": 60}, {"tol": 1e-3, "block_size": 2, "basis_size": 60},
-    {"tol": 1e-3, "verify": False}, {"tol": 1e-3, "block_size": 2, "verify": False},
-    {"tol": 1e-2, "block_size": 2, "verify": False},
+    {"tol": 1e-3, "verify": False}, {"tol": 1e-2, "verify": False},
+    {"tol": 1e-3, "block_size": 1, "verify": False}, {"tol": 1e-2, "block_size": 1, "verify": False},
+    {"tol": 1e-3, "block_size": 2, "verify": False}, {"tol": 1e-2, "block_size": 2, "verify": False},
 )
 CURVLINOPS_TOLS = (1e-4, 1e-3, 1e-2)
 

@@ -173,9 +173,12 @@ class CurvatureOperator:
         return self._matmat(V)
 
     def _matmat(self, V: Tensor) -> Tensor:
+        """``A V`` as the transpose of a row-major ``(k, p)`` buffer: each product is one contiguous
+        row (how the per-batch products come out), and a solver that keeps vectors as rows (Lanczos)
+        reads ``out.T`` without a copy."""
         k = V.shape[1]
         theta = self.params.as_dict()
-        out = torch.zeros(self.shape[0], k, dtype=self.dtype, device=self.device)
+        out = torch.zeros(k, self.shape[0], dtype=self.dtype, device=self.device)
         chunks = [(i, min(i + self.chunk_size, k)) for i in range(0, k, self.chunk_size)]
         bar = progress_bar(
             total=len(chunks) * self.num_batches, desc=f"{self.kind} products", enabled=self.progress
@@ -183,7 +186,7 @@ class CurvatureOperator:
         for index, batch in enumerate(self.objective.batches()):
             for start, stop in chunks:
                 tangents = self.params.unflatten(V[:, start:stop].T.contiguous())
-                out[:, start:stop] += self._batch_product(index, theta, batch, tangents).T
+                out[start:stop] += self._batch_product(index, theta, batch, tangents)
                 bar.update(1)
         bar.close()
         out = self.objective.reduce(out)
@@ -192,7 +195,7 @@ class CurvatureOperator:
                 f"{self.kind} product is not finite: check the loss and the weights for NaN/inf"
             )
         self.matvec_count += k
-        return out
+        return out.T
 
     def __matmul__(self, x: Any) -> Any:
         t, vector, as_numpy = self._check_input(x)

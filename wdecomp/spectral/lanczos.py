@@ -32,12 +32,14 @@ Ritz vectors that converged to ``sqrt(eps) ||A||`` in the current cycle (those a
 orthogonality is lost, Paige 1971); cheaper per step when ``m`` is large.
 
 **Memory.** The iteration holds the basis ``V`` (``m x p``, one vector per row, so every
-projection is one contiguous GEMM), one work block ``W`` (``b x p``) and the pending next block
-(``b x p``); restarts rotate ``V`` in place in column chunks. So an ``m``-column run holds
-``m + 2b`` parameter-sized vectors (``m + 2`` for ``b = 1``), plus the converged Ritz vectors
-in selective mode; ``EigenResult.peak_vectors`` reports this count. At the end the ``k``
-eigenvectors are copied out of the basis (briefly ``m + k`` vectors) and the basis is released
-before the residual check.
+projection is one contiguous GEMM) and one work block ``W`` (``b x p``): the product's own
+row-major output (curvature operators return ``A V`` as a transposed view of a ``(b, p)``
+buffer), projected and then orthonormalised in place into the next block before it is copied
+into ``V``; restarts rotate ``V`` in place in column chunks. So an ``m``-column run holds
+``m + b`` parameter-sized vectors, plus the converged Ritz vectors in selective mode;
+``EigenResult.peak_vectors`` reports this count (the operator's own temporaries inside a product
+are not in it). At the end the ``k`` eigenvectors are copied out of the basis (briefly ``m + k``
+vectors) and the basis is released before the residual check.
 """
 
 from __future__ import annotations
@@ -205,25 +207,26 @@ def _project_out(
 def _next_block(
     W: Tensor, V: Tensor, cols: int, scale: float, gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """Orthonormalise the rows of ``W`` (already orthogonal to ``V[:cols]``) one by one.
+    """Orthonormalise the rows of ``W`` (already orthogonal to ``V[:cols]``) one by one, in place.
 
-    Returns ``Q`` ``(r, p)`` and ``R`` ``(r, nb)`` (float64, CPU) with ``W^T ~= Q^T R``. A row whose
-    remainder is at round-off level (an invariant subspace was found: Lanczos breakdown) gets a
-    zero row in ``R`` and is replaced by a random unit vector orthogonal to the basis, so the
-    iteration can go on into the rest of the space; if the space is exhausted the block shrinks.
+    Returns ``Q`` ``(r, p)`` (the first ``r`` rows of ``W``, no copy) and ``R`` ``(r, nb)`` (float64,
+    CPU) with ``W_in^T ~= Q^T R``. A row whose remainder is at round-off level (an invariant
+    subspace was found: Lanczos breakdown) gets a zero row in ``R`` and is replaced by a random
+    unit vector orthogonal to the basis, so the iteration can go on into the rest of the space; if
+    the space is exhausted the block shrinks. Row ``j`` is only ever written to row ``n <= j``, so
+    no unread row is overwritten and no ``b x p`` copy is needed.
     """
     nb, p = W.shape
     eps = torch.finfo(W.dtype).eps
     thr = 100 * eps * max(scale, float(W.norm()) if W.numel() else 0.0, 1e-300)
-    Q = torch.empty_like(W)
     R = torch.zeros(nb, nb, dtype=torch.float64)
     n = 0
     for j in range(nb):
-        w = W[j].clone()
+        w = W[j]
         if n:
             for _ in range(2):
-                c = Q[:n] @ w
-                w -= c @ Q[:n]
+                c = W[:n] @ w
+                w.addmv_(W[:n].T, c, alpha=-1)
                 R[:n, j] += c.to(device="cpu", dtype=torch.float64)
         nrm = float(w.norm())
         refill = nrm <= thr
@@ -233,14 +236,16 @@ def _next_block(
                 if cols:
                     w -= (V[:cols] @ w) @ V[:cols]
                 if n:
-                    w -= (Q[:n] @ w) @ Q[:n]
+                    w -= (W[:n] @ w) @ W[:n]
             nrm = float(w.norm())
             if nrm <= 1e-8 or cols + n >= p:  # the whole space is spanned: the block shrinks
                 continue
-        Q[n] = w / nrm
+        w.div_(nrm)
+        if w.data_ptr() != W[n].data_ptr():
+            W[n].copy_(w)
         R[n, j] = 0.0 if refill else nrm
         n += 1
-    return Q[:n], R[:n]
+    return W[:n], R[:n]
 
 
 def _rotate_inplace(V: Tensor, cols: int, U: Tensor, chunk_elems: int = 2**22) -> None:
@@ -343,7 +348,7 @@ def eigh(
     restarts = 0
     sel: Tensor | None = None  # selective mode: converged Ritz vectors of this cycle
     nsel_good = 0
-    peak = m + 2 * b
+    peak = m + b  # the basis and the block being orthonormalised in place
     bar = progress_bar(total=max_matvecs, desc="lanczos", enabled=progress)
 
     def floor_abs() -> float:
@@ -399,7 +404,7 @@ def eigh(
                     )
                     return replace(
                         rest, matvecs=A.matvecs - mv0, restarts=restarts + rest.restarts + 1,
-                        reorth="selective", peak_vectors=max(peak, m + 2 * b + nsel_good + 2 * k),
+                        reorth="selective", peak_vectors=max(peak, m + b + nsel_good + 2 * k),
                     )
                 del Y
             used = A.matvecs - mv0
@@ -408,6 +413,7 @@ def eigh(
 
             if cols + r <= m:
                 V[cols : cols + r] = Qn
+                del Qn  # frees the product's buffer before the next product
                 T[cols : cols + r, s : s + nb] = Rc
                 T[s : s + nb, cols : cols + r] = Rc.T
                 prev, cur = cur, (cols, r)
@@ -416,7 +422,7 @@ def eigh(
                     if good.numel() > nsel_good:
                         sel = U[:, good].T.to(dtype=dtype, device=device) @ V[:cols]
                         nsel_good = good.numel()
-                        peak = max(peak, m + 2 * b + nsel_good)
+                        peak = max(peak, m + b + nsel_good)
                 cols += r
                 continue
 
@@ -432,6 +438,7 @@ def eigh(
             T[ll : ll + r, :ll] = S
             T[:ll, ll : ll + r] = S.T
             V[ll : ll + r] = Qn
+            del Qn
             cols, cur, prev, kept = ll + r, (ll, r), None, ll
             after_restart, sel, nsel_good = True, None, 0
             restarts += 1
