@@ -9,6 +9,11 @@ products of an eigensolver costs at fixed weights; the one-off build is not in t
 in its own subprocess so its peak memory (ru_maxrss) is its own; the baseline (model and data
 loaded, one forward pass) is reported so the product's own footprint can be read off.
 
+Separate processes give honest peak memory but each time is one process's median, exposed to
+load drifting between processes; so the same products are also timed **interleaved** in one
+process per model (every round runs each library's product once, in turn; the minimum over the
+rounds is reported), which is the comparison to read for speed.
+
     python benchmarks/bench_products.py            # writes benchmarks/results/products.{json,md}
 """
 
@@ -74,13 +79,64 @@ def measure(library: str, model_name: str, product: str) -> dict:
     return {"seconds": seconds, "peak_mb": peak_rss_mb(), "params": p}
 
 
+ROUNDS = 8
+
+
+def interleaved(model_name: str) -> dict:
+    """Min-of-rounds times (ms) of every product of both libraries, run in turn in one process."""
+    import time
+
+    from curvlinops import GGNLinearOperator, HessianLinearOperator
+
+    import wdecomp as wd
+
+    setup_threads(2)
+    model, data = MODELS[model_name]()
+    params = [p for p in model.parameters()]
+    loss_func = torch.nn.CrossEntropyLoss()
+    obj = wd.Objective(model, data, loss="cross_entropy")
+    H, Hc, G = wd.hessian(obj, cache=False), wd.hessian(obj), wd.ggn(obj)
+    CH = HessianLinearOperator(model, loss_func, params, data, check_deterministic=False)
+    CG = GGNLinearOperator(model, loss_func, params, data, check_deterministic=False)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(H.shape[0], generator=gen)
+    V = torch.randn(H.shape[0], 16, generator=gen)
+    x, y = data[0]
+    fns = {
+        ("wdecomp", "gradient"): obj.gradient,
+        ("curvlinops", "gradient"): lambda: torch.autograd.grad(loss_func(model(x), y), params),
+        ("wdecomp", "hvp"): lambda: H @ v, ("wdecomp", "hvp_cached"): lambda: Hc @ v,
+        ("curvlinops", "hvp"): lambda: CH @ v,
+        ("wdecomp", "hvp_block16"): lambda: H @ V, ("wdecomp", "hvp_block16_cached"): lambda: Hc @ V,
+        ("curvlinops", "hvp_block16"): lambda: CH @ V,
+        ("wdecomp", "ggn"): lambda: G @ v, ("curvlinops", "ggn"): lambda: CG @ v,
+    }
+    times: dict = {key: [] for key in fns}
+    for fn in fns.values():
+        fn()  # warm-up (builds the cached graph once)
+    for _ in range(ROUNDS):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    out = {}
+    for (library, product), ts in times.items():
+        ms = 1e3 * min(ts) / (16 if product.startswith("hvp_block16") else 1)
+        out[f"{library}:{product}"] = ms
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--single", nargs=3, metavar=("LIBRARY", "MODEL", "PRODUCT"))
+    parser.add_argument("--interleaved", metavar="MODEL")
     parser.add_argument("--libraries", default="wdecomp,curvlinops")
     args = parser.parse_args()
     if args.single:
         print(json.dumps(measure(*args.single)))
+        return
+    if args.interleaved:
+        print(json.dumps(interleaved(args.interleaved)))
         return
     rows = []
     for model_name in MODELS:
@@ -99,8 +155,39 @@ def main() -> None:
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
                 rows.append({"model": model_name, "library": library, "product": product, **result})
                 print(rows[-1], flush=True)
-    payload = {"machine": machine() | {"threads": 2}, "rows": rows}
-    write_results("products", payload, to_markdown(rows))
+    inter = {}
+    for model_name in MODELS:
+        proc = subprocess.run([sys.executable, __file__, "--interleaved", model_name], capture_output=True,
+                              text=True, check=False)
+        inter[model_name] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                             else {"error": proc.stderr.strip().splitlines()[-1:]})
+        print(model_name, inter[model_name], flush=True)
+    payload = {"machine": machine() | {"threads": 2}, "rows": rows, "interleaved": inter}
+    write_results("products", payload, to_markdown(rows) + interleaved_markdown(inter))
+
+
+def interleaved_markdown(inter: dict) -> str:
+    out = ["## Interleaved timing (one process per model, min of "
+           f"{ROUNDS} rounds, each round runs every product in turn)", "",
+           "| model | product | wdecomp ms | x wdecomp grad | curvlinops ms | x curvlinops grad | vs curvlinops |",
+           "|---|---|---|---|---|---|---|"]
+    for model_name, t in inter.items():
+        if "error" in t:
+            out.append(f"| {model_name} | failed: {t['error']} | | | | | |")
+            continue
+        wg, cg = t["wdecomp:gradient"], t["curvlinops:gradient"]
+        for product in PRODUCTS[1:]:
+            w, c = t.get(f"wdecomp:{product}"), t.get(f"curvlinops:{product}")
+            cmp_product = product.replace("_cached", "")
+            c_ref = t.get(f"curvlinops:{cmp_product}")
+            out.append(
+                f"| {model_name} | {product} | {w:.1f} | {w / wg:.2f} | "
+                + (f"{c:.1f} | {c / cg:.2f} |" if c is not None else "— | — |")
+                + (f" {c_ref / w:.2f} |" if c_ref is not None else " — |")
+            )
+    out += ["", "`vs curvlinops` = curvlinops' time for the same product (for a cached row: curvlinops' uncached "
+            "product, it has no cache) / wdecomp's time; > 1: wdecomp faster.", ""]
+    return "\n".join(out) + "\n"
 
 
 def to_markdown(rows: list[dict]) -> str:
