@@ -127,7 +127,8 @@ class EigenResult:
         head = (
             f"Lanczos eigenpairs ({self.which}): {int(self.converged.sum())}/{len(rows)} converged, "
             f"{self.matvecs} matvecs, {self.restarts} restarts, block {self.block_size}, "
-            f"basis {self.basis_size}, reorth {self.reorth}, tol {self.tol:.1e}"
+            f"basis {self.basis_size}, reorth {self.reorth}, tol {self.tol:.1e}, residuals "
+            + ("from products" if self.residual_kind == "product" else "are Ritz estimates")
         )
         return table(["#", "eigenvalue", "||Hv-lv||", "rel. residual", "converged"], rows, head)
 
