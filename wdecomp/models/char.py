@@ -173,7 +173,9 @@ def char_transformer(
     (seeded), ``ceil(tokens / (batch_size * context))`` AdamW steps with linear warm-up and
     cosine decay to 10%, gradient norm clipped at 1. The model is a
     :class:`~wdecomp.models.transformer.Transformer` (GELU MLP of width ``4 * d_model`` by
-    default); see that module for hook-point names.
+    default); see that module for hook-point names. Measured with the defaults (410k
+    parameters, 2M tokens, 977 steps, 92 s on 2 CPU cores): validation loss 1.343 nats per
+    character (training 1.280), against 3.25 nats for the unigram distribution.
 
     Args:
         d_model: residual width.

@@ -13,7 +13,9 @@ Two architectures:
   concatenated, one ReLU hidden layer, an unembedding to :math:`p` logits.
 * ``"transformer"``: a one-layer, LayerNorm-free, ReLU transformer on the three tokens
   ``a, b, =`` (``=`` has index :math:`p`) that predicts at the last position, as in Nanda et al.
-  2023 (smaller than theirs so it trains in about a minute on a CPU).
+  2023 (smaller than theirs so it trains in a few minutes on a CPU). Measured with the defaults
+  at :math:`p = 113`: 100% test accuracy (test loss 4.5e-4, minimum test margin 2.95) after 650
+  full-batch steps, 146 s on 2 CPU cores. The MLP: 100% test accuracy after about 450 steps.
 """
 
 from __future__ import annotations
