@@ -51,6 +51,19 @@ def test_spectrum_json_matches_library(capsys):
     assert payload["eigenvalues"] == pytest.approx(ref.eigenvalues.tolist(), rel=1e-8)
 
 
+def test_spectrum_block_size_and_ritz_residuals(capsys):
+    code = main(["spectrum", "--model", FACTORY, "--k", "3", "--block-size", "1", "--no-verify", "--json", "-"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["block_size"] == 1 and payload["residual_kind"] == "ritz"
+    import wdecomp as wd
+
+    model, data = tiny_factory()
+    ref = wd.eigh(wd.hessian(wd.Objective(model.double(), data)), k=3)
+    assert payload["eigenvalues"] == pytest.approx(ref.eigenvalues.tolist(), rel=1e-8)
+    assert max(payload["relative_residuals"]) <= 2e-10
+
+
 def test_rank_by_module(capsys, tmp_path):
     out = tmp_path / "rank.json"
     assert main(["rank", "--model", FACTORY, "--operator", "ggn", "--json", str(out)]) == 0

@@ -126,7 +126,8 @@ def cmd_spectrum(args: argparse.Namespace) -> None:
 
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
     op = _operator(loaded, args.operator, args.params)
-    result = eigh(op, k=args.k, which=args.which, tol=args.tol, seed=args.seed, progress=args.progress)
+    result = eigh(op, k=args.k, which=args.which, tol=args.tol, block_size=args.block_size, verify=args.verify,
+                  seed=args.seed, progress=args.progress)
     _emit(result, args)
     if args.density:
         from wdecomp.spectral import slq_density
@@ -237,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--which", default="largest", choices=["largest", "smallest", "magnitude"])
     p.add_argument("--tol", type=float, default=None)
+    p.add_argument("--block-size", type=int, default=None,
+                   help="Lanczos block size (default min(k, 4)); at least the largest multiplicity expected")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute each residual from a product (--no-verify: Ritz estimates, k fewer products)")
     p.add_argument("--density", metavar="PNG", default=None, help="also plot the spectral density (SLQ)")
     p.set_defaults(func=cmd_spectrum)
 
