@@ -34,9 +34,11 @@ PRODUCTS = ("baseline", "gradient", "hvp", "hvp_cached", "hvp_block16", "hvp_blo
 WDECOMP_ONLY = ("hvp_cached", "hvp_block16_cached")
 
 
-def measure(library: str, model_name: str, product: str) -> dict:
-    setup_threads(2)
-    model, data = MODELS[model_name]()
+def product_fns(library: str, model: torch.nn.Module, data: list) -> dict:
+    """The timed callables of one library on one model: gradient and every product it offers.
+
+    Both libraries multiply the same seeded vector ``v`` and block ``V`` (16 columns).
+    """
     params = [p for p in model.parameters()]
     p = sum(t.numel() for t in params)
     gen = torch.Generator().manual_seed(0)
@@ -48,35 +50,44 @@ def measure(library: str, model_name: str, product: str) -> dict:
 
         obj = wd.Objective(model, data, loss="cross_entropy")
         H, Hc, G = wd.hessian(obj, cache=False), wd.hessian(obj), wd.ggn(obj)
-        fns = {
-            "gradient": lambda: obj.gradient(),
+        return {
+            "gradient": obj.gradient,
             "hvp": lambda: H @ v,
             "hvp_cached": lambda: Hc @ v,
             "hvp_block16": lambda: H @ V,
             "hvp_block16_cached": lambda: Hc @ V,
             "ggn": lambda: G @ v,
         }
-    elif library == "curvlinops":
+    if library == "curvlinops":
         from curvlinops import GGNLinearOperator, HessianLinearOperator
 
-        H = HessianLinearOperator(model, loss_func, params, data, check_deterministic=False)
-        G = GGNLinearOperator(model, loss_func, params, data, check_deterministic=False)
+        CH = HessianLinearOperator(model, loss_func, params, data, check_deterministic=False)
+        CG = GGNLinearOperator(model, loss_func, params, data, check_deterministic=False)
+        x, y = data[0]
+        return {
+            "gradient": lambda: torch.autograd.grad(loss_func(model(x), y), params),
+            "hvp": lambda: CH @ v,
+            "hvp_block16": lambda: CH @ V,
+            "ggn": lambda: CG @ v,
+        }
+    raise ValueError(library)
 
-        def gradient():
-            x, y = data[0]
-            return torch.autograd.grad(loss_func(model(x), y), params)
 
-        fns = {"gradient": gradient, "hvp": lambda: H @ v, "hvp_block16": lambda: H @ V, "ggn": lambda: G @ v}
-    else:
-        raise ValueError(library)
+def per_vector(product: str) -> int:
+    return 16 if product.startswith("hvp_block16") else 1
+
+
+def measure(library: str, model_name: str, product: str) -> dict:
+    setup_threads(2)
+    model, data = MODELS[model_name]()
+    p = sum(t.numel() for t in model.parameters())
+    fns = product_fns(library, model, data)
     with torch.no_grad():
         model(data[0][0])
     if product == "baseline":
         return {"seconds": 0.0, "peak_mb": peak_rss_mb(), "params": p}
-    seconds = time_it(fns[product], repeat=5 if not product.startswith("hvp_block16") else 3)
-    if product.startswith("hvp_block16"):
-        seconds /= 16
-    return {"seconds": seconds, "peak_mb": peak_rss_mb(), "params": p}
+    seconds = time_it(fns[product], repeat=5 if per_vector(product) == 1 else 3)
+    return {"seconds": seconds / per_vector(product), "peak_mb": peak_rss_mb(), "params": p}
 
 
 ROUNDS = 8
@@ -86,31 +97,10 @@ def interleaved(model_name: str) -> dict:
     """Min-of-rounds times (ms) of every product of both libraries, run in turn in one process."""
     import time
 
-    from curvlinops import GGNLinearOperator, HessianLinearOperator
-
-    import wdecomp as wd
-
     setup_threads(2)
     model, data = MODELS[model_name]()
-    params = [p for p in model.parameters()]
-    loss_func = torch.nn.CrossEntropyLoss()
-    obj = wd.Objective(model, data, loss="cross_entropy")
-    H, Hc, G = wd.hessian(obj, cache=False), wd.hessian(obj), wd.ggn(obj)
-    CH = HessianLinearOperator(model, loss_func, params, data, check_deterministic=False)
-    CG = GGNLinearOperator(model, loss_func, params, data, check_deterministic=False)
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(H.shape[0], generator=gen)
-    V = torch.randn(H.shape[0], 16, generator=gen)
-    x, y = data[0]
-    fns = {
-        ("wdecomp", "gradient"): obj.gradient,
-        ("curvlinops", "gradient"): lambda: torch.autograd.grad(loss_func(model(x), y), params),
-        ("wdecomp", "hvp"): lambda: H @ v, ("wdecomp", "hvp_cached"): lambda: Hc @ v,
-        ("curvlinops", "hvp"): lambda: CH @ v,
-        ("wdecomp", "hvp_block16"): lambda: H @ V, ("wdecomp", "hvp_block16_cached"): lambda: Hc @ V,
-        ("curvlinops", "hvp_block16"): lambda: CH @ V,
-        ("wdecomp", "ggn"): lambda: G @ v, ("curvlinops", "ggn"): lambda: CG @ v,
-    }
+    fns = {(library, product): fn for library in ("wdecomp", "curvlinops")
+           for product, fn in product_fns(library, model, data).items()}
     times: dict = {key: [] for key in fns}
     for fn in fns.values():
         fn()  # warm-up (builds the cached graph once)
@@ -119,11 +109,7 @@ def interleaved(model_name: str) -> dict:
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
-    out = {}
-    for (library, product), ts in times.items():
-        ms = 1e3 * min(ts) / (16 if product.startswith("hvp_block16") else 1)
-        out[f"{library}:{product}"] = ms
-    return out
+    return {f"{library}:{product}": 1e3 * min(ts) / per_vector(product) for (library, product), ts in times.items()}
 
 
 def main() -> None:
