@@ -122,12 +122,16 @@ def _worker(rank: int, world_size: int) -> dict:
     return out
 
 
+def _timed_launch(worker, label: str, timeout_s: float) -> list[dict]:
+    start = time.monotonic()
+    results = wdist.launch(worker, 2, timeout_s=timeout_s, pg_timeout_s=60)
+    print(f"2-process {label}: {time.monotonic() - start:.1f} s")
+    return results
+
+
 @pytest.fixture(scope="module")
 def two_process_results() -> list[dict]:
-    start = time.monotonic()
-    results = wdist.launch(_worker, 2, timeout_s=180, pg_timeout_s=60)
-    print(f"2-process run: {time.monotonic() - start:.1f} s")
-    return results
+    return _timed_launch(_worker, "run", 180)
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +293,7 @@ def _ablation_worker(rank: int, world_size: int) -> dict:
 
 @pytest.fixture(scope="module")
 def two_process_ablation() -> list[dict]:
-    start = time.monotonic()
-    results = wdist.launch(_ablation_worker, 2, timeout_s=120, pg_timeout_s=60)
-    print(f"2-process ablation run: {time.monotonic() - start:.1f} s")
-    return results
+    return _timed_launch(_ablation_worker, "ablation run", 120)
 
 
 @pytest.fixture(scope="module")
