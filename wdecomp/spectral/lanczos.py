@@ -258,6 +258,11 @@ def _next_block(
     return W[:n], R[:n]
 
 
+def _ritz_rows(U: Tensor, idx: Tensor, V: Tensor, cols: int) -> Tensor:
+    """The Ritz vectors ``V[:cols]^T U[:, idx]`` of the current basis, as rows ``(len(idx), p)``."""
+    return U[:, idx].T.to(dtype=V.dtype, device=V.device) @ V[:cols]
+
+
 def _rotate_inplace(V: Tensor, cols: int, U: Tensor, chunk_elems: int = 2**22) -> None:
     """``V[:l] = U^T V[:cols]`` for ``U`` ``(cols, l)``, column chunk by column chunk (no l x p copy)."""
     p = V.shape[1]
@@ -412,7 +417,7 @@ def eigh(
             if done and reorth == "selective":
                 # selective mode: semi-orthogonality can make Ritz estimates optimistic, so check
                 # the real residuals once; if they fail, finish the run with full reorthogonalisation
-                Y = (U[:, want].T.to(dtype=dtype, device=device) @ V[:cols]).T
+                Y = _ritz_rows(U, want, V, cols).T
                 lam_w = theta[want].to(dtype=dtype, device=device)
                 real = (A.matmat(Y) - Y * lam_w).norm(dim=0).to(device="cpu", dtype=torch.float64)
                 if not bool((real <= 2 * thr).all()):
@@ -432,7 +437,7 @@ def eigh(
                 if reorth == "selective":
                     good = (est <= math.sqrt(eps) * anorm).nonzero().flatten()
                     if good.numel() > nsel_good:
-                        sel = U[:, good].T.to(dtype=dtype, device=device) @ V[:cols]
+                        sel = _ritz_rows(U, good, V, cols)
                         nsel_good = good.numel()
                         peak = max(peak, m + b + nsel_good)
                 cols += r
@@ -442,7 +447,7 @@ def eigh(
                 # the wanted pairs did not converge within the cycles selective orthogonalisation
                 # was given: orthogonality against earlier blocks was lost (ghost Ritz values fill
                 # the wanted slots), so go on fully reorthogonalised from the current Ritz vectors
-                Y = (U[:, want].T.to(dtype=dtype, device=device) @ V[:cols]).T
+                Y = _ritz_rows(U, want, V, cols).T
                 del V, sel, Qn
                 return finish_fully(Y)
 
