@@ -676,7 +676,7 @@ CHINCHILLA = ChinchillaLaw(
 """Chinchilla approach 3 as printed: ``L = 1.69 + 406.4/N**0.34 + 410.7/D**0.28``.
 
 Hoffmann et al. 2022 (arXiv 2203.15556), eq. 10. N counts all parameters, D training tokens, loss
-in nats/token on MassiveText. What these rounded constants reproduce (tests/test_scaling_laws.py):
+in nats/token on MassiveText. What these rounded constants reproduce (tests/scaling/test_scaling_laws.py):
 
 * ``L(70e9, 1.4e12) = 1.9366``, the widely quoted "1.94" for Chinchilla itself (a number derived
   from eq. 10, not a row of the paper's tables).

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import networkx as nx
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "export_component_graph.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_component_graph.py"
 
 
 def test_export_component_graph_fast(tmp_path, capsys):

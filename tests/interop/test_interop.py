@@ -17,7 +17,7 @@ import torch
 
 from wdecomp.interop import INSTALL, LogitsModule, logits_module, require
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
 def _need(module: str):

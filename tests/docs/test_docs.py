@@ -14,7 +14,7 @@ import pytest
 
 import wdecomp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(m.name for m in pkgutil.walk_packages(wdecomp.__path__, "wdecomp.") if m.name != "wdecomp.__main__")
 
 
