@@ -35,3 +35,13 @@ class ScalingLawRangeError(WdecompError, ValueError):
 
 class ModelMismatchError(WdecompError, ValueError):
     """An object (basis, components) was built for a different model than the one given."""
+
+
+class OutputPathError(WdecompError, OSError):
+    """A file or folder wdecomp was asked to write cannot be written there (a folder where a file
+    is expected, a read-only folder, a file where a folder should be)."""
+
+
+class ArgumentError(WdecompError, ValueError):
+    """An argument's value is outside what it may be (a negative tolerance, zero steps, a NaN
+    threshold, a block size below one): the message names the argument and its allowed range."""
