@@ -3,6 +3,7 @@
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -70,11 +71,14 @@ def test_epoch_exponent_and_allocation():
 def test_kaplan_special_point():
     # Kaplan et al. eq. 6.8: the compute frontier reaches L* ~ 1.7 nats at C* ~ 1e4 PF-days
     # ("highly uncertain, varying by an order of magnitude"). Rounded constants: 7.6e3 PF-days.
-    c_pf = KAPLAN.compute_for_loss(1.7) / FLOPS_PER_PF_DAY
+    # C_min in PF-days: actual compute / (batch_factor * 8.64e19), batch_factor = 2 by default.
+    c_pf = KAPLAN.compute_for_loss(1.7) / FLOPS_PER_PF_DAY / KAPLAN.batch_factor
     assert c_pf == pytest.approx(3.1e8 * 1.7 ** (-1 / 0.05), rel=1e-12)
     assert round(math.log10(c_pf)) == 4
-    # and the frontier at 1 PF-day is (3.1e8)**0.05
-    assert KAPLAN.optimal_loss(FLOPS_PER_PF_DAY) == pytest.approx(3.1e8**0.05, rel=1e-12)
+    # and the frontier at C_min = 1 PF-day is (3.1e8)**0.05
+    assert KAPLAN.optimal_loss(2 * FLOPS_PER_PF_DAY) == pytest.approx(3.1e8**0.05, rel=1e-12)
+    kaplan_one = replace(KAPLAN, batch_factor=1.0)
+    assert kaplan_one.optimal_loss(FLOPS_PER_PF_DAY) == pytest.approx(3.1e8**0.05, rel=1e-12)
 
 
 def test_kaplan_loss_limits():
@@ -82,9 +86,33 @@ def test_kaplan_loss_limits():
     n = 1e9
     assert KAPLAN.loss(n, 1e40) == pytest.approx((8.8e13 / n) ** 0.076, rel=1e-9)
     assert KAPLAN.loss(1e60, 1e10) == pytest.approx((5.4e13 / 1e10) ** 0.095, rel=1e-9)
-    n_opt, d_opt = KAPLAN.optimal_allocation(FLOPS_PER_PF_DAY)
+    n_opt, d_opt = replace(KAPLAN, batch_factor=1.0).optimal_allocation(FLOPS_PER_PF_DAY)
     assert n_opt == pytest.approx(1.3e9, rel=1e-12)  # N_opt = 1.3e9 C_min**0.73 at 1 PF-day
-    assert 6 * n_opt * d_opt == pytest.approx(FLOPS_PER_PF_DAY, rel=1e-12)
+    assert d_opt == pytest.approx(2e10, rel=1e-12)  # D_opt = 2e10 C_min**0.27 (Table 6)
+    # Table 6's allocation spends 6 N D = 1.56e20 FLOPs per PF-day of C_min (0.90 of 2 C_min)
+    n2, d2 = KAPLAN.optimal_allocation(2 * 10 * FLOPS_PER_PF_DAY)  # C_min = 10 PF-days
+    assert d2 == pytest.approx(2e10 * 10**0.27, rel=1e-12)
+    spent = 6 * n2 * d2 / (2 * 10 * FLOPS_PER_PF_DAY)
+    assert spent == pytest.approx(6 * 1.3e9 * 2e10 / (2 * FLOPS_PER_PF_DAY), rel=1e-12)
+
+
+def test_kaplan_optimal_size_at_1e21_with_hoffmann_factor():
+    # Hoffmann et al. 2022 appendix D.4 compare with Kaplan at actual compute = 2 C_min:
+    # the Kaplan-optimal model at 1e21 FLOPs has 4.68B parameters there.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        n_opt, _ = KAPLAN.optimal_allocation(1e21)
+        n_one, _ = replace(KAPLAN, batch_factor=1.0).optimal_allocation(1e21)
+    assert n_opt == pytest.approx(4.68e9, rel=0.02)
+    assert n_one == pytest.approx(7.77e9, rel=0.01)  # reading C_min as actual compute
+
+
+@pytest.mark.refuses(
+    "Kaplan law with batch_factor < 1", "actual compute is batch_factor x C_min, never less than C_min"
+)
+def test_kaplan_batch_factor_below_one_refused():
+    with pytest.raises(ValueError, match="batch_factor"):
+        replace(KAPLAN, batch_factor=0.5)
 
 
 # --- frontier and inverses ----------------------------------------------------------------

@@ -20,6 +20,14 @@ Example:
     1.0
 """
 
+from wdecomp.scaling.base import (
+    FLOPS_PER_PF_DAY,
+    ExtrapolationWarning,
+    FittedRange,
+    ScalingLaw,
+    TwoVariableLaw,
+    law_from_dict,
+)
 from wdecomp.scaling.equivalents import (
     ComputeEquivalent,
     ParameterEquivalent,
@@ -27,22 +35,16 @@ from wdecomp.scaling.equivalents import (
     parameter_equivalent,
 )
 from wdecomp.scaling.fit import ScalingFit, default_grid, fit, huber
-from wdecomp.scaling.laws import (
+from wdecomp.scaling.forms import ChinchillaLaw, ComputeLaw, KaplanLaw
+from wdecomp.scaling.plot import plot_frontier
+from wdecomp.scaling.published import (
     CHINCHILLA,
     CHINCHILLA_TEX,
     EPOCH,
-    FLOPS_PER_PF_DAY,
     KAPLAN,
-    ChinchillaLaw,
-    ComputeLaw,
-    ExtrapolationWarning,
-    FittedRange,
-    KaplanLaw,
-    ScalingLaw,
-    TwoVariableLaw,
-    law_from_dict,
+    PUBLISHED,
+    PUBLISHED_ERRORS,
 )
-from wdecomp.scaling.plot import plot_frontier
 
 __all__ = [
     "CHINCHILLA",
@@ -50,6 +52,8 @@ __all__ = [
     "EPOCH",
     "FLOPS_PER_PF_DAY",
     "KAPLAN",
+    "PUBLISHED",
+    "PUBLISHED_ERRORS",
     "ChinchillaLaw",
     "ComputeEquivalent",
     "ComputeLaw",

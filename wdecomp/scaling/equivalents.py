@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wdecomp.errors import ScalingLawRangeError
-from wdecomp.scaling.laws import ScalingLaw, TwoVariableLaw
+from wdecomp.scaling.base import ScalingLaw, TwoVariableLaw
 
 __all__ = ["ComputeEquivalent", "ParameterEquivalent", "compute_equivalent", "parameter_equivalent"]
 

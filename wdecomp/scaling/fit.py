@@ -36,7 +36,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from wdecomp.errors import DataError
-from wdecomp.scaling.laws import ChinchillaLaw, ComputeLaw, FittedRange, ScalingLaw, law_from_dict
+from wdecomp.scaling.base import FittedRange, ScalingLaw, law_from_dict
+from wdecomp.scaling.forms import ChinchillaLaw, ComputeLaw
 
 __all__ = ["ScalingFit", "default_grid", "fit", "huber"]
 

@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wdecomp.scaling.laws import ComputeLaw, ScalingLaw
+from wdecomp.scaling.base import ScalingLaw
+from wdecomp.scaling.forms import ComputeLaw
 
 __all__ = ["plot_frontier"]
 
