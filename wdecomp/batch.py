@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from wdecomp.distributed import checksum
 from wdecomp.errors import DataError
 
 __all__ = [
@@ -232,37 +233,13 @@ def call(model: nn.Module, inputs: Any, state: Mapping[str, Tensor] | None = Non
 
 
 # ----------------------------------------------------------------------------- fingerprints
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
-_CHUNK = 1 << 22
-
-
-def _checksum(t: Tensor) -> int:
-    """A position-weighted sum, modulo ``2**64``, of the bit patterns of ``t``'s entries.
-
-    Entry ``i`` with bits ``b_i`` contributes ``b_i * w_i`` with ``w_i`` odd, so changing any one
-    entry's bits always changes the sum (an odd number is invertible modulo ``2**64``); it runs
-    on ``t``'s own device, in chunks of ``2**22`` entries.
-    """
-    if t.is_meta:
-        raise DataError("a tensor on the meta device has no values; load the data before passing it")
-    flat = t.detach().contiguous().reshape(-1)
-    bits = flat.view(_INT_OF_SIZE[min(flat.element_size(), 8)])
-    total = 0
-    for start in range(0, bits.numel(), _CHUNK):
-        part = bits[start : start + _CHUNK].to(torch.int64)
-        w = torch.arange(start, start + part.numel(), dtype=torch.int64, device=part.device)
-        w = (w * _MIX + 0x632BE5AB) | 1
-        total = (total + int((part * w).sum())) % (1 << 64)
-    return total
-
-
 def fingerprint(batch: Batch) -> str:
     """A short hash of a batch's structure, tensor shapes, dtypes and every tensor's bits.
 
     Equal batches give equal fingerprints; changing any single entry of any tensor (even
-    ``0.0`` to ``-0.0``), a shape, a dtype, a key or a non-tensor entry changes it. Cost: one
-    pass over the data on its own device (no copy to the host).
+    ``0.0`` to ``-0.0``), a shape, a dtype, a key or a non-tensor entry changes it (see
+    :func:`wdecomp.distributed.checksum`). Cost: one pass over the data on its own device (no
+    copy to the host).
     """
     h = hashlib.blake2b(digest_size=16)
     _feed(batch, h)
@@ -271,7 +248,9 @@ def fingerprint(batch: Batch) -> str:
 
 def _feed(obj: Any, h: Any) -> None:
     if isinstance(obj, Tensor):
-        h.update(f"T{tuple(obj.shape)}{obj.dtype}:{_checksum(obj)};".encode())
+        if obj.is_meta:
+            raise DataError("a tensor on the meta device has no values; load the data before passing it")
+        h.update(f"T{tuple(obj.shape)}{obj.dtype}:{checksum(obj)};".encode())
     elif isinstance(obj, Mapping):
         h.update(f"M{len(obj)}(".encode())
         for k, v in obj.items():

@@ -54,6 +54,7 @@ __all__ = [
     "all_reduce_sum_many",
     "broadcast",
     "check_replicated",
+    "checksum",
     "comm_stats",
     "find_free_port",
     "get_rank",
@@ -295,33 +296,112 @@ def broadcast(t: Tensor, src: int = 0, *, group: Any = None) -> Tensor:
     return buf.to(device=t.device)
 
 
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_CHUNK = 1 << 22
+
+
+def checksum(t: Tensor) -> int:
+    """A position-weighted sum, modulo ``2**64``, of the bit patterns of ``t``'s entries.
+
+    Entry ``i`` with bits ``b_i`` contributes ``b_i * w_i`` with ``w_i`` odd, so changing any one
+    entry's bits (``0.0`` to ``-0.0``, one NaN payload to another) always changes the sum, since an
+    odd number is invertible modulo ``2**64``. Runs on ``t``'s own device (no copy to the host),
+    ``2**22`` entries at a time. Used by :func:`check_replicated` and by the data fingerprints of
+    :mod:`wdecomp.batch`.
+
+    Raises:
+        ValueError: ``t`` lives on the meta device (it has no values).
+    """
+    if t.is_meta:
+        raise ValueError("a tensor on the meta device has no values to check")
+    flat = t.detach().contiguous().reshape(-1)
+    bits = flat.view(_INT_OF_SIZE[min(flat.element_size(), 8)])
+    total = 0
+    for start in range(0, bits.numel(), _CHUNK):
+        part = bits[start : start + _CHUNK].to(torch.int64)
+        w = torch.arange(start, start + part.numel(), dtype=torch.int64, device=part.device)
+        w = (w * _MIX + 0x632BE5AB) | 1
+        total = (total + int((part * w).sum())) % (1 << 64)
+    return total
+
+
+def _state_of(x: nn.Module | Tensor) -> list[tuple[str, Tensor]]:
+    if isinstance(x, Tensor):
+        return [("tensor", x)]
+    return list(x.named_parameters()) + list(x.named_buffers())
+
+
+def _digest(parts: list[tuple[str, Tensor]], *, values: bool = True) -> Tensor:
+    """Two int64 words summarising the names, shapes and dtypes of ``parts`` and, with
+    ``values``, every bit of their entries."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in parts:
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}:{checksum(t) if values else ''};".encode())
+    return torch.tensor([int.from_bytes(h.digest()[i : i + 8], "little", signed=True) for i in (0, 8)])
+
+
+def _same_as_rank0(digest: Tensor) -> bool:
+    return bool(torch.equal(digest, broadcast(digest, 0)))
+
+
 def check_replicated(x: nn.Module | Tensor, name: str = "model", *, atol: float = 0.0) -> None:
     """Raise :class:`DistributedError` unless every rank holds the same weights (or tensor).
 
     A distributed objective assumes identical weights on every rank (each rank differentiates
-    the same function on its own data). This broadcasts rank 0's copy, compares, and agrees on
-    the verdict with one all-reduce, so every rank raises or none does.
+    the same function on its own data); ``Objective(distributed=True)`` calls this when it is
+    built and before every reduction of a product, gradient or value.
+
+    With ``atol=0`` (default) the check is exact and cheap: each rank hashes the names, shapes,
+    dtypes and the bits of every parameter and buffer (:func:`checksum`), and rank 0's 16-byte
+    digest is compared with everyone's (a broadcast and an all-reduce of ``world_size`` flags).
+    Bits are compared, so a NaN on one rank never passes for equal. With ``atol > 0`` rank 0's
+    values are broadcast and compared entry by entry with ``torch.isclose(..., equal_nan=True)``
+    (a NaN differs from every number). Every rank raises or none does, and the message names the
+    ranks that differ and those holding NaN or inf.
 
     Args:
         x: A module (its parameters and buffers, in order) or a tensor.
         name: What to call ``x`` in the message.
-        atol: Largest allowed absolute difference.
+        atol: Largest allowed absolute difference (``0``: bit-for-bit equality).
+
+    Raises:
+        DistributedError: the ranks differ, or no process group is initialised.
+        ValueError: ``atol`` is negative or NaN.
     """
+    if not atol >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
     require_process_group("check_replicated")
-    if isinstance(x, Tensor):
-        parts = [x]
-    else:
-        parts = [p for p in x.parameters()] + [b for b in x.buffers() if b.is_floating_point()]
-    if not parts:
-        return
-    flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in parts])
-    ref = broadcast(flat, 0)
-    diff = (flat - ref).abs().max().reshape(1) if flat.numel() else torch.zeros(1, dtype=torch.float64)
-    worst = all_reduce_sum(torch.cat([diff, (diff > atol).to(torch.float64)]))
-    if worst[1] > 0:
+    parts = _state_of(x)
+    world, rank = get_world_size(), get_rank()
+    flags = torch.zeros(3, world, dtype=torch.float64)
+    flags[0, rank] = float(not _same_as_rank0(_digest(parts, values=False)))
+    flags[1, rank] = float(
+        any(not bool(torch.isfinite(t).all()) for _, t in parts if t.is_floating_point() or t.is_complex())
+    )
+    flags = all_reduce_sum(flags)  # every rank learns whether the layouts agree before comparing values
+    if not bool(flags[0].any()):
+        mine = torch.zeros(world, dtype=torch.float64)
+        if atol == 0:
+            mine[rank] = float(not _same_as_rank0(_digest(parts)))
+        else:
+            near = [torch.isclose(t, broadcast(t, 0), rtol=0.0, atol=atol, equal_nan=True).all() for _, t in parts]
+            mine[rank] = float(not all(bool(ok) for ok in near))
+        flags[2] = all_reduce_sum(mine)
+    layout = [r for r in range(world) if flags[0, r] > 0]
+    broken = [r for r in range(world) if flags[1, r] > 0]
+    differ = [r for r in range(world) if flags[2, r] > 0]
+    found = (
+        ([f"ranks {layout} hold other parameter names, shapes or dtypes than rank 0"] if layout else [])
+        + ([f"ranks {differ} hold other values than rank 0"] if differ else [])
+        + ([f"ranks {broken} hold NaN or inf"] if broken else [])
+    )
+    if found:
         raise DistributedError(
-            f"{name} differs between ranks ({int(worst[1])} of {get_world_size()} ranks differ from "
-            "rank 0): load the same weights on every rank (e.g. broadcast a state_dict from rank 0)"
+            f"{name} is not replicated as finite weights on every rank ({'; '.join(found)}): load the "
+            "same finite weights on every rank (e.g. broadcast a state_dict from rank 0)"
         )
 
 
