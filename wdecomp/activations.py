@@ -18,135 +18,37 @@ is streamed over data in chunks of examples so memory stays bounded.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
-from wdecomp.curvature._batch import slice_examples
-from wdecomp.errors import NonFiniteError, SelectionError
+from wdecomp.batch import add_example_axis, chunks, split
+from wdecomp.errors import NonFiniteError
+from wdecomp.hooks import HookPoint, forward_order, resolve_module, run
+from wdecomp.objective import resolve_loss
+
+__all__ = [
+    "SPECIAL_POINTS",
+    "HookPoint",
+    "activation_jacobian",
+    "activation_jacobians",
+    "capture",
+    "module_order",
+    "resolve_module",
+    "run_with_hooks",
+    "stream_activations",
+]
 
 SPECIAL_POINTS = ("output", "loss")
 
 
-@dataclass(frozen=True)
-class HookPoint:
-    """A parsed hook point: ``module`` name and ``side`` (``"output"`` or ``"input"``)."""
-
-    module: str
-    side: str = "output"
-
-    @classmethod
-    def parse(cls, spec: str | HookPoint) -> HookPoint:
-        if isinstance(spec, HookPoint):
-            return spec
-        name, _, side = spec.partition(":")
-        side = side or "output"
-        if side not in ("output", "input"):
-            raise SelectionError(f"hook point '{spec}': side must be 'output' or 'input', not '{side}'")
-        return cls(name, side)
-
-    def __str__(self) -> str:
-        return self.module if self.side == "output" else f"{self.module}:input"
-
-
-def resolve_module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (``""`` is the model), or a clear error with near names."""
-    modules = dict(model.named_modules())
-    if name not in modules:
-        near = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
-        hint = f"; did you mean {near}?" if near else f"; modules are: {[n for n in modules if n][:12]}"
-        raise SelectionError(f"no module named '{name}' in {type(model).__name__}{hint}")
-    return modules[name]
-
-
 def module_order(model: nn.Module, points: Sequence[str | HookPoint], example_inputs: Any) -> list[int]:
-    """The order in which ``points`` are first reached in a forward pass on ``example_inputs``.
-
-    Inputs of a module count as reached just before its output.
-    """
-    parsed = [HookPoint.parse(p) for p in points]
-    stamps: dict[int, float] = {}
-    counter = [0]
-    handles = []
-    for i, point in enumerate(parsed):
-        module = resolve_module(model, point.module)
-
-        def pre(_m: nn.Module, _a: Any, i: int = i, point: HookPoint = point) -> None:
-            if point.side == "input" and i not in stamps:
-                stamps[i] = counter[0] - 0.5
-                counter[0] += 1
-
-        def post(_m: nn.Module, _a: Any, _o: Any, i: int = i, point: HookPoint = point) -> None:
-            if point.side == "output" and i not in stamps:
-                stamps[i] = counter[0]
-            counter[0] += 1
-
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        with torch.no_grad():
-            _call(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [str(parsed[i]) for i in range(len(parsed)) if i not in stamps]
-    if missing:
-        raise SelectionError(f"hook points {missing} are never reached in the forward pass")
-    return sorted(range(len(parsed)), key=lambda i: stamps[i])
-
-
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _first_tensor(x: Any) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
-        return x[0]
-    raise SelectionError(f"hook point activation is a {type(x).__name__}, not a tensor")
-
-
-@contextmanager
-def _hooks(model: nn.Module, points: dict[str, HookPoint], read: dict[str, Tensor] | None,
-           write: dict[str, Tensor] | None) -> Iterator[None]:
-    """Record activations into ``read`` and/or replace them by ``write`` (keyed by point)."""
-    handles = []
-    for key, point in points.items():
-        module = resolve_module(model, point.module)
-        if point.side == "output":
-            def hook(_m: nn.Module, _a: Any, out: Any, key: str = key) -> Any:
-                if write is not None and key in write:
-                    value = write[key]
-                    out = (value, *out[1:]) if isinstance(out, tuple) else value
-                if read is not None:
-                    read[key] = _first_tensor(out)
-                return out
-
-            handles.append(module.register_forward_hook(hook))
-        else:
-            def prehook(_m: nn.Module, args: tuple, key: str = key) -> Any:
-                if write is not None and key in write:
-                    args = (write[key], *args[1:])
-                if read is not None:
-                    read[key] = _first_tensor(args)
-                return args
-
-            handles.append(module.register_forward_pre_hook(prehook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    """The order in which ``points`` are first reached in a forward pass on ``example_inputs``
+    (:func:`wdecomp.hooks.forward_order`; inputs of a module count as reached just before its output)."""
+    return forward_order(model, points, example_inputs)
 
 
 def run_with_hooks(
@@ -155,22 +57,13 @@ def run_with_hooks(
     read: Iterable[str | HookPoint] = (),
     write: dict[str, Tensor] | None = None,
 ) -> tuple[Any, dict[str, Tensor]]:
-    """Run ``model(inputs)``, reading activations at ``read`` and replacing those in ``write``.
+    """Run ``model(inputs)``, reading activations at ``read`` and replacing those in ``write``
+    (:func:`wdecomp.hooks.run`).
 
     Returns:
         ``(output, {point: activation})``.
     """
-    points = {str(HookPoint.parse(p)): HookPoint.parse(p) for p in read}
-    write = {str(HookPoint.parse(k)): v for k, v in (write or {}).items()}
-    for key in write:
-        points.setdefault(key, HookPoint.parse(key))
-    store: dict[str, Tensor] = {}
-    with _hooks(model, points, store, write):
-        out = _call(model, inputs)
-    missing = [k for k in points if k not in store and k not in write]
-    if missing:
-        raise SelectionError(f"hook points {missing} were not reached in the forward pass")
-    return out, {k: store[k] for k in points if k in store}
+    return run(model, inputs, read, write)
 
 
 def capture(model: nn.Module, inputs: Any, points: Iterable[str | HookPoint]) -> dict[str, Tensor]:
@@ -189,7 +82,7 @@ def stream_activations(
     """Yield :func:`capture` for each ``(inputs, targets)`` batch (or bare inputs)."""
     points = list(points)
     for batch in batches:
-        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+        inputs, _ = split(batch)
         yield capture(model, inputs, points)
 
 
@@ -197,27 +90,17 @@ def _target_function(model: nn.Module, source: str, target: str,
                      loss_fn: Callable[[Tensor, Tensor], Tensor] | None) -> Callable[..., Tensor]:
     """``(a_s, x, y) -> f_t`` for one example (no batch axis): the model with ``source`` set to ``a_s``."""
     def g(a: Tensor, x: Any, y: Any) -> Tensor:
-        xb = _unsqueeze_tree(x)
+        xb = add_example_axis(x)
         write = {source: a.unsqueeze(0)}
         if target in SPECIAL_POINTS:
             out, _ = run_with_hooks(model, xb, write=write)
             if target == "output":
                 return out[0]
-            return loss_fn(out, _unsqueeze_tree(y))[0]
+            return loss_fn(out, add_example_axis(y))[0]
         _, acts = run_with_hooks(model, xb, read=[target], write=write)
         return acts[target][0]
 
     return g
-
-
-def _unsqueeze_tree(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.unsqueeze(0)
-    if isinstance(x, dict):
-        return {k: _unsqueeze_tree(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unsqueeze_tree(v) for v in x)
-    return x
 
 
 def activation_jacobian(
@@ -250,8 +133,6 @@ def activation_jacobian(
     if target == "loss":
         if targets is None:
             raise ValueError("target='loss' needs the batch's targets")
-        from wdecomp.objective import resolve_loss
-
         resolved = resolve_loss(loss or "cross_entropy")
         loss_fn = resolved.per_example
     elif target != "output":
@@ -288,9 +169,7 @@ def activation_jacobians(
     """Stream :func:`activation_jacobian` over ``(inputs, targets)`` batches, ``chunk_size``
     examples at a time. Yields ``(jacobians, (inputs_chunk, targets_chunk))``."""
     for batch in data:
-        inputs, targets = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
-        n = _first_tensor(inputs if not isinstance(inputs, dict) else next(iter(inputs.values()))).shape[0]
-        for start in range(0, n, chunk_size):
-            x = slice_examples(inputs, start, start + chunk_size)
-            y = slice_examples(targets, start, start + chunk_size) if targets is not None else None
+        inputs, targets = split(batch)
+        for chunk in chunks((inputs, targets) if targets is not None else (inputs,), chunk_size):
+            x, y = chunk if targets is not None else (chunk[0], None)
             yield activation_jacobian(model, x, source, target, targets=y, loss=loss, mode=mode), (x, y)

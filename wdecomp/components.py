@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wdecomp.activations import HookPoint, resolve_module
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.curvature import CurvatureBasis
 from wdecomp.errors import ModelMismatchError, SelectionError, ShapeError
+from wdecomp.hooks import HookPoint, ModuleHook, call, edit, resolve_module
 from wdecomp.io import atomic_write
 
 __all__ = [
@@ -101,10 +101,10 @@ def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str
     seen_in: dict[str, Tensor] = {}
     seen_out: dict[str, Tensor] = {}
     tensors: dict[str, Tensor] = {}
-    handles = []
     parsed = {p: HookPoint.parse(p) for p in points}
-    for name, module in model.named_modules():
-        def hook(m: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+
+    def watcher(name: str) -> ModuleHook:
+        def hook(_m: nn.Module, args: tuple, _kwargs: dict, out: Any) -> None:
             if args and isinstance(args[0], Tensor):
                 seen_in.setdefault(name, args[0])
             if isinstance(out, Tensor):
@@ -115,15 +115,10 @@ def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str
                     if isinstance(t, Tensor):
                         tensors[p] = t
 
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            from wdecomp.activations import _call
+        return hook
 
-            _call(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with edit(model, modules=[(name, watcher(name)) for name, _ in model.named_modules()]), torch.no_grad():
+        call(model, inputs)
     modules = dict(model.named_modules())
     adj: dict[str, dict[str, Any]] = {}
     for p in points:
@@ -333,14 +328,12 @@ class Components(Sequence[Component]):
 
     def verify(self, model: nn.Module, data: Iterable[Any]) -> float:
         """Largest absolute difference between :meth:`rewrite` ``(model)`` and ``model`` on ``data``."""
-        from wdecomp.activations import _call
-
         rewritten = self.rewrite(model)
         worst = 0.0
         with torch.no_grad():
             for batch in data:
                 x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-                worst = max(worst, float((_call(rewritten, x) - _call(model, x)).abs().max()))
+                worst = max(worst, float((call(rewritten, x) - call(model, x)).abs().max()))
         return worst
 
     # ------------------------------------------------------------------ reporting

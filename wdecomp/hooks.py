@@ -15,7 +15,7 @@ through this module; nothing else registers a PyTorch hook.
   inside the block; :func:`observe` calls a function on each activation instead.
 * :func:`run` — one forward pass reading and writing hook points (``run_with_hooks``).
 * :func:`call` — ``model(inputs)`` for a tensor, a tuple of positional inputs or a dict of
-  keyword inputs.
+  keyword inputs (:func:`wdecomp.batch.call`, re-exported).
 * :func:`forward_order` — the order in which a forward pass first reaches hook points.
 
 Weight edits put the new tensor in the module's parameter (or buffer) slot for the block, exactly
@@ -53,6 +53,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import Tensor, nn
 
+from wdecomp.batch import call
 from wdecomp.errors import SelectionError, ShapeError
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "forward_order",
     "observe",
     "record",
+    "replace_first",
     "resolve_module",
     "run",
 ]
@@ -110,15 +112,6 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
-def call(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple/list, else ``model(inputs)``."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 def first_tensor(value: Any, point: str | HookPoint = "") -> Tensor:
     """The tensor a hook point names in a module's output or argument tuple (its first element)."""
     t = value[0] if isinstance(value, (tuple, list)) and value else value
@@ -127,7 +120,8 @@ def first_tensor(value: Any, point: str | HookPoint = "") -> Tensor:
     return t
 
 
-def _replace_first(value: Any, new: Tensor) -> Any:
+def replace_first(value: Any, new: Tensor) -> Any:
+    """``value`` (a module's output or argument tuple) with its first tensor replaced by ``new``."""
     if isinstance(value, tuple):
         return (new, *value[1:])
     if isinstance(value, list):
@@ -172,7 +166,7 @@ def _register_point(model: nn.Module, point: str | HookPoint, fn: Edit) -> Any:
     if hp.side == "output":
 
         def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
-            return _replace_first(out, fn(first_tensor(out, hp)))
+            return replace_first(out, fn(first_tensor(out, hp)))
 
         return module.register_forward_hook(hook)
 

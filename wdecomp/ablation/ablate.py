@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,57 +49,13 @@ from wdecomp.ablation.primitives import (
     as_component_set,
 )
 from wdecomp.ablation.report import AblationResult, LevelMetrics
-from wdecomp.activations import HookPoint, resolve_module
 from wdecomp.errors import DataError, SelectionError, ShapeError
-from wdecomp.objective import BatchLoss, LossSpec, Objective, OutputLoss, call_model
+from wdecomp.hooks import Edit, HookPoint, call, edit, first_tensor, observe, replace_first
+from wdecomp.objective import BatchLoss, LossSpec, Objective, OutputLoss
 from wdecomp.progress import progress_bar
 
-Edit = Callable[[Tensor], Tensor]
 
-
-# ---------------------------------------------------------------------------- hooks
-def _replace_first(value: Any, new: Tensor) -> Any:
-    return (new, *value[1:]) if isinstance(value, tuple) else new
-
-
-def _first(value: Any, point: str) -> Tensor:
-    t = value[0] if isinstance(value, (tuple, list)) else value
-    if not isinstance(t, Tensor):
-        raise SelectionError(f"the activation at '{point}' is a {type(t).__name__}, not a tensor")
-    return t
-
-
-def _register(model: nn.Module, point: str, fn: Edit) -> Any:
-    """Register ``fn`` at a hook point: the activation ``f`` is replaced by ``fn(f)``."""
-    hp = HookPoint.parse(point)
-    module = resolve_module(model, hp.module)
-    if hp.side == "output":
-
-        def hook(_m: nn.Module, _a: Any, out: Any) -> Any:
-            return _replace_first(out, fn(_first(out, point)))
-
-        return module.register_forward_hook(hook)
-
-    def prehook(_m: nn.Module, args: tuple) -> Any:
-        return (fn(_first(args, point)), *args[1:])
-
-    return module.register_forward_pre_hook(prehook)
-
-
-@contextmanager
-def _attached(model: nn.Module, edits: Sequence[tuple[str, Edit]], module_hooks: Sequence[tuple[str, Any]] = ()):
-    handles = []
-    try:
-        for point, fn in edits:
-            handles.append(_register(model, point, fn))
-        for name, hook in module_hooks:
-            handles.append(resolve_module(model, name).register_forward_hook(hook, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
+# ---------------------------------------------------------------------------- splices
 class Splice:
     """A replacement registered at a hook: the activation ``f`` becomes ``replacement(f)``.
 
@@ -111,19 +66,14 @@ class Splice:
         self.model = model
         self.hook = str(HookPoint.parse(hook))
         self.replacement = replacement
-
-        def fn(f: Tensor) -> Tensor:
-            out = replacement(f)
-            if not isinstance(out, Tensor) or out.shape != f.shape:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ShapeError(f"replacement at '{self.hook}' returned {got}, expected shape {tuple(f.shape)}")
-            return out
-
-        self._handle = _register(model, hook, fn)
+        self._edit: Any = edit(model, {self.hook: replacement})
+        self._edit.__enter__()
 
     def remove(self) -> None:
         """Unregister the replacement (idempotent)."""
-        self._handle.remove()
+        if self._edit is not None:
+            self._edit.__exit__(None, None, None)
+            self._edit = None
 
     def __enter__(self) -> nn.Module:
         return self.model
@@ -252,7 +202,7 @@ def _weight_hook(g: WeightComponents, method: str, mean_in: Tensor | None, ctx: 
     def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         if busy[0]:
             return None
-        x = _first(args, f"{g.module}:input")
+        x = first_tensor(args, f"{g.module}:input")
         if method == "mean":
             assert mean_in is not None
             xt = mean_in.to(dtype=x.dtype, device=x.device).expand_as(x)
@@ -266,19 +216,10 @@ def _weight_hook(g: WeightComponents, method: str, mean_in: Tensor | None, ctx: 
             cut = mod(xt, *args[1:], **kwargs)
         finally:
             busy[0] = False
-        return _replace_first(out, _first(out, g.module) + (_first(full, g.module) - _first(cut, g.module)))
+        back = first_tensor(full, g.module) - first_tensor(cut, g.module)
+        return replace_first(out, first_tensor(out, g.module) + back)
 
     return hook
-
-
-def _call_direct(model: nn.Module, inputs: Any) -> Tensor:
-    """``model(inputs)`` on its own weights (what :func:`call_model` computes, without swapping
-    parameters in and out)."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 class _Engine:
@@ -314,9 +255,9 @@ class _Engine:
         t0 = time.perf_counter()
         with torch.no_grad():
             if state is self.state:  # the model's own weights: no functional_call needed
-                out = _call_direct(self.model, batch[0])
+                out = call(self.model, batch[0])
             else:
-                out = call_model(self.model, state, batch[0])
+                out = call(self.model, batch[0], state)
         self.forward_seconds += time.perf_counter() - t0
         return out
 
@@ -342,19 +283,18 @@ class _Engine:
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
 
-        def reader(point: str) -> Edit:
-            def fn(f: Tensor) -> Tensor:
+        def reader(point: str) -> Callable[[Tensor], None]:
+            def fn(f: Tensor) -> None:
                 flat = f.detach().reshape(-1, f.shape[-1]).to(torch.float64)
                 sums[point] = flat.sum(0) + (sums[point] if point in sums else 0)
                 counts[point] = counts.get(point, 0) + flat.shape[0]
-                return f
 
             return fn
 
         acc = Accumulator(self.loss, self.top_n, self.reduce)
         refs = []
         offset = 0
-        with _attached(self.model, [(p, reader(p)) for p in points]):
+        with observe(self.model, [(p, reader(p)) for p in points]):
             for batch in self.batches:
                 out = self._forward(self.state, batch)
                 ref = reference_entry(self.loss, out, batch[1], self.top_n, offset)
@@ -447,7 +387,7 @@ class _Engine:
     def evaluate(self, plan: _Plan, bar: Any) -> dict[str, Any]:
         state, edits, module_hooks = self._build(plan)
         acc = Accumulator(self.loss, self.top_n, self.reduce)
-        with _attached(self.model, edits, module_hooks):
+        with edit(self.model, edits, modules=module_hooks):
             for b, (batch, ref) in enumerate(zip(self.batches, self.refs)):
                 self.ctx.perm = self._perm(b, batch)
                 out = self._forward(state, batch)
@@ -669,17 +609,6 @@ def score_splice(
         raise SelectionError("no replacement given")
     point = str(HookPoint.parse(hook))
     engine = _Engine(model, None, data, loss, method="zero", seed=0, top_n=top_n, hooks=(point,))
-    plans = [_Plan(label, None, splices=((point, _checked(point, fn)),)) for label, fn in reps.items()]
+    plans = [_Plan(label, None, splices=((point, fn),)) for label, fn in reps.items()]
     return _run(engine, plans, method="splice", order="given", law=law, tokens=tokens, progress=progress,
                 n_components=0, desc="splice")
-
-
-def _checked(point: str, fn: Callable[[Tensor], Tensor]) -> Edit:
-    def edit(f: Tensor) -> Tensor:
-        out = fn(f)
-        if not isinstance(out, Tensor) or out.shape != f.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ShapeError(f"replacement at '{point}' returned {got}, expected shape {tuple(f.shape)}")
-        return out
-
-    return edit
