@@ -144,7 +144,7 @@ class ParamSet:
         if by == "module":
             out: dict[str, list[str]] = {}
             for n in self.names:
-                out.setdefault(n.rpartition(".")[0] or "<root>", []).append(n)
+                out.setdefault(n.rpartition(".")[0] or "(top level)", []).append(n)
             return out
         raise ValueError(f"unknown grouping '{by}' (use 'parameter' or 'module')")
 
@@ -205,7 +205,7 @@ def select_parameters(model: nn.Module, params: ParamSpec | ParamSet = None) -> 
                     raise SelectionError(f"module {type(spec).__name__} is not a submodule of the model")
                 ids = {id(t) for t in spec.parameters()}
                 hit = {first_name[id(t)] for n, t in named if id(t) in ids}
-                label = module_ids[id(spec)] or "<root>"
+                label = module_ids[id(spec)] or "(top level)"
             else:
                 hit = set()
                 for n, t in named:
