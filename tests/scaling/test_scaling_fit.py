@@ -102,3 +102,106 @@ def test_bad_points_raise(points, match):
 def test_form_mismatch_raises():
     with pytest.raises(DataError, match="columns"):
         fit(_sweep(), form="compute", n_bootstrap=0)
+
+
+# --- diagnostics, constrained forms, convergence (issue 19 item 3, issue 15) -----------------
+
+CONV_LAW = ChinchillaLaw(E=0.02, A=40.0, B=30.0, alpha=0.5, beta=0.45)
+
+
+def _conv_sweep(noise=0.02, seed=0):
+    """3 sizes x 3 data sizes of a small classifier (losses 0.25-0.9 nats): the conv-net case."""
+    n = np.array([2.5e3, 9.8e3, 4e4])
+    d = np.array([4e5, 1.2e6, 3.6e6])
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    loss = CONV_LAW.loss(nn, dd) * np.exp(noise * np.random.default_rng(seed).standard_normal(9))
+    return np.column_stack([nn, dd, loss])
+
+
+def test_nine_point_sweep_fits_flags_and_its_suggested_constrained_fit_succeeds():
+    pts = _conv_sweep()
+    res = fit(pts, n_starts=8, n_bootstrap=30, seed=0)  # no OverflowError in the bootstrap
+    assert res.samples.shape == (30, 5)
+    finite = all(np.isfinite(v).all() for v in res.ci.values())
+    if not finite or res.degenerate:
+        assert res.degenerate and res.suggestion, str(res)
+        assert "WARNING: degenerate fit" in str(res)
+        again = fit(pts, n_starts=8, n_bootstrap=30, seed=0, **res.suggestion)
+        for k, (lo, hi) in again.ci.items():
+            if k in again.fixed:
+                continue
+            assert np.isfinite(lo) and np.isfinite(hi), (k, lo, hi)
+        assert again.law.irreducible_loss == res.suggestion.get("fix_E", again.law.irreducible_loss)
+
+
+def test_e_at_bound_is_flagged_with_fix_e_suggestion():
+    pure = ChinchillaLaw(E=0.0, A=40.0, B=30.0, alpha=0.5, beta=0.45)
+    n, d = np.logspace(3, 5, 4), np.logspace(5, 7, 4)
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    res = fit(np.column_stack([nn, dd, pure.loss(nn, dd)]), n_starts=8, n_bootstrap=0)
+    assert res.estimates["E"] < 1e-3 * pure.loss(nn, dd).min()
+    assert any("lower bound 0" in msg for msg in res.diagnostics)
+    assert res.suggestion["fix_E"] == 0.0
+    constrained = fit(np.column_stack([nn, dd, pure.loss(nn, dd)]), n_starts=8, n_bootstrap=0, fix_E=0.0)
+    assert not constrained.degenerate
+    for k in ("A", "B", "alpha", "beta"):
+        assert constrained.estimates[k] == pytest.approx(pure.params()[k], rel=1e-4), k
+
+
+@pytest.mark.refuses("a degenerate scaling-law fit with strict=True", "names why and the constrained form to try")
+def test_strict_refuses_degenerate_fit():
+    pure = ChinchillaLaw(E=0.0, A=40.0, B=30.0, alpha=0.5, beta=0.45)
+    n, d = np.logspace(3, 5, 4), np.logspace(5, 7, 4)
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    with pytest.raises(DataError, match="fix_E=0.0"):
+        fit(np.column_stack([nn, dd, pure.loss(nn, dd)]), n_starts=8, n_bootstrap=0, strict=True)
+
+
+@pytest.mark.refuses("a sweep whose losses are all equal", "constant losses determine no power law")
+def test_constant_losses_refused():
+    pts = _sweep()
+    pts[:, 2] = 2.5
+    with pytest.raises(DataError, match="constant losses"):
+        fit(pts, n_bootstrap=0)
+
+
+@pytest.mark.refuses("fix_E at or above the smallest loss", "E must lie below every loss")
+def test_fix_e_out_of_range_refused():
+    with pytest.raises(DataError, match="fix_E"):
+        fit(_sweep(), fix_E=10.0, n_bootstrap=0)
+
+
+def test_fix_e_recovers_other_parameters():
+    res = fit(_sweep(), fix_E=TRUE.E, n_starts=8, n_bootstrap=5)
+    assert res.fixed == {"E": TRUE.E}
+    for k in ("A", "B", "alpha", "beta"):
+        assert res.estimates[k] == pytest.approx(TRUE.params()[k], rel=1e-6), k
+    assert np.isnan(res.ci["E"]).all()
+
+
+def test_converged_means_stationary_point():
+    pts = _sweep(noise=0.005, seed=3)
+    res = fit(pts, n_starts=8, n_bootstrap=0)
+    assert res.converged
+    # independently: no coordinate step of the log-parameters lowers the Huber objective
+    def objective(e, a, b, alpha, beta):
+        pred = np.logaddexp(np.logaddexp(a - alpha * np.log(pts[:, 0]), b - beta * np.log(pts[:, 1])), e)
+        return huber(pred - np.log(pts[:, 2]), 1e-3).sum()
+    est = res.estimates
+    x0 = np.array([np.log(est["E"]), np.log(est["A"]), np.log(est["B"]), est["alpha"], est["beta"]])
+    f0 = objective(*x0)
+    assert f0 == pytest.approx(res.objective, rel=1e-9)
+    for j in range(5):
+        for h in (1e-6, -1e-6):
+            x = x0.copy()
+            x[j] += h
+            assert objective(*x) >= f0 - 1e-12 * f0, (j, h)
+
+
+def test_residual_bootstrap_and_dict_round_trip_with_diagnostics():
+    res = fit(_conv_sweep(), n_starts=8, n_bootstrap=10, bootstrap="residuals", fix_E=0.0)
+    back = ScalingFit.from_dict(json.loads(json.dumps(res.to_dict(include_samples=True))))
+    assert back.bootstrap == "residuals" and back.fixed == {"E": 0.0}
+    assert back.diagnostics == res.diagnostics
+    np.testing.assert_allclose(back.points, res.points)
+    np.testing.assert_allclose(back.residuals(), res.residuals(), atol=1e-12)
