@@ -12,7 +12,6 @@ Every curvature operator differentiates this function, batch by batch, through
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from wdecomp.errors import DataError, ModelStateError, NonFiniteError
+from wdecomp import batch as batching
+from wdecomp import distributed as dist
+from wdecomp.batch import Batch
+from wdecomp.errors import DataError, ModelStateError, NonFiniteError, WdecompError
 from wdecomp.params import ParamSet, ParamSpec, select_parameters
-
-Batch = Any  # usually (inputs, targets)
 
 
 class BatchLoss:
@@ -66,11 +65,22 @@ class OutputLoss:
     output_hessian_sqrt: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
+def _wide(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is float16 or bfloat16 (sums of many loss terms overflow there)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _ce_flat(outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     classes = outputs.shape[-1]
-    logits = outputs.reshape(-1, classes)
+    logits = _wide(outputs).reshape(-1, classes)
     if targets.is_floating_point() and targets.shape == outputs.shape:
-        return logits, targets.reshape(-1, classes)
+        return logits, targets.to(logits.dtype).reshape(-1, classes)
+    if targets.is_floating_point() or targets.is_complex() or targets.shape != outputs.shape[:-1]:
+        raise DataError(
+            f"cross_entropy needs class-index targets of shape {tuple(outputs.shape[:-1])} (integers) or "
+            f"class probabilities of the outputs' shape {tuple(outputs.shape)}; got targets "
+            f"{tuple(targets.shape)} {targets.dtype}"
+        )
     return logits, targets.reshape(-1)
 
 
@@ -104,7 +114,13 @@ def _mse_summed(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
 
 
 def _mse_per_example(outputs: Tensor, targets: Tensor) -> Tensor:
-    diff = (outputs - targets).reshape(outputs.shape[0], -1)
+    if outputs.shape != targets.shape:
+        raise DataError(
+            f"mse needs targets of the outputs' shape {tuple(outputs.shape)}, got {tuple(targets.shape)} "
+            "(broadcasting them would compare every output with every target); reshape the targets, "
+            "e.g. y.reshape(outputs.shape) or y.unsqueeze(-1)"
+        )
+    diff = (_wide(outputs) - _wide(targets)).reshape(outputs.shape[0], -1)
     return diff.pow(2).mean(dim=1)
 
 
@@ -129,7 +145,7 @@ def _custom_output_loss(fn: Callable[[Tensor, Tensor], Tensor]) -> OutputLoss:
     name = getattr(fn, "__name__", "custom")
 
     def summed(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-        return fn(outputs, targets) * outputs.shape[0], outputs.shape[0]
+        return _wide(fn(outputs, targets)) * outputs.shape[0], outputs.shape[0]
 
     def per_example(outputs: Tensor, targets: Tensor) -> Tensor:
         return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
@@ -179,52 +195,43 @@ def check_model_state(model: nn.Module) -> None:
             )
 
 
-def _is_single_batch(data: Any) -> bool:
-    """One ``(inputs, targets)`` pair, or a bare tensor, rather than an iterable of batches."""
-    if isinstance(data, Tensor):
-        return True
-    return isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)
+#: Kept for callers of the old name: :func:`wdecomp.batch.to`.
+move_batch = batching.to
 
 
-def _fingerprint(obj: Any, h: hashlib._Hash) -> None:
-    if isinstance(obj, Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(obj, Mapping):
-        for k in sorted(obj):
-            h.update(str(k).encode())
-            _fingerprint(obj[k], h)
-    elif isinstance(obj, (tuple, list)):
-        for item in obj:
-            _fingerprint(item, h)
-    else:
-        h.update(repr(obj).encode())
+def call_model(model: nn.Module, state: Mapping[str, Tensor], inputs: Any) -> Any:
+    """The old name of :func:`wdecomp.batch.call` (arguments in the old order), kept for callers."""
+    return batching.call(model, inputs, state)
 
 
-def move_batch(obj: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """Move tensors (nested in tuples, lists, dicts) to ``device``; floating ones also to ``dtype``."""
-    if isinstance(obj, Tensor):
-        if obj.is_floating_point():
-            return obj.to(device=device, dtype=dtype)
-        return obj.to(device=device)
-    if isinstance(obj, Mapping):
-        return {k: move_batch(v, device, dtype) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(move_batch(v, device, dtype) for v in obj)
-    return obj
+def check_weights(model: nn.Module) -> None:
+    """Refuse weights no curvature can be computed on: complex, or on the meta device.
 
-
-def call_model(model: nn.Module, state: Mapping[str, Tensor], inputs: Any) -> Tensor:
-    """``model(inputs)`` with parameters and buffers replaced by ``state`` (functional call).
-
-    ``inputs`` is a tensor, a tuple of positional tensors, or a dict of keyword tensors.
+    Raises:
+        ModelStateError: a parameter or buffer is on the meta device (it holds no values), or a
+            parameter is complex (the loss is a real function of real weights here).
     """
-    if isinstance(inputs, Mapping):
-        return functional_call(model, state, args=(), kwargs=dict(inputs))
-    if isinstance(inputs, (tuple, list)):
-        return functional_call(model, state, tuple(inputs))
-    return functional_call(model, state, (inputs,))
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta:
+            raise ModelStateError(
+                f"'{name}' is on the meta device, so it holds no values; materialise the model "
+                "(model.to_empty(device='cpu') then load_state_dict) before computing curvature"
+            )
+    for name, t in model.named_parameters():
+        if t.is_complex():
+            raise ModelStateError(
+                f"parameter '{name}' is complex ({t.dtype}); wdecomp differentiates a real loss in real "
+                "weights: write the layer with separate real and imaginary parameters"
+            )
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    a, b = a.detach().reshape(-1), b.detach().reshape(-1)
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8)))
+
+
+def _describe(batch: Batch) -> str:
+    return ", ".join(f"{path} {tuple(t.shape)} {t.dtype}" for path, t in batching.tensor_leaves(batch))
 
 
 class Objective:
@@ -232,20 +239,42 @@ class Objective:
 
     Args:
         model: The network (in eval mode if it has dropout or batch norm).
-        data: One ``(inputs, targets)`` batch, or a re-iterable of batches (list, DataLoader).
-            A one-shot iterator is materialised into a list. Floating-point tensors are cast
-            to the model's dtype and device.
+        data: A data argument as :mod:`wdecomp.batch` defines it: one batch (a tuple
+            ``(inputs, targets)``; a tensor or a dict of inputs for a :class:`BatchLoss`), a list of
+            batches, a re-iterable such as a ``DataLoader``, or a one-shot iterator (its batches
+            are kept on the first pass and replayed). Real floating-point tensors are cast to
+            the model's dtype and device; integer and complex ones keep their dtype.
         loss: ``"cross_entropy"`` (logits ``(..., C)``, class-index targets ``(...)``; a sequence
             loss over all tokens is the mean over every token), ``"mse"`` (mean over examples of
-            the per-example mean squared error), a callable ``(outputs, targets) -> mean over the
-            batch``, or a :class:`BatchLoss` for anything else.
-        check_deterministic: Fingerprint the data on the first pass and raise
-            :class:`DataError` if a later pass differs (shuffling loaders, augmentation).
+            the per-example mean squared error; outputs and targets of the same shape), a callable
+            ``(outputs, targets) -> mean over the batch``, or a :class:`BatchLoss` for anything else.
+            Losses of float16/bfloat16 outputs are summed in float32.
+        check_deterministic: Fingerprint every batch (:func:`wdecomp.batch.fingerprint`) on the
+            first pass and raise :class:`DataError` if a later pass differs (shuffling loaders,
+            augmentation, data changed in place). On by default; the cost is one integer pass
+            over the data per pass, small next to a forward pass.
         distributed: Treat ``data`` as this process's shard; every sum over data is all-reduced
-            over the default ``torch.distributed`` process group (see :mod:`wdecomp.distributed`).
+            over the default ``torch.distributed`` process group (see :mod:`wdecomp.distributed`),
+            and the weights are checked to be identical on every rank
+            (:func:`wdecomp.distributed.check_replicated`) when the objective is built and at
+            every reduction.
+
+    Every pass over the data checks the model first: no dropout or batch-norm module in
+    training mode (:func:`check_model_state`), and, once for each combination of the modules'
+    train/eval flags, that two evaluations of the loss on the first batch at the same weights
+    agree bit for bit (a random forward: ``F.dropout(training=True)``, attention dropout,
+    ``torch.rand`` in ``forward``, is refused with :class:`ModelStateError`).
 
     The objective is ``L(theta) = sum_b S_b(theta) / N`` with ``S_b`` the summed loss of batch
     ``b`` and ``N`` the total number of loss terms.
+
+    Raises:
+        ModelStateError: dropout or batch norm in training mode, complex or meta weights, or
+            (on the first pass) a random forward.
+        DataError: data in an ambiguous or unknown form (see :mod:`wdecomp.batch`), no batches,
+            or (on the first pass) a model that cannot be run on the first batch.
+        DistributedError: ``distributed=True`` without a process group, or weights that differ
+            between ranks.
     """
 
     def __init__(
@@ -254,42 +283,29 @@ class Objective:
         data: Batch | Iterable[Batch],
         loss: LossSpec = "cross_entropy",
         *,
-        check_deterministic: bool = False,
+        check_deterministic: bool = True,
         distributed: bool = False,
     ) -> None:
         check_model_state(model)
+        check_weights(model)
         self.model = model
         self.loss = resolve_loss(loss)
         self.check_deterministic = check_deterministic
         self.distributed = distributed
         if distributed:
-            from wdecomp.distributed import require_process_group
-
-            require_process_group("Objective(distributed=True)")
-        self._single = _is_single_batch(data)
-        if self._single:
-            self._data: Any = [data]
-        elif isinstance(data, Iterator):
-            self._data = list(data)
-        else:
-            self._data = data
+            dist.require_process_group("Objective(distributed=True)")
+            dist.check_replicated(model)
+        self._data: Iterable[Batch] = batching.as_batches(data, what="Objective")
         self._fingerprints: list[str] | None = None
         self._counts: list[int] | None = None
         self._total: int | None = None
         self._subset: list[int] | None = None
+        self._checked_modes: tuple[bool, ...] | None = None
         first = next(iter(self.model.parameters()), None)
         self.dtype = first.dtype if first is not None else torch.get_default_dtype()
         self.device = first.device if first is not None else torch.device("cpu")
-        if self._count_batches_cheaply() == 0:
-            raise DataError("the data hold no batches")
 
     # ----------------------------------------------------------------- data
-    def _count_batches_cheaply(self) -> int:
-        try:
-            return len(self._data)
-        except TypeError:
-            return 1
-
     def _raw_batches(self) -> Iterator[Batch]:
         if self._subset is None:
             yield from self._data
@@ -299,27 +315,64 @@ class Objective:
             yield cached[i]
 
     def batches(self) -> Iterator[Batch]:
-        """Yield the batches on the model's device and dtype (checking determinism if asked)."""
+        """Yield the batches on the model's device and dtype, checking the model and the data.
+
+        Each pass first checks the model's train/eval state (and, after a change of the modules'
+        flags, that its forward is repeatable on the first batch), then compares every batch's
+        fingerprint with the first pass's (``check_deterministic``).
+        """
+        check_model_state(self.model)
         prints = []
-        for i, batch in enumerate(self._raw_batches()):
+        for i, raw in enumerate(self._raw_batches()):
             if self.check_deterministic:
-                h = hashlib.sha256()
-                _fingerprint(batch, h)
-                prints.append(h.hexdigest())
+                prints.append(batching.fingerprint(raw))
                 if self._fingerprints is not None and (
                     i >= len(self._fingerprints) or self._fingerprints[i] != prints[-1]
                 ):
                     raise DataError(
                         f"batch {i} differs from the first pass over the data; curvature needs the "
-                        "same data on every pass (turn off shuffling and augmentation, or fix the seed)"
+                        "same data on every pass (turn off shuffling and augmentation, fix the seed, "
+                        "or do not modify the tensors in place)"
                     )
-            yield move_batch(batch, self.device, self.dtype)
+            batch = batching.to(raw, self.device, self.dtype)
+            if i == 0:
+                self._check_forward(batch)
+            yield batch
         if self.check_deterministic:
             if self._fingerprints is not None and len(prints) != len(self._fingerprints):
                 raise DataError(
                     f"the data yielded {len(prints)} batches, the first pass {len(self._fingerprints)}"
                 )
             self._fingerprints = prints
+
+    def _check_forward(self, batch: Batch) -> None:
+        """Run the loss twice on ``batch`` (once per combination of the modules' train/eval flags)
+        and refuse a forward that cannot run or that gives two different values."""
+        modes = tuple(m.training for m in self.model.modules())
+        if modes == self._checked_modes:
+            return
+        with torch.no_grad():
+            state = self.state()
+            try:
+                first = self.batch_summed_loss(state, batch)[0]
+            except WdecompError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError) as err:
+                raise DataError(
+                    f"the model cannot be run on the first batch ({_describe(batch)}; weights "
+                    f"{self.dtype} on {self.device}): {err}. Check the input width and dtype (integer "
+                    "inputs need .float() unless the model embeds token ids) and the device"
+                ) from err
+            second = self.batch_summed_loss(state, batch)[0]
+        if not _same_bits(first, second):
+            raise ModelStateError(
+                f"two evaluations of the loss on the same batch at the same weights differ ({float(first)!r} "
+                f"vs {float(second)!r}): the forward pass is random (dropout in training mode, such as "
+                "F.dropout(..., training=True) or attention dropout, or torch.rand/randn/randint in "
+                "forward), or uses a non-deterministic kernel; call model.eval(), remove the "
+                "randomness, or set torch.use_deterministic_algorithms(True)"
+            )
+        self._checked_modes = modes
 
     @property
     def num_batches(self) -> int:
@@ -341,9 +394,7 @@ class Objective:
         if self._total is None:
             total = sum(self.counts)
             if self.distributed:
-                from wdecomp.distributed import all_reduce_sum
-
-                total = int(all_reduce_sum(torch.tensor(float(total), dtype=torch.float64)).item())
+                total = int(dist.all_reduce_sum(torch.tensor(float(total), dtype=torch.float64)).item())
             self._total = total
         return self._total
 
@@ -393,7 +444,11 @@ class Objective:
 
     def model_fn(self, state: Mapping[str, Tensor]) -> Callable[[Any], Tensor]:
         """A function ``inputs -> outputs`` that runs the model on ``state``."""
-        return lambda inputs: call_model(self.model, state, inputs)
+        return lambda inputs: batching.call(self.model, inputs, state)
+
+    def output_function(self, inputs: Any) -> Callable[[dict[str, Tensor]], Tensor]:
+        """``theta_sel -> model outputs`` on fixed ``inputs`` (the other weights as in the model)."""
+        return lambda p: batching.call(self.model, inputs, self.state(p))
 
     def batch_summed_loss(self, state: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, int]:
         """``(S_b, n_b)`` for one batch: the summed loss and its number of loss terms."""
@@ -401,11 +456,23 @@ class Objective:
             value = self.loss.fn(self.model_fn(state), batch)
             if isinstance(value, tuple):
                 return value[0], int(value[1])
-            n = _leading_size(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            n = batching.num_examples(batching.split(batch)[0])
             return value * n, n
-        inputs, targets = batch
-        outputs = call_model(self.model, state, inputs)
+        inputs, targets = self.inputs_targets(batch)
+        outputs = batching.call(self.model, inputs, state)
         return self.loss.summed(outputs, targets)
+
+    def inputs_targets(self, batch: Batch) -> tuple[Any, Tensor]:
+        """``(inputs, targets)`` of a batch, refusing a batch without targets (a loss of outputs
+        and targets needs them)."""
+        inputs, targets = batching.split(batch)
+        if targets is None:
+            name = getattr(self.loss, "name", "loss")
+            raise DataError(
+                f"loss '{name}' compares outputs with targets, but the batch holds inputs only (a bare "
+                "tensor or dict); pass (inputs, targets) batches, or a BatchLoss"
+            )
+        return inputs, targets
 
     def batch_objective(self, batch: Batch, params: ParamSet) -> Callable[[dict[str, Tensor]], Tensor]:
         """``theta_sel -> S_b(theta) / N``: this batch's share of the objective."""
@@ -426,11 +493,15 @@ class Objective:
         return self.loss
 
     def reduce(self, tensor: Tensor) -> Tensor:
-        """Sum over processes when distributed (identity otherwise)."""
-        if self.distributed:
-            from wdecomp.distributed import all_reduce_sum
+        """Sum over processes when distributed (identity otherwise).
 
-            return all_reduce_sum(tensor)
+        Distributed, it first checks that every rank still holds the same weights
+        (:func:`wdecomp.distributed.check_replicated`), so a product, gradient or value is never
+        summed over ranks that differentiated different functions.
+        """
+        if self.distributed:
+            dist.check_replicated(self.model)
+            return dist.all_reduce_sum(tensor)
         return tensor
 
     # ----------------------------------------------------------------- values
@@ -458,12 +529,3 @@ class Objective:
             g = g + pset.flatten(dict(zip(theta, torch.autograd.grad(loss, list(theta.values())))))
         return self.reduce(g)
 
-
-def _leading_size(x: Any) -> int:
-    if isinstance(x, Tensor):
-        return int(x.shape[0])
-    if isinstance(x, Mapping):
-        return _leading_size(next(iter(x.values())))
-    if isinstance(x, (tuple, list)):
-        return _leading_size(x[0])
-    raise DataError(f"cannot tell the batch size of {type(x).__name__}")

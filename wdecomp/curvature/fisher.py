@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, jvp, vjp
 
-from wdecomp.curvature._batch import batch_size, output_function, slice_examples
+from wdecomp import batch as batching
 from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.curvature.ggn import OutputSpaceOperator
 from wdecomp.objective import Batch, Objective
@@ -27,9 +27,9 @@ from wdecomp.params import ParamSet, ParamSpec
 
 def per_example_loss_function(objective: Objective, batch: Batch):
     """``theta_sel -> (s_1, ..., s_B)``, the summed loss of each example in ``batch``."""
-    inputs, targets = batch
+    inputs, targets = objective.inputs_targets(batch)
     loss = objective.output_loss()
-    f = output_function(objective, inputs)
+    f = objective.output_function(inputs)
     return lambda p: loss.per_example(f(p), targets)
 
 
@@ -70,8 +70,7 @@ class EmpiricalFisherOperator(FactoredOperator):
         theta = self.params.as_dict()
         scale = float(self.objective.total_count) ** -0.5
         for batch in self.objective.batches():
-            for start in range(0, batch_size(batch), chunk_size):
-                sub = slice_examples(batch, start, start + chunk_size)
+            for sub in batching.chunks(batch, chunk_size):
                 yield scale * self.params.flatten(jacrev(per_example_loss_function(self.objective, sub))(theta))
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vjp
 
-from wdecomp.curvature._batch import batch_size, output_function, slice_examples
+from wdecomp import batch as batching
 from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
@@ -64,8 +64,8 @@ class OutputSpaceOperator(FactoredOperator):
         return lambda u: jvp(g, (outputs,), (u,))[1]
 
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
-        inputs, targets = batch
-        f = output_function(self.objective, inputs)
+        inputs, targets = self.objective.inputs_targets(batch)
+        f = self.objective.output_function(inputs)
         outputs, pullback = vjp(f, theta)
         outputs = outputs.detach()
         m_product = self._output_product(outputs, targets)
@@ -81,8 +81,9 @@ class OutputSpaceOperator(FactoredOperator):
         plus, minus = self._shifted_state(v, eps)
         theta = self.params.as_dict()
         out = torch.zeros(self.params.numel, dtype=self.dtype, device=self.device)
-        for inputs, targets in self.objective.batches():
-            f = output_function(self.objective, inputs)
+        for batch in self.objective.batches():
+            inputs, targets = self.objective.inputs_targets(batch)
+            f = self.objective.output_function(inputs)
             outputs, pullback = vjp(f, theta)
             jv = (f(plus) - f(minus)) / (2 * eps)
             out += self.params.flatten(pullback(self._output_product(outputs.detach(), targets)(jv))[0])
@@ -98,9 +99,9 @@ class OutputSpaceOperator(FactoredOperator):
         theta = self.params.as_dict()
         scale = float(self.objective.total_count) ** -0.5
         for batch in self.objective.batches():
-            for start in range(0, batch_size(batch), chunk_size):
-                inputs, targets = slice_examples(batch, start, start + chunk_size)
-                f = output_function(self.objective, inputs)
+            for chunk in batching.chunks(batch, chunk_size):
+                inputs, targets = self.objective.inputs_targets(chunk)
+                f = self.objective.output_function(inputs)
                 outputs = f(theta).detach()
                 jac = self.params.flatten(jacrev(f)(theta))  # (m, *out, p)
                 root = sqrt_fn(outputs, targets)  # (m, ..., C, C)

@@ -52,7 +52,7 @@ evaluated together, at most ``max(1, chunk_size // chunk)`` of them).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
+from wdecomp import batch as batching
 from wdecomp.activations import activation_jacobian, capture, module_order, run_with_hooks
 from wdecomp.bases.base import Basis, LayerBasis
 from wdecomp.errors import DataError, NonFiniteError, SelectionError, ShapeError
@@ -132,62 +133,24 @@ def _resolve(model_or_components: Any, basis: Any, model: nn.Module | None) -> t
     return model, _as_basis(model_or_components)
 
 
-def _examples(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, Mapping):
-        return _examples(next(iter(inputs.values())))
-    if isinstance(inputs, (tuple, list)) and inputs:
-        return _examples(inputs[0])
-    raise DataError(f"cannot tell the number of examples of a {type(inputs).__name__} batch")
-
-
-def _slice(obj: Any, start: int, stop: int) -> Any:
-    if isinstance(obj, Tensor):
-        return obj[start:stop]
-    if isinstance(obj, Mapping):
-        return {k: _slice(v, start, stop) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_slice(v, start, stop) for v in obj)
-    return obj
-
-
 def iter_chunks(data: Any, chunk_size: int) -> Iterator[Any]:
     """Input chunks of at most ``chunk_size`` examples from ``data``.
 
-    ``data`` is one batch of inputs (a tensor) or an iterable of batches, each ``(inputs, targets)``
-    or bare inputs (a tensor, tuple of tensors or dict of tensors). Targets are ignored.
+    ``data`` is a data argument as :mod:`wdecomp.batch` defines it (one batch, a list of batches,
+    a DataLoader or a one-shot iterator; a bare tensor is one batch of inputs). Targets are ignored.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    batches: Iterable[Any] = [data] if isinstance(data, (Tensor, Mapping)) else data
-    for batch in batches:
-        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-        n = _examples(inputs)
-        for start in range(0, n, chunk_size):
-            yield _slice(inputs, start, start + chunk_size)
+    for batch in batching.as_batches(data, keep=False, what="interaction_graph"):
+        yield from batching.chunks(batching.split(batch)[0], chunk_size)
 
 
 def _count_chunks(data: Any, chunk_size: int) -> int | None:
     """Number of chunks :func:`iter_chunks` will yield, when ``data`` can be looked at twice."""
-    if not isinstance(data, (Tensor, Mapping, list, tuple)):
+    batches = batching.as_batches(data, keep=False)
+    if not isinstance(batches, Sequence):
         return None
-    batches = [data] if isinstance(data, (Tensor, Mapping)) else data
-    total = 0
-    for batch in batches:
-        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-        total += math.ceil(_examples(inputs) / chunk_size)
-    return total
-
-
-def _unsqueeze(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.unsqueeze(0)
-    if isinstance(x, Mapping):
-        return {k: _unsqueeze(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unsqueeze(v) for v in x)
-    return x
+    return sum(math.ceil(batching.num_examples(batching.split(b)[0]) / chunk_size) for b in batches)
 
 
 # ----------------------------------------------------------------------------- attributions
@@ -196,7 +159,7 @@ def _coordinate_map(model: nn.Module, src: LayerBasis, tgt: LayerBasis, s_shape:
 
     def h(c: Tensor, x: Any) -> Tensor:
         f = src.from_coordinates(c).reshape(s_shape).unsqueeze(0)
-        _, acts = run_with_hooks(model, _unsqueeze(x), read=[tgt.point], write={src.point: f})
+        _, acts = run_with_hooks(model, batching.add_example_axis(x), read=[tgt.point], write={src.point: f})
         out = acts[tgt.point][0]
         return tgt.to_coordinates(out.reshape(-1, out.shape[-1]))
 
@@ -369,7 +332,7 @@ def interaction_graph(
                     acc.err_sq += float(err.double().square().sum())
                     acc.err_count += err.numel()
                     acc.change_max = max(acc.change_max, float(change.abs().max()))
-            n_examples += _examples(x)
+            n_examples += batching.num_examples(x)
             bar.update(1)
     finally:
         bar.close()
