@@ -86,22 +86,23 @@ def test_jacobian_and_interaction_matrix_match_dense():
     T = torch.randn(4, 5, dtype=DT, generator=torch.Generator().manual_seed(5))
     ref = _dense_jacobians(model, x, lambda z: model[1](model[0](z)), lambda a: model[3](model[2](a)), T)
     got = torch.cat(list(interaction_jacobians(model, data, "1", "3", T, chunk_size=16)))
-    assert got.shape == (40, 4, 6)
+    assert got.shape == (40, 1, 4, 1, 6)  # (examples, target positions, k_t, source positions, d_s)
+    got = got.reshape(40, 4, 6)
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-13)
     for mode in ("forward", "reverse"):
         M = interaction_matrix(model, data, "1", "3", T, mode=mode, chunk_size=7)
         assert torch.allclose(M, torch.einsum("bki,bkj->ij", ref, ref) / 40, rtol=1e-11, atol=1e-13)
 
 
-def test_jacobian_summed_over_source_positions():
+def test_jacobian_per_source_position():
     model = Embedder().to(DT).eval()
     t = torch.randint(0, 7, (9, 2), generator=torch.Generator().manual_seed(0))
     got = next(interaction_jacobians(model, [t], "embed", "hidden"))
-    assert got.shape == (9, 5, 3)
+    assert got.shape == (9, 1, 5, 2, 3)  # per source position (rib), not summed
     for i in range(9):
         e = model.embed(t[i : i + 1]).detach()[0]  # (2, 3)
         J = torch.autograd.functional.jacobian(lambda e_: model.hidden(e_.reshape(1, 6))[0], e)  # (5, 2, 3)
-        assert torch.allclose(got[i], J.sum(1), rtol=1e-12, atol=1e-13)
+        assert torch.allclose(got[i, 0], J, rtol=1e-12, atol=1e-13)
     g = gram_matrices(model, [t], ["embed"])["embed"]
     f = model.embed(t).detach().reshape(-1, 3)
     assert g.count == 18 and torch.allclose(g.gram, f.T @ f / 18, rtol=1e-12)
@@ -121,7 +122,8 @@ def test_basis_roundtrip_is_exact(method):
 def test_lib_matches_definition():
     """C = Lambda^{1/2} V^T D^{-1/2} U^T with M built from the next layer's LIB coordinates."""
     model, data = _mlp(), _data()
-    basis = interaction_basis(model, data, ["3", "4"], method="lib", drop_noninteracting=False)
+    basis = interaction_basis(model, data, ["3", "4"], method="lib", variant="wdecomp-uncentred",
+                              drop_noninteracting=False)
     x = torch.cat([b[0] for b in data])
     f3 = torch.tanh(model[2](torch.relu(model[0](x)))).detach()
     G = f3.T @ f3 / len(x)
@@ -170,6 +172,8 @@ def _block_mass_outside(rows: torch.Tensor, blocks=((0, 3), (3, 6))) -> float:
     worst = 0.0
     for r in rows:
         tot = float(r.pow(2).sum())
+        if tot == 0:  # the constant node's row
+            continue
         inside = max(float(r[a:b].pow(2).sum()) for a, b in blocks)
         worst = max(worst, 1 - inside / tot)
     return worst
@@ -187,7 +191,7 @@ def test_lib_finds_hidden_block_structure():
     assert _block_mass_outside(basis["l2"].transform @ R) < 1e-8
     assert _block_mass_outside(basis["act1"].transform) < 1e-8
     assert _block_mass_outside(basis["act2"].transform) < 1e-8
-    assert basis["l2"].size == 6
+    assert basis["l2"].size == 7 and basis["l2"].constant is not None  # 6 directions and the constant node
     neuron = interaction_basis(model, data, ["l2"], method="neuron")
     assert _block_mass_outside(neuron["l2"].transform @ R) > 0.05  # neurons hide the blocks
 

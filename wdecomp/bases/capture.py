@@ -26,18 +26,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wdecomp.activations import HookPoint, stream_activations
-from wdecomp.errors import DataError
+from wdecomp import hooks
+from wdecomp.bases.section import feature_axis, to_rows
+from wdecomp.batch import as_batches, split
+from wdecomp.distributed import all_reduce_sum_many
+from wdecomp.errors import DataError, NonFiniteError
 from wdecomp.progress import progress_bar
 
 __all__ = ["GramResult", "flatten_positions", "gram_matrices"]
 
 
-def flatten_positions(f: Tensor) -> Tensor:
-    """``(B, *positions, d) -> (B * prod(positions), d)``; a ``(B,)`` activation becomes ``(B, 1)``."""
+def flatten_positions(f: Tensor, axis: int = -1) -> Tensor:
+    """``(B, ...)`` with features on ``axis`` -> ``(B * positions, d)`` (every other axis is a
+    position); a ``(B,)`` activation becomes ``(B, 1)``."""
     if f.dim() == 1:
         return f.unsqueeze(1)
-    return f.reshape(-1, f.shape[-1])
+    rows = to_rows(f, axis % f.dim())
+    return rows.reshape(-1, rows.shape[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,18 +105,21 @@ def gram_matrices(
     center: bool = False,
     progress: bool | None = None,
     distributed: bool = False,
+    feature_dim: int | dict[str, int | None] | None = None,
 ) -> dict[str, GramResult]:
     """Gram matrices (or covariances) of the activations at ``points``, streamed over ``data``.
 
     Args:
         model: The network.
-        data: Batches ``(inputs, targets)`` or bare inputs (one pass).
+        data: A data argument (:mod:`wdecomp.batch`; one pass).
         points: Hook points (``"mlp.act"``, ``"blocks.0:input"``).
         constant: Append a constant-1 direction (for biases, as LIB does).
         center: Return the covariance instead of the uncentred Gram matrix (not with ``constant``).
         progress: Progress bar over batches.
         distributed: ``data`` is this rank's shard: sums and counts are all-reduced over the
             process group (:mod:`wdecomp.distributed`), so every rank gets the global result.
+        feature_dim: The feature axis, for all points or per point (default:
+            :func:`~wdecomp.bases.section.feature_axis`); every other axis is a position.
 
     Returns:
         Point -> :class:`GramResult`.
@@ -123,20 +131,28 @@ def gram_matrices(
     """
     if constant and center:
         raise ValueError("choose constant=True (affine, uncentred) or center=True (covariance), not both")
-    keys = [str(HookPoint.parse(p)) for p in points]
+    keys = [str(hooks.HookPoint.parse(p)) for p in points]
+    fdims = feature_dim if isinstance(feature_dim, dict) else dict.fromkeys(keys, feature_dim)
     sums: dict[str, Tensor] = {}
     firsts: dict[str, Tensor] = {}
     counts = dict.fromkeys(keys, 0)
     examples = 0
+    batches = as_batches(data, what="gram_matrices")
     try:
-        total = len(data)  # type: ignore[arg-type]
+        total = len(batches)  # type: ignore[arg-type]
     except TypeError:
         total = None
     bar = progress_bar(total, desc="gram", enabled=progress)
     with bar:
-        for acts in stream_activations(model, data, keys):
+        for batch in batches:
+            with torch.no_grad():
+                acts = hooks.run(model, split(batch)[0], read=keys)[1]
             for key in keys:
-                f = flatten_positions(acts[key].detach()).to(torch.float64)
+                a = acts[key].detach()
+                if not torch.isfinite(a).all():
+                    raise NonFiniteError(f"activation at '{key}' contains NaN or inf")
+                axis = feature_axis(model, key, a.dim(), fdims.get(key))
+                f = flatten_positions(a, axis).to(torch.float64)
                 if key not in sums:
                     sums[key] = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
                     firsts[key] = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
@@ -148,8 +164,6 @@ def gram_matrices(
     if not sums:
         raise DataError("the data hold no batches")
     if distributed:
-        from wdecomp.distributed import all_reduce_sum_many
-
         packed = all_reduce_sum_many({**{f"s{k}": sums[k] for k in keys}, **{f"m{k}": firsts[k] for k in keys},
                                       "n": torch.tensor([float(counts[k]) for k in keys] + [float(examples)])})
         sums, firsts = {k: packed[f"s{k}"] for k in keys}, {k: packed[f"m{k}"] for k in keys}

@@ -1,129 +1,280 @@
-"""The Local Interaction Basis (LIB) and its controls (neuron, PCA, Jacobian).
+r"""The Local Interaction Basis (LIB) as rib runs it, its named variants, and its controls.
 
-Following Bushnaq et al. 2024, "The Local Interaction Basis: Identifying Computationally-Relevant
-and Sparsely Interacting Features in Neural Networks" (arXiv 2405.10928), section 2. For hook
-points ``l = 1..L`` in forward order with activations ``f^l(x) in R^{d_l}``:
+Bushnaq et al. 2024, "The Local Interaction Basis: Identifying Computationally-Relevant and Sparsely
+Interacting Features in Neural Networks" (arXiv 2405.10928), sec. 2 (steps L1-L3) and the appendix
+on transformers; reference implementation Apollo Research's ``rib`` (commit 7a6199f,
+``rib.interaction_algos.calculate_interaction_rotations``). The default (``variant="rib"``) is
+the configuration of the paper's runs (``rib_scripts/rib_build/sample_configs_modadd``:
+``center: true``, ``basis_formula: jacobian``, ``integration_method: gradient``,
+``rotate_final_node_layer: false``, float64). See ``docs/concepts/lib-variants.md`` for the table.
 
-L1. **PCA, null directions removed** (sec. 2, step (L1)): the Gram matrix
-   ``G^l = E_x f^l f^l^T = U^l D^l U^l^T``; eigenvalues at or below ``gram_threshold * max D``
-   are dropped (the activations never vary there, so nothing downstream can read them).
-L2. **Whitening** (step L2): ``f^^l = (D^l)^{-1/2} U^l^T f^l``, so ``E f^^ f^^^T = I``.
-L3. **Interaction rotation** (step L3), from the output backwards: with the next layer already in
-   its LIB coordinates ``f~^{l+1} = C^{l+1} f^{l+1}``, the interaction matrix
+For hook points ``l = 1..L`` in forward order, activation rows ``f^l_p(x) in R^{d_l}`` at positions
+``p = 1..P_l`` (every axis but the batch and feature axes; :mod:`wdecomp.bases.section`) and the
+bias folded in as a constant input ``a = [f; s]``, ``s = 1`` (:class:`~wdecomp.bases.section.Section`):
 
-       M^l = E_x  J(x)^T J(x),      J(x) = d f~^{l+1} / d f^^l     (whitened source)
+**L1, L2 (PCA, centred, constant first).** ``mu = E f``, ``Cov = E (f - mu)(f - mu)^T = U D U^T``
+(directions with ``D <= gram_threshold`` dropped, relative to ``max D`` unless
+``truncation="absolute"``). The Gram matrix of the centred extended activation ``[f - mu s; s]``
+is ``diag(Cov, 1)``: its constant eigenvector comes first (rib's ``centering_matrix``,
+``move_const_dir_first``). Whitened coordinates ``z = P^+ a`` with
 
-   is diagonalised, ``M^l = V^l Lambda^l V^l^T``, and the LIB coordinates are
+    P = [[mu, U D^{1/2}], [1, 0]]          (d+1, 1+r),    a = P z,   z_0 = s.
 
-       f~^l = C^l f^l,     C^l = (Lambda^l)^{1/2} V^l^T (D^l)^{-1/2} U^l^T       (k_l, d_l),
-       C^l+ = U^l (D^l)^{1/2} V^l (Lambda^l)^{-1/2}                           (d_l, k_l),
+**L3 (interaction rotation, ``formula="jacobian"``, rib's ``basis_formula="jacobian"``).** With the
+next layer's coordinates ``c^{l+1} = C^{l+1}(a^{l+1})`` already built (from the output back) and
+``J_{tp}(x) = d c^{l+1}_t / d a^l_p`` (``(k_{l+1}, d_l + 1)`` for target position ``t``, source
+position ``p``), rib's ``M'`` sums over source positions *outside* the product
+(``M_dash_and_Lambda_dash_pre_forward_hook_fn``, ``"r batch s j, r batch s jprime -> j jprime"``):
 
-   scaled so each direction's size is its importance for the next layer (step L3). Directions with
-   ``Lambda <= interaction_threshold * max Lambda`` do not interact with the next layer and are
-   dropped (``drop_noninteracting=True``, as the paper does) or kept unscaled.
-L4. The last hook point has no next layer: it is rotated into its PCA basis ``C^L = U^L^T``.
+    M' = 1/(N P_l) sum_x sum_p sum_t J_{tp}(x)^T J_{tp}(x),          M = P^T M' P.
 
-In code ``J`` is taken in the original coordinates, ``J_f = d f~^{l+1} / d f^l`` (a ``k_{l+1} x d_l``
-matrix per example, by ``torch.func.vmap`` over examples of ``jacfwd``/``jacrev``, in chunks), and
-``M^l = D^{1/2} U^T (E J_f^T J_f) U D^{1/2}``, which is the same matrix.
+The constant direction is kept apart (rib's ``masked_eigendecompose`` with one masked direction):
+``Lambda_0 = M_00`` and ``M_{1:,1:} = V Lambda V^T`` (descending). Coordinates
 
-**Sequence models** (activations ``(B, *positions, d)``): the Gram matrix averages over every
-position; the Jacobian is summed over source positions (the derivative along one direction of
-``f^l`` applied at every position at once) and ``J^T J`` is summed over target positions, as the
-paper does for transformers (sec. 2.2, appendix on transformers).
+    c_0 = Lambda_0^{1/2} s,     c_{1:} = Lambda^{1/2} V^T D^{-1/2} U^T (f - mu s)
 
-Controls with the same interface: ``"neuron"`` (``C = I``), ``"pca"`` (``C = U^T``, centred),
-``"jacobian"`` (``M`` diagonalised in the original, un-whitened coordinates restricted to the span of
-the activations: ``C = V^T U^T`` orthonormal).
+(``C = P Vbar Lambda^{1/2}`` in rib's row convention), so ``E c c^T`` restricted to the
+non-constant directions is ``diag(Lambda)``. Directions with ``Lambda <= interaction_threshold``
+(relative to the largest, or absolute) are dropped (rib's ``build_sorted_lambda_matrices``), or
+kept unscaled with ``drop_noninteracting=False``. With ``integration`` other than
+``"gradient"``, ``J`` is the integrated Jacobian ``sum_m w_m J(alpha_m a)`` along ``alpha a``
+(rib's ``calc_basis_jacobian`` with ``n_intervals > 0``; "integrated-gradient M").
+
+**The last hook point** (no next layer, ``rotate_final=False``, rib's
+``rotate_final_node_layer: false``): the identity on ``f`` (its neurons); when it is not the model's
+output it also carries the constant ``s`` as node 0, as rib's non-output node layers do.
+``rotate_final=True``: PCA with the constant first (rib's ``basis_formula="svd"`` with centring).
+
+Named variants (select by ``variant=``; each option can also be set on its own):
+
+* ``"rib"`` (default): the above.
+* ``"wdecomp-uncentred"``: wdecomp before this version: uncentred Gram ``E f f^T``, no constant
+  node, the Jacobian summed over source positions before the product
+  (``M = 1/N sum_x (sum_p J_p)^T (sum_p J_p)``, ``sequence="summed"``), the last layer rotated to
+  PCA. Not a rib mode (rib's ``center=false`` keeps the constant mixed into the Gram matrix).
+* ``"wdecomp-centred"``: as ``"wdecomp-uncentred"`` with centred activations; on the non-constant
+  directions this equals ``"rib"`` for non-sequence models.
+
+Other rib options: ``formula="(1-0)*alpha"`` (rib's default ``basis_formula``; ``g_p =
+sum_m w_m sum_t J_{tp}(alpha_m a)^T c^{l+1}_t(a)``, ``M' = 1/(NP) sum g_p g_p^T``, and ``Lambda``
+the attribution ``|diag(Vbar^T P^T Lambda' P^{+T} Vbar)|`` with ``Lambda' = 1/(NP) sum g_p a_p^T``,
+directions sorted by it) and ``formula="(1-alpha)^2"`` (the October version: ``g_p = sum_m w_m
+2 sum_t J_{tp}(alpha_m a)^T (c^{l+1}_t(a) - c^{l+1}_t(alpha_m a))``; rib's
+``calc_basis_integrated_gradient``); ``truncation="absolute"`` with rib's
+``truncation_threshold`` (``1e-15`` in the paper's configs; the default here is relative
+``1e-10``, which drops the same numerically-null directions without depending on scale).
+Not offered: rib's layer-norm variance node (``isolate_ln_var``) and stochastic sources.
+
+Controls with the same interface: ``"pca"`` (rib's ``"svd"``), ``"neuron"`` (``C = I``),
+``"jacobian"`` (a wdecomp control: ``M`` diagonalised without whitening or scaling, ``C = V^T U^T``
+orthonormal; no constant node).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
-from wdecomp.activations import HookPoint, module_order, resolve_module, run_with_hooks
+from wdecomp import hooks
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.capture import GramResult, gram_matrices
-from wdecomp.curvature._batch import slice_examples
+from wdecomp.bases.section import (
+    Section,
+    feature_axis,
+    memory_guard,
+    plan_chunk,
+    quadrature,
+    section_biases,
+    to_rows,
+)
+from wdecomp.batch import as_batches, chunks, num_examples, slice_examples, split
+from wdecomp.distributed import all_reduce_sum_many
 from wdecomp.errors import DataError, NonFiniteError, SelectionError
 from wdecomp.progress import progress_bar
 
-__all__ = ["METHODS", "interaction_basis", "interaction_jacobians", "interaction_matrix"]
+__all__ = ["FORMULAS", "METHODS", "VARIANTS", "LibOptions", "interaction_basis", "interaction_jacobians",
+           "interaction_matrix"]
 
 METHODS = ("lib", "pca", "neuron", "jacobian")
+FORMULAS = ("jacobian", "(1-0)*alpha", "(1-alpha)^2")
+SEQUENCE_FORMS = ("per-position", "summed")
 
 
-def _split(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+@dataclass(frozen=True)
+class LibOptions:
+    """The choices that make one LIB variant (see the module docstring for each).
+
+    Attributes:
+        center: Centre the activations (rib's ``center``).
+        constant: Fold biases in as a constant node, first (needs ``center``).
+        formula: rib's ``basis_formula``: ``"jacobian"``, ``"(1-0)*alpha"`` or ``"(1-alpha)^2"``.
+        integration: Quadrature rule for ``M`` (rib's ``integration_method``): ``"gradient"`` or a
+            rule of :func:`~wdecomp.bases.section.quadrature`.
+        steps: Quadrature nodes (rib's ``n_intervals + 1``).
+        sequence: ``"per-position"`` (rib) or ``"summed"`` (wdecomp before).
+        rotate_final: Rotate the last hook point to PCA (rib's ``rotate_final_node_layer``).
+        truncation: ``"relative"`` (thresholds times the largest eigenvalue) or ``"absolute"`` (rib).
+    """
+
+    center: bool = True
+    constant: bool = True
+    formula: str = "jacobian"
+    integration: str = "gradient"
+    steps: int = 1
+    sequence: str = "per-position"
+    rotate_final: bool = False
+    truncation: str = "relative"
 
 
-def _num_examples(x: Any) -> int:
-    if isinstance(x, Tensor):
-        return int(x.shape[0])
-    if isinstance(x, dict):
-        return _num_examples(next(iter(x.values())))
-    return _num_examples(x[0])
+VARIANTS: dict[str, LibOptions] = {
+    "rib": LibOptions(),
+    "wdecomp-uncentred": LibOptions(center=False, constant=False, sequence="summed", rotate_final=True),
+    "wdecomp-centred": LibOptions(center=True, constant=False, sequence="summed", rotate_final=True),
+}
 
 
-def _unsqueeze(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.unsqueeze(0)
-    if isinstance(x, dict):
-        return {k: _unsqueeze(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_unsqueeze(v) for v in x)
-    return x
+def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown LIB variant '{variant}'; choose from {sorted(VARIANTS)}")
+    base = VARIANTS[variant].__dict__
+    opts = LibOptions(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    if opts.formula not in FORMULAS:
+        raise ValueError(f"formula must be one of {FORMULAS}, not '{opts.formula}'")
+    if opts.sequence not in SEQUENCE_FORMS:
+        raise ValueError(f"sequence must be one of {SEQUENCE_FORMS}, not '{opts.sequence}'")
+    if opts.truncation not in ("relative", "absolute"):
+        raise ValueError(f"truncation must be 'relative' or 'absolute', not '{opts.truncation}'")
+    if opts.constant and not opts.center:
+        raise ValueError("constant=True needs center=True (rib's uncentred mode mixes the constant into every "
+                         "direction, which wdecomp does not offer)")
+    if opts.formula != "jacobian" and opts.sequence != "per-position":
+        raise ValueError(f"formula '{opts.formula}' is defined per position only (sequence='per-position')")
+    quadrature(opts.steps, opts.integration)  # validates the rule and steps
+    return opts
+
+
+# ----------------------------------------------------------------------------- Jacobians
+@dataclass(frozen=True)
+class _Target:
+    """Coordinates of the target layer as a function of its rows and constant."""
+
+    basis: LayerBasis | None
+
+    def __call__(self, rows: Tensor, s: Tensor | None) -> Tensor:
+        lb = self.basis
+        if lb is None:
+            return rows
+        if lb.constant is None:
+            return lb.to_coordinates(rows)
+        ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+        s = ones if s is None else s.unsqueeze(-1)
+        mu = lb.center.to(rows.dtype) if lb.center is not None else 0.0
+        c = (rows - mu * s) @ lb.transform.T.to(rows.dtype)
+        return torch.cat([c[:, :1] + lb.constant * s, c[:, 1:]], dim=-1)
+
+
+def _jac(fn: Any, n_in: int, n_out: int, mode: str) -> Any:
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not '{mode}'")
+    forward = mode == "forward" or (mode == "auto" and n_in <= n_out)
+    return jacfwd(fn, argnums=0) if forward else jacrev(fn, argnums=0)
+
+
+def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+    """``J(alpha a)`` for each ``alpha``: ``fn`` maps one example's ``(P_s, D)`` rows to ``(P_t, k)``.
+
+    Yields:
+        ``(B, P_t, k, P_s, D)`` per ``alpha``, batched over the examples of ``points``/``x``.
+    """
+    with torch.no_grad():
+        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))
+    jac = _jac(fn, points[0].numel(), out[0].numel(), mode)
+    for alpha in alphas.tolist():
+        with torch.no_grad():
+            yield vmap(jac)(alpha * points, x)
+
+
+@dataclass
+class _Pair:
+    """Everything needed to evaluate ``a^l -> c^{l+1}`` on chunks of data."""
+
+    section: Section
+    target: _Target
+    d: int
+
+    def fn(self, a: Tensor, x: Any) -> Tensor:
+        rows, s = self.section(a, x)
+        return self.target(rows, s)
+
+    def rows(self, acts: dict[str, Tensor]) -> Tensor:
+        """Source rows ``(B, P, d [+1])`` (the constant column appended when folded)."""
+        r = to_rows(acts[self.section.source], self.section.source_axis)
+        if self.section.constant:
+            r = torch.cat([r, torch.ones_like(r[..., :1])], dim=-1)
+        return r
+
+
+def _pair(model: nn.Module, x: Any, source: str, target: str, target_basis: LayerBasis | None, constant: bool,
+          feature_dims: dict[str, int | None]) -> _Pair:
+    acts = hooks.run(model, x, read=[source, target])[1]
+    a_s, a_t = acts[source], acts[target]
+    ax_s = feature_axis(model, source, a_s.dim(), feature_dims.get(source))
+    ax_t = feature_axis(model, target, a_t.dim(), feature_dims.get(target))
+    biases = tuple(section_biases(model, source, target, x)) if constant else ()
+    sec = Section(model, source, target, tuple(a_s.shape[1:]), ax_s, ax_t, biases, constant)
+    return _Pair(sec, _Target(target_basis), int(a_s.shape[ax_s]) if a_s.dim() > 1 else 1)
+
+
+def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: int | None, steps: int) -> int:
+    acts = hooks.run(model, x, read=[source, target])[1]
+    a_s, a_t = acts[source][0], acts[target][0]
+    out = a_t.numel() if k_t is None else a_t.numel() // max(a_t.shape[-1], 1) * k_t
+    # the Jacobian, its float64 copy and the vmapped intermediates: about 4 copies of 8 bytes each
+    return int(32 * (a_s.numel() + 1) * max(out, 1) * max(steps, 1)) + 1
 
 
 def interaction_jacobians(
     model: nn.Module,
-    data: Iterable[Any],
+    data: Any,
     source: str,
     target: str,
     transform: Tensor | None = None,
     *,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
     mode: str = "auto",
+    feature_dim: int | None = None,
 ) -> Iterator[Tensor]:
-    """Per-example Jacobians of the next layer's coordinates w.r.t. this layer's activations.
+    """Per-example, per-position Jacobians of the next layer's coordinates (no constant node).
 
-    ``J(x) = T d f_target / d f_source``, where the source perturbation is one vector ``delta in
-    R^{d_s}`` added at every source position (so the Jacobian is summed over source positions) and
-    ``T`` (``transform``, ``(k_t, d_t)``, default identity) maps target activations to coordinates.
+    ``J_{tp}(x) = T d f^target_t / d f^source_p`` (``transform`` ``T``: ``(k_t, d_t)``, default
+    the identity) for source position ``p`` and target position ``t``.
 
     Yields:
-        Tensors ``(b, *target_positions, k_t, d_s)``, ``chunk_size`` examples at a time.
+        Tensors ``(b, P_t, k_t, P_s, d_s)``, a chunk of examples at a time.
     """
-    src, tgt = str(HookPoint.parse(source)), str(HookPoint.parse(target))
-    for batch in data:
-        inputs = _split(batch)
-        n = _num_examples(inputs)
-        for start in range(0, n, chunk_size):
-            x = slice_examples(inputs, start, start + chunk_size)
-            with torch.no_grad():
-                _, acts = run_with_hooks(model, x, read=[src, tgt])
-            a = acts[src].detach()
-            d_s, d_t = a.shape[-1], acts[tgt].shape[-1]
-            T = transform if transform is not None else torch.eye(d_t, dtype=torch.float64)
-            T = T.to(acts[tgt].dtype)
-            k_t = T.shape[0]
-
-            def g(delta: Tensor, a1: Tensor, x1: Any, T: Tensor = T) -> Tensor:
-                _, out = run_with_hooks(model, _unsqueeze(x1), read=[tgt], write={src: (a1 + delta).unsqueeze(0)})
-                return out[tgt][0] @ T.T
-
-            # forward mode: one JVP per source direction (d_s; the source is one vector shared by
-            # all positions); reverse: one VJP per target entry (positions x k_t)
-            n_out = acts[tgt][0].numel() // d_t * k_t
-            jac = jacfwd if (mode == "forward" or (mode == "auto" and d_s <= n_out)) else jacrev
-            delta0 = torch.zeros(d_s, dtype=a.dtype, device=a.device)
-            with torch.no_grad():
-                J = vmap(jac(g), in_dims=(None, 0, 0))(delta0, a, x)
+    src, tgt = str(hooks.HookPoint.parse(source)), str(hooks.HookPoint.parse(target))
+    T = None if transform is None else transform.to(torch.float64)
+    lb = None if T is None else LayerBasis(tgt, T, torch.linalg.pinv(T), torch.ones(T.shape[0], dtype=T.dtype))
+    batches = as_batches(data, what="interaction_jacobians")
+    pair = None
+    for batch in batches:
+        inputs = split(batch)[0]
+        if pair is None:
+            first = next(iter(chunks(inputs, 1)))
+            pair = _pair(model, first, src, tgt, lb, False, {src: feature_dim})
+            size = plan_chunk(_per_example_bytes(model, first, src, tgt, None if T is None else T.shape[0], 1),
+                              chunk_size, max_memory, f"Jacobians {src} -> {tgt}")
+        for x in chunks(inputs, size):
+            with memory_guard(f"Jacobians {src} -> {tgt}", size):
+                acts = hooks.run(model, x, read=[src, tgt])[1]
+                J = next(batched_jacobians(pair.fn, pair.rows(acts), x, torch.ones(1), mode))
             if not torch.isfinite(J).all():
                 raise NonFiniteError(f"Jacobian d '{tgt}' / d '{src}' contains NaN or inf")
             yield J
@@ -131,47 +282,66 @@ def interaction_jacobians(
 
 def interaction_matrix(
     model: nn.Module,
-    data: Iterable[Any],
+    data: Any,
     source: str,
     target: str,
     transform: Tensor | None = None,
     *,
-    chunk_size: int = 256,
+    sequence: str = "per-position",
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
     mode: str = "auto",
+    feature_dim: int | None = None,
     distributed: bool = False,
 ) -> Tensor:
-    """``M = E_x sum_{target positions} J(x)^T J(x)`` in float64, ``(d_s, d_s)``, with ``J`` from
-    :func:`interaction_jacobians` (arXiv 2405.10928 sec. 2, step L3, before whitening).
-    ``distributed=True``: ``data`` is this rank's shard; sum and count are all-reduced."""
-    M = None
-    for J in interaction_jacobians(model, data, source, target, transform, chunk_size=chunk_size, mode=mode):
-        J = J.to(torch.float64).reshape(-1, J.shape[-1])
-        M = J.T @ J if M is None else M + J.T @ J
-    count = sum(_num_examples(_split(batch)) for batch in data)
+    """``M'`` over the source's features in float64, ``(d_s, d_s)``, no constant node.
+
+    ``sequence="per-position"`` (rib): ``M' = 1/(N P_s) sum_x sum_p sum_t J_{tp}^T J_{tp}``;
+    ``"summed"`` (wdecomp before): ``M' = 1/N sum_x sum_t (sum_p J_{tp})^T (sum_p J_{tp})``.
+    Without positions both are ``E_x J^T J``. ``data`` may be a one-shot iterator (read once).
+    ``distributed=True``: ``data`` is this rank's shard; sums and counts are all-reduced.
+
+    Raises:
+        DataError: The data hold no examples.
+    """
+    if sequence not in SEQUENCE_FORMS:
+        raise ValueError(f"sequence must be one of {SEQUENCE_FORMS}, not '{sequence}'")
+    M, count, positions = None, 0, 1
+    for J in interaction_jacobians(model, data, source, target, transform, chunk_size=chunk_size,
+                                   max_memory=max_memory, mode=mode, feature_dim=feature_dim):
+        part, positions = _second_moment(J.to(torch.float64), sequence)
+        M = part if M is None else M + part
+        count += J.shape[0]
     if M is None or count == 0:
         raise DataError("the data hold no examples")
     if distributed:
-        from wdecomp.distributed import all_reduce_sum_many
-
         M, n = all_reduce_sum_many([M, torch.tensor([float(count)], dtype=torch.float64)])
         count = int(n[0])
-    M = M / count
+    M = M / (count * (positions if sequence == "per-position" else 1))
     return (M + M.T) / 2
 
 
-def _check_layers(model: nn.Module, data: Any, layers: Sequence[str]) -> list[str]:
+def _second_moment(J: Tensor, sequence: str) -> tuple[Tensor, int]:
+    """``sum_x sum_p sum_t J_{tp}^T J_{tp}`` (or the summed form) of a ``(B, P_t, k, P_s, D)`` chunk."""
+    if sequence == "summed":
+        S = J.sum(3).reshape(-1, J.shape[-1])
+        return S.T @ S, J.shape[3]
+    return torch.einsum("btkpi,btkpj->ij", J, J), J.shape[3]
+
+
+# ----------------------------------------------------------------------------- the basis
+def _check_layers(model: nn.Module, first_inputs: Any, layers: Sequence[str]) -> list[str]:
     if not layers:
         raise SelectionError("interaction_basis needs at least one layer (hook point)")
-    keys = [str(HookPoint.parse(p)) for p in layers]
+    keys = [str(hooks.HookPoint.parse(p)) for p in layers]
     if len(set(keys)) != len(keys):
         raise SelectionError(f"duplicate hook points in {keys}")
     for p in keys:
-        resolve_module(model, HookPoint.parse(p).module)
-    first = next(iter(data))
-    order = module_order(model, keys, _split(first))
+        hooks.resolve_module(model, hooks.HookPoint.parse(p).module)
+    order = hooks.forward_order(model, keys, first_inputs)
     if order != list(range(len(keys))):
-        forward = [keys[i] for i in order]
-        raise SelectionError(f"layers must be given in forward order; the forward pass reaches them as {forward}")
+        raise SelectionError(f"layers must be given in forward order; the forward pass reaches them as "
+                             f"{[keys[i] for i in order]}")
     return keys
 
 
@@ -180,119 +350,293 @@ def _sorted_eigh(A: Tensor) -> tuple[Tensor, Tensor]:
     return evals.flip(0), evecs.flip(1)
 
 
+def _keep(values: Tensor, threshold: float, truncation: str, top: float | None = None) -> Tensor:
+    if truncation == "absolute":
+        return values > threshold
+    top = float(values.max()) if top is None and values.numel() else (top or 0.0)
+    return values > max(threshold * top, torch.finfo(torch.float64).tiny)
+
+
+def _pca(gram: GramResult, opts: LibOptions, threshold: float) -> tuple[Tensor, Tensor]:
+    """``(D, U)`` of the covariance (``center``) or Gram matrix, truncated."""
+    evals, evecs = _sorted_eigh(gram.gram)
+    keep = _keep(evals, threshold, opts.truncation)
+    return evals[keep].clamp_min(0), evecs[:, keep]
+
+
 def interaction_basis(
     model: nn.Module,
-    data: Iterable[Any],
+    data: Any,
     layers: Sequence[str],
     method: str = "lib",
     *,
+    variant: str = "rib",
     center: bool | None = None,
+    constant: bool | None = None,
+    formula: str | None = None,
+    integration: str | None = None,
+    steps: int | None = None,
+    sequence: str | None = None,
+    rotate_final: bool | None = None,
+    truncation: str | None = None,
     gram_threshold: float = 1e-10,
     interaction_threshold: float = 1e-10,
     drop_noninteracting: bool = True,
-    chunk_size: int = 256,
+    feature_dim: int | dict[str, int] | None = None,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
     mode: str = "auto",
     progress: bool | None = None,
     distributed: bool = False,
 ) -> Basis:
-    """A basis for the activations at each of ``layers``: LIB or a control.
+    """A basis for the activations at each of ``layers``: LIB (as rib runs it by default) or a control.
 
     Args:
         model: The network (eval mode).
-        data: A re-iterable of batches ``(inputs, targets)`` or bare inputs (several passes).
+        data: One batch (a tensor, dict or ``(inputs, targets)`` tuple), a list of batches, a
+            ``DataLoader``, or a one-shot iterator (kept in memory for the several passes needed);
+            see :mod:`wdecomp.batch`.
         layers: Hook points in forward order (``["embed", "mlp.act", "unembed"]``).
-        method: ``"lib"`` (arXiv 2405.10928 sec. 2), ``"pca"``, ``"neuron"`` or ``"jacobian"``.
-        center: Subtract the mean activation before the basis (default: ``True`` for ``"pca"``,
-            ``False`` otherwise, as in the paper's uncentred Gram matrix). The mean is stored as
-            ``LayerBasis.center``.
-        gram_threshold: Gram eigenvalues ``<= gram_threshold * max`` are null directions, dropped.
-        interaction_threshold: ``M`` eigenvalues ``<= interaction_threshold * max`` are
-            non-interacting directions.
-        drop_noninteracting: Drop those (the paper) or keep them unscaled (the basis then stays
-            invertible on the data's span, so the network is unchanged exactly).
-        chunk_size: Examples per ``vmap`` Jacobian call (bounds memory).
+        method: ``"lib"``, ``"pca"`` (rib's ``"svd"``), ``"neuron"`` or ``"jacobian"`` (module docstring).
+        variant: ``"rib"`` (default; the paper's configuration), ``"wdecomp-uncentred"`` or
+            ``"wdecomp-centred"`` (:data:`VARIANTS`); the options below override it one by one.
+        center: Centre the activations (``LayerBasis.center`` holds the mean).
+        constant: Constant node first (biases folded in; :mod:`wdecomp.bases.section`).
+        formula: rib's ``basis_formula`` (:data:`FORMULAS`).
+        integration: ``"gradient"`` or a quadrature rule for ``M`` (integrated-gradient M).
+        steps: Quadrature nodes.
+        sequence: ``"per-position"`` (rib) or ``"summed"``.
+        rotate_final: Rotate the last hook point to its PCA basis.
+        truncation: ``"relative"`` or ``"absolute"`` (rib's ``truncation_threshold``).
+        gram_threshold: Covariance (Gram) eigenvalues at or below it are null directions, dropped.
+        interaction_threshold: ``Lambda`` at or below it: non-interacting directions.
+        drop_noninteracting: Drop those (rib) or keep them unscaled (then the basis stays
+            invertible on the data's span and the network is unchanged exactly).
+        feature_dim: The feature axis of the activations, one for all hook points or per point
+            (default: channels for convolutions and 4-D/5-D activations, else the last axis).
+            Every other axis is a position.
+        chunk_size: Examples per vectorised Jacobian call; default from ``max_memory``.
+        max_memory: Memory budget in bytes for one chunk's Jacobians (default a quarter of the
+            memory available).
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
         progress: Progress bar over layers.
         distributed: ``data`` is this rank's shard: Gram and interaction matrices are
             all-reduced (:mod:`wdecomp.distributed`); every rank computes the same basis.
 
     Returns:
-        A :class:`Basis` with ``basis[layer].transform`` ``(k, d)``, ``.inverse`` ``(d, k)``,
-        ``.eigenvalues`` ``(k,)`` (``Lambda`` for LIB/Jacobian, ``D`` for PCA and the last layer).
+        A :class:`Basis`; ``basis[layer].eigenvalues`` are ``Lambda`` (LIB; the constant's first),
+        ``D`` (PCA) or ``M``'s eigenvalues (``"jacobian"``); ``basis.info`` records every option.
 
     Raises:
         SelectionError: A hook point does not exist, or ``layers`` is not in forward order.
         NonFiniteError: NaN or infinite activations or Jacobians.
+        DataError: Malformed or empty data.
+        DenseTooLargeError: Out of memory (names ``chunk_size`` / ``max_memory``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {METHODS}")
-    if not isinstance(data, (list, tuple)):
-        data = list(data)
-    keys = _check_layers(model, data, layers)
-    center = (method == "pca") if center is None else bool(center)
-    grams = gram_matrices(model, data, keys, center=center, progress=progress, distributed=distributed)
+    opts = _options(variant, dict(center=center, constant=constant, formula=formula, integration=integration,
+                                  steps=steps, sequence=sequence, rotate_final=rotate_final, truncation=truncation))
+    if method == "neuron" or (method == "jacobian" and constant is None):
+        opts = LibOptions(**{**opts.__dict__, "constant": False})
+    batches = as_batches(data, what="interaction_basis")
+    first = next(iter(batches), None)
+    if first is None:
+        raise DataError("the data hold no batches")
+    first_inputs = split(first)[0]
+    keys = _check_layers(model, first_inputs, layers)
+    probe = next(iter(chunks(first_inputs, 1)))
+    acts = hooks.run(model, probe, read=keys)[1]
+    fdims = feature_dim if isinstance(feature_dim, dict) else dict.fromkeys(keys, feature_dim)
+    fdims = {str(hooks.HookPoint.parse(k)): v for k, v in fdims.items()}
+    axes = {k: feature_axis(model, k, acts[k].dim(), fdims.get(k)) for k in keys}
+    center_ = opts.center and method != "neuron"
+    grams = gram_matrices(model, batches, keys, center=center_, progress=progress, distributed=distributed,
+                          feature_dim={k: axes[k] for k in keys})
+    out = hooks.run(model, probe)[0]
+    is_output = {k: isinstance(out, Tensor) and out.shape == acts[k].shape and torch.equal(out, acts[k])
+                 for k in keys}
     info: dict[str, Any] = {
-        "gram_threshold": gram_threshold, "interaction_threshold": interaction_threshold,
-        "drop_noninteracting": drop_noninteracting, "center": center,
-        "examples": grams[keys[0]].examples, "reference": "Bushnaq et al. 2024, arXiv 2405.10928, sec. 2",
+        **opts.__dict__, "variant": variant, "gram_threshold": gram_threshold,
+        "interaction_threshold": interaction_threshold, "drop_noninteracting": drop_noninteracting,
+        "examples": grams[keys[0]].examples, "feature_axes": axes,
+        "reference": "Bushnaq et al. 2024, arXiv 2405.10928, sec. 2; rib calculate_interaction_rotations",
     }
     bases: dict[str, LayerBasis] = {}
     if method in ("neuron", "pca"):
         for key in keys:
-            bases[key] = _static_basis(grams[key], method, gram_threshold)
+            bases[key] = _static_basis(grams[key], method, opts, gram_threshold, not is_output[key])
         return Basis(tuple(keys), bases, method, model_signature(model), info)
 
     bar = progress_bar(len(keys), desc=f"{method} basis", enabled=progress)
     with bar:
         last = keys[-1]
-        bases[last] = _static_basis(grams[last], "pca", gram_threshold, method=method)
+        kind = "pca" if opts.rotate_final else "identity"
+        bases[last] = _static_basis(grams[last], kind, opts, gram_threshold, not is_output[last], method=method)
         bar.update(1)
         for i in range(len(keys) - 2, -1, -1):
             key, nxt = keys[i], bases[keys[i + 1]]
-            M = interaction_matrix(model, data, key, keys[i + 1], nxt.transform, chunk_size=chunk_size, mode=mode,
-                                   distributed=distributed)
-            bases[key] = _interaction_layer(
-                grams[key], M, method, gram_threshold, interaction_threshold, drop_noninteracting
-            )
+            moments = _moments(model, batches, key, keys[i + 1], nxt, opts, fdims, axes, chunk_size, max_memory,
+                               mode, distributed)
+            bases[key] = _interaction_layer(grams[key], moments, method, opts, gram_threshold, interaction_threshold,
+                                            drop_noninteracting)
             bar.update(1)
     return Basis(tuple(keys), {k: bases[k] for k in keys}, method, model_signature(model), info)
 
 
-def _static_basis(gram: GramResult, kind: str, threshold: float, *, method: str | None = None) -> LayerBasis:
+@dataclass
+class _Moments:
+    M: Tensor  # (D, D) over [f; s] (or f)
+    Lam: Tensor | None  # Lambda' for the alpha formulas
+
+
+def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str, target_basis: LayerBasis,
+             opts: LibOptions, fdims: dict[str, int | None], axes: dict[str, int], chunk_size: int | None,
+             max_memory: int | None, mode: str, distributed: bool) -> _Moments:
+    """rib's ``M'`` (and ``Lambda'``) for one layer pair, streamed over the data."""
+    nodes, weights = quadrature(opts.steps, opts.integration)
+    M: Tensor | None = None
+    Lam: Tensor | None = None
+    count, positions = 0, 1
+    pair = None
+    size = 1
+    what = f"LIB {source} -> {target}"
+    for batch in batches:
+        inputs = split(batch)[0]
+        if pair is None:
+            probe = next(iter(chunks(inputs, 1)))
+            pair = _pair(model, probe, source, target, target_basis, opts.constant, {source: axes[source],
+                                                                                     target: axes[target]})
+            size = plan_chunk(_per_example_bytes(model, probe, source, target, target_basis.size, 1),
+                              chunk_size, max_memory, what)
+        for x in chunks(inputs, size):
+            with memory_guard(what, size):
+                acts = hooks.run(model, x, read=[source, target])[1]
+                a = pair.rows(acts)
+                grads: Tensor | None = None
+                if opts.formula != "jacobian":
+                    with torch.no_grad():
+                        h1 = vmap(pair.fn)(a, x)
+                for alpha, w, J in zip(nodes.tolist(), weights.tolist(),
+                                       batched_jacobians(pair.fn, a, x, nodes, mode)):
+                    J = J.to(torch.float64)
+                    if opts.formula == "jacobian":
+                        grads = w * J if grads is None else grads + w * J
+                        continue
+                    if opts.formula == "(1-0)*alpha":
+                        coef = h1
+                    else:
+                        with torch.no_grad():
+                            coef = 2 * (h1 - vmap(pair.fn)(alpha * a, x))
+                    g = w * torch.einsum("btk,btkpj->bpj", coef.to(torch.float64), J)
+                    grads = g if grads is None else grads + g
+            assert grads is not None
+            if not torch.isfinite(grads).all():
+                raise NonFiniteError(f"Jacobian d '{target}' / d '{source}' contains NaN or inf")
+            if opts.formula == "jacobian":
+                part, positions = _second_moment(grads, opts.sequence)
+            else:
+                positions = grads.shape[1]
+                part = torch.einsum("bpi,bpj->ij", grads, grads)
+                lam = torch.einsum("bpi,bpj->ij", grads, a.to(torch.float64))
+                Lam = lam if Lam is None else Lam + lam
+            M = part if M is None else M + part
+            count += num_examples(x)
+    if M is None or count == 0:
+        raise DataError("the data hold no examples")
+    if distributed:
+        extra = [Lam] if Lam is not None else []
+        reduced = all_reduce_sum_many([M, torch.tensor([float(count)], dtype=torch.float64), *extra])
+        M, count = reduced[0], int(reduced[1][0])
+        Lam = reduced[2] if Lam is not None else None
+    norm = count * (positions if opts.sequence == "per-position" else 1)
+    M = M / norm
+    return _Moments((M + M.T) / 2, None if Lam is None else Lam / norm)
+
+
+def _identity(point: str, d: int, constant: bool, method: str) -> LayerBasis:
+    eye = torch.eye(d, dtype=torch.float64)
+    if not constant:
+        return LayerBasis(point, eye, eye.clone(), torch.ones(d, dtype=torch.float64), None, method)
+    C = torch.cat([torch.zeros(1, d, dtype=torch.float64), eye])
+    return LayerBasis(point, C, C.T.contiguous(), torch.ones(d + 1, dtype=torch.float64), None, method, 1.0)
+
+
+def _static_basis(gram: GramResult, kind: str, opts: LibOptions, threshold: float, allow_constant: bool, *,
+                  method: str | None = None) -> LayerBasis:
     name = method or kind
+    constant = opts.constant and allow_constant
+    if kind in ("neuron", "identity"):
+        if kind == "neuron":
+            d = gram.dim
+            eye = torch.eye(d, dtype=torch.float64)
+            return LayerBasis(gram.point, eye, eye.clone(), gram.gram.diagonal().clone(), None, "neuron")
+        return _identity(gram.point, gram.dim, constant, name)
+    D, U = _pca(gram, opts, threshold)
     mu = gram.mean if gram.centered else None
-    if kind == "neuron":
-        d = gram.dim
-        eye = torch.eye(d, dtype=torch.float64)
-        return LayerBasis(gram.point, eye, eye.clone(), gram.gram.diagonal().clone(), mu, "neuron")
-    D, U = gram.eigh(threshold)
-    return LayerBasis(gram.point, U.T.contiguous(), U.contiguous(), D, mu, name)
+    if not constant:
+        return LayerBasis(gram.point, U.T.contiguous(), U.contiguous(), D, mu, name)
+    d = gram.dim
+    C = torch.cat([torch.zeros(1, d, dtype=torch.float64), U.T])
+    Cinv = torch.cat([torch.zeros(d, 1, dtype=torch.float64), U], dim=1)
+    ev = torch.cat([torch.ones(1, dtype=torch.float64), D])
+    return LayerBasis(gram.point, C.contiguous(), Cinv.contiguous(), ev, mu, name, 1.0)
 
 
-def _interaction_layer(gram: GramResult, M: Tensor, method: str, gram_threshold: float,
+def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOptions, gram_threshold: float,
                        interaction_threshold: float, drop: bool) -> LayerBasis:
-    D, U = gram.eigh(gram_threshold)
+    D, U = _pca(gram, opts, gram_threshold)
     mu = gram.mean if gram.centered else None
-    if method == "lib":
-        s = D.sqrt()
-        Mw = (U * s).T @ M @ (U * s)  # D^{1/2} U^T M U D^{1/2}, step L3 in whitened coordinates
-        lam, V = _sorted_eigh(Mw)
+    d = gram.dim
+    M = mom.M
+    if method == "jacobian":  # wdecomp's control: no whitening, no scaling, no constant
+        lam, V = _sorted_eigh(U.T @ M[:d, :d] @ U)
         lam = lam.clamp_min(0)
-        live = lam > interaction_threshold * float(lam[0]) if lam.numel() else lam > 0
         if drop:
+            live = _keep(lam, interaction_threshold, opts.truncation)
             lam, V = lam[live], V[:, live]
-            scale = lam.sqrt()
+        return LayerBasis(gram.point, (V.T @ U.T).contiguous(), (U @ V).contiguous(), lam.contiguous(), mu, method)
+    s = D.sqrt()
+    W = U * s  # (d, r): whitened -> centred activations
+    if opts.constant:
+        P = torch.zeros(d + 1, W.shape[1] + 1, dtype=torch.float64)
+        P[:d, 0], P[d, 0], P[:d, 1:] = mu, 1.0, W
+    else:
+        P = W
+    Mz = P.T @ M @ P
+    off = 1 if opts.constant else 0
+    lam, V = _sorted_eigh(Mz[off:, off:])
+    if opts.formula != "jacobian":  # rib: Lambda is the attribution, directions sorted by it
+        assert mom.Lam is not None
+        Pplus = torch.zeros_like(P.T)
+        if opts.constant:
+            Pplus[0, d] = 1.0
+            Pplus[1:, :d] = (U / s).T
+            Pplus[1:, d] = -(U / s).T @ mu
         else:
-            scale = torch.where(live, lam.sqrt(), torch.ones_like(lam))
-        # C = Lambda^{1/2} V^T D^{-1/2} U^T  and  C^+ = U D^{1/2} V Lambda^{-1/2}  (step L3)
-        C = scale[:, None] * (V.T @ (U / s).T)
-        Cinv = ((U * s) @ V) / scale[None, :]
-    else:  # "jacobian": the same rotation without whitening or scaling
-        lam, V = _sorted_eigh(U.T @ M @ U)
+            Pplus = (U / s).T
+        Lz = P.T @ mom.Lam @ Pplus.T
+        lam = torch.einsum("ij,ik,kj->j", V, Lz[off:, off:], V).abs()
+        order = torch.argsort(lam, descending=True)
+        lam, V = lam[order], V[:, order]
+        lam0 = Lz[0, 0].abs() if opts.constant else None
+    else:
         lam = lam.clamp_min(0)
-        live = lam > interaction_threshold * float(lam[0]) if lam.numel() else lam > 0
-        if drop:
-            lam, V = lam[live], V[:, live]
-        C = V.T @ U.T
-        Cinv = U @ V
-    return LayerBasis(gram.point, C.contiguous(), Cinv.contiguous(), lam.contiguous(), mu, method)
+        lam0 = Mz[0, 0].clamp_min(0) if opts.constant else None
+    top = max(float(lam.max()) if lam.numel() else 0.0, float(lam0) if lam0 is not None else 0.0)
+    live = _keep(lam, interaction_threshold, opts.truncation, top)
+    if drop:
+        lam, V = lam[live], V[:, live]
+        scale = lam.sqrt()
+    else:
+        scale = torch.where(live, lam.sqrt(), torch.ones_like(lam))
+    # c = Lambda^{1/2} V^T D^{-1/2} U^T (f - mu s)  and  C^+ = U D^{1/2} V Lambda^{-1/2}
+    C = scale[:, None] * (V.T @ (U / s).T)
+    Cinv = (W @ V) / scale[None, :]
+    if lam0 is None:
+        return LayerBasis(gram.point, C.contiguous(), Cinv.contiguous(), lam.contiguous(), mu, method)
+    value = math.sqrt(float(lam0)) if float(lam0) > 0 else 1.0
+    C = torch.cat([torch.zeros(1, d, dtype=torch.float64), C])
+    Cinv = torch.cat([torch.zeros(d, 1, dtype=torch.float64), Cinv], dim=1)
+    ev = torch.cat([lam0.reshape(1), lam])
+    return LayerBasis(gram.point, C.contiguous(), Cinv.contiguous(), ev.contiguous(), mu, method, value)

@@ -1,0 +1,316 @@
+"""The map from one hook point to the next, with the bias folded in as a constant input.
+
+For hook points ``l`` (source) and ``l+1`` (target) the *section* ``F_x: f^l -> f^{l+1}`` is the
+network between them on input ``x`` (everything not downstream of ``l`` held at its value on
+``x``). LIB as rib runs it (Bushnaq et al. 2024, arXiv 2405.10928, sec. 2; rib's folded biases,
+``MLP.fold_bias`` / ``has_folded_bias``) extends each position's activation by a constant
+``s``, ``a = [f; s]`` with ``s = 1`` on the data, multiplies every bias inside the section by the
+``s`` of the position it is added at, and passes the constant on to the next layer:
+
+    F~_x([f; s]) = [F_{x,s}(f); s],        F_{x,1} = F_x.
+
+So the whole section is a function of ``a`` alone, scaling ``a -> alpha a`` scales the biases
+too (the path of rib's integrated gradients, whose baseline is the all-zero input), and
+``d F~ / d s`` at ``s = 1`` is the derivative along the biases.
+
+**Which biases.** The direct ``bias`` parameters of the modules whose forward pass ends after the
+source activation is produced and no later than the target (their call order in one forward
+pass), for the module types whose bias is added to the output (``Linear``, ``Conv1d/2d/3d``,
+``LayerNorm``, ``GroupNorm``, ``BatchNorm``): at an output position ``p`` (every axis but the
+batch axis and the module's channel axis) the bias is scaled by ``s_p``, ``p`` counted like the
+source's positions; a module with one position uses the mean of ``s`` over source positions.
+Any other parameter named ``*bias`` inside the section (e.g. ``nn.MultiheadAttention``'s
+``in_proj_bias``) cannot be scaled per position and is refused (build without a constant node).
+This is rib's folding exactly for linear maps, ReLU/identity activations (``relu(s) = s``) and
+attention; rib passes the constant of a GELU MLP through the GELU (``fold_mlp_in``'s
+``root_one``), which this does not do. Additive parameters not named bias (positional embeddings)
+are not scaled.
+
+**Feature axis.** A hook point's activation ``(B, *rest)`` has one feature axis (``feature_dim``);
+every other axis is a position (token, pixel), as rib treats sequence positions. Default: axis 1
+for a convolution, batch-norm or pooling module and for 4-D/5-D activations (channels first, the
+PyTorch image convention), otherwise the last axis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wdecomp import hooks
+from wdecomp.batch import add_example_axis
+from wdecomp.errors import DenseTooLargeError, SelectionError, ShapeError
+
+__all__ = ["RULES", "Section", "available_memory", "feature_axis", "from_rows", "memory_guard", "plan_chunk",
+           "quadrature", "section_biases", "to_rows"]
+
+_CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
+                   nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.GroupNorm,
+                   nn.modules.instancenorm._InstanceNorm)
+_BIAS_LAST = (nn.Linear, nn.LayerNorm)
+_BIAS_CHANNEL = (nn.modules.conv._ConvNd, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def feature_axis(model: nn.Module, point: str, ndim: int, feature_dim: int | None = None) -> int:
+    """The feature axis (``>= 1``) of the activation at ``point`` with ``ndim`` axes (batch first).
+
+    Args:
+        model: The network.
+        point: The hook point.
+        ndim: Number of axes of the activation, batch axis included.
+        feature_dim: Explicit axis (negative counts from the end), or ``None`` for the default
+            (module docstring).
+    """
+    if ndim < 2:
+        return 1 if ndim == 1 else 0
+    if feature_dim is not None:
+        axis = feature_dim % ndim
+        if axis == 0:
+            raise ShapeError(f"feature_dim={feature_dim} at '{point}' is the batch axis; name the feature axis")
+        return axis
+    module = hooks.resolve_module(model, hooks.HookPoint.parse(point).module)
+    if isinstance(module, _CHANNELS_FIRST) or ndim >= 4:
+        return 1
+    return ndim - 1
+
+
+def to_rows(a: Tensor, axis: int) -> Tensor:
+    """``(B, ...)`` with features on ``axis`` -> ``(B, P, d)`` (positions in row-major order)."""
+    if a.dim() == 1:
+        return a.reshape(-1, 1, 1)
+    return a.movedim(axis, -1).reshape(a.shape[0], -1, a.shape[axis])
+
+
+def from_rows(r: Tensor, shape: Sequence[int], axis: int) -> Tensor:
+    """Inverse of :func:`to_rows`: ``(B, P, d)`` -> ``shape`` (batch first, features on ``axis``)."""
+    shape = list(shape)
+    if len(shape) == 1:
+        return r.reshape(shape)
+    moved = shape[:axis] + shape[axis + 1:] + [shape[axis]]
+    return r.reshape(moved).movedim(-1, axis)
+
+
+def _position_scale(s: Tensor, n: int, where: str) -> Tensor:
+    """The constant for ``n`` positions from the source's ``(P_s,)`` constants."""
+    if n == s.shape[-1]:
+        return s
+    if n == 1:
+        return s.mean(-1, keepdim=True)
+    raise ShapeError(f"{where} has {n} positions and the source {s.shape[-1]}: cannot tell which position's "
+                     f"constant scales it; build the basis without a constant node (constant=False)")
+
+
+def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> list[str]:
+    """Names of the modules whose biases scale with the constant between ``source`` and ``target``.
+
+    Found from the call order in one forward pass on ``inputs`` (module docstring).
+
+    Raises:
+        SelectionError: A module in the section holds a bias that cannot be folded.
+    """
+    clock: list[str] = []
+    stamps: dict[str, int] = {}
+
+    def stamp_module(name: str) -> Any:
+        def hook(_m: nn.Module, _a: tuple, _k: dict, _out: Any) -> None:
+            stamps.setdefault(name, len(clock))
+            clock.append(name)
+
+        return hook
+
+    def stamp_point(key: str) -> Any:
+        def put(_f: Tensor) -> None:
+            stamps.setdefault(f"@{key}", len(clock))
+            clock.append(f"@{key}")
+
+        return put
+
+    named = [(n, m) for n, m in model.named_modules() if n]
+    # module stamps first: on one module, its own stamp precedes a point's (so a target's module is
+    # inside the section and a source's module is not)
+    with hooks.edit(model, modules={n: stamp_module(n) for n, _ in named}), \
+            hooks.observe(model, {source: stamp_point(source), target: stamp_point(target)}), torch.no_grad():
+        hooks.call(model, inputs)
+    t_s, t_t = stamps.get(f"@{source}"), stamps.get(f"@{target}")
+    if t_s is None or t_t is None:
+        raise SelectionError(f"hook points '{source}' and '{target}' are not both reached in the forward pass")
+    found = []
+    for name, module in named:
+        t = stamps.get(name)
+        if t is None or not t_s < t <= t_t:
+            continue
+        own = [p for p, _ in module.named_parameters(recurse=False) if "bias" in p]
+        if not own:
+            continue
+        if own == ["bias"] and isinstance(module, _BIAS_LAST + _BIAS_CHANNEL):
+            found.append(name)
+        else:
+            raise SelectionError(
+                f"module '{name}' ({type(module).__name__}) between '{source}' and '{target}' holds {own}, which "
+                f"cannot be scaled by a per-position constant; build the basis without a constant node "
+                f"(constant=False) or choose hook points around it")
+    return found
+
+
+@dataclass(frozen=True)
+class Section:
+    """The section ``a^l -> a^{l+1}`` for one example (module docstring), for ``torch.func``.
+
+    Attributes:
+        model: The network.
+        source: Source hook point.
+        target: Target hook point.
+        source_shape: Per-example shape of the source activation (no batch axis).
+        source_axis: Feature axis of the source activation (batch axis counted).
+        target_axis: Feature axis of the target activation.
+        biases: Module names whose biases scale with the constant (``()`` without a constant).
+        constant: Whether the source carries a constant coordinate ``s``.
+    """
+
+    model: nn.Module
+    source: str
+    target: str
+    source_shape: tuple[int, ...]
+    source_axis: int
+    target_axis: int
+    biases: tuple[str, ...] = ()
+    constant: bool = False
+
+    def _bias_hook(self, s: Tensor, name: str) -> Any:
+        def hook(module: nn.Module, _a: tuple, _k: dict, out: Tensor) -> Tensor:
+            channel = out.dim() - 1 if isinstance(module, _BIAS_LAST) else 1
+            shape = [1] * out.dim()
+            shape[channel] = module.bias.shape[0] if module.bias.dim() == 1 else out.shape[channel]
+            bias = module.bias.reshape(shape) if module.bias.dim() == 1 else module.bias
+            positions = [out.shape[i] for i in range(1, out.dim()) if i != channel]
+            n = 1
+            for p in positions:
+                n *= p
+            sp = _position_scale(s, n, f"module '{name}'").reshape([1, *positions])
+            sp = sp.unsqueeze(channel) if out.dim() > 1 else sp.reshape(1)
+            return out + (sp - 1) * bias
+
+        return hook
+
+    def __call__(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
+        """``(P_s, d_s [+ 1]) -> ((P_t, d_t), (P_t,) or None)``: the target rows and its constant.
+
+        ``a`` holds the source activation rows (the last column is ``s`` when ``constant``); ``x``
+        is the example's inputs without a batch axis.
+        """
+        s = a[:, -1] if self.constant else None
+        f = a[:, :-1] if self.constant else a
+        value = from_rows(f.unsqueeze(0), (1, *self.source_shape), self.source_axis)
+        modules = {n: self._bias_hook(s, n) for n in self.biases} if s is not None else {}
+        with hooks.edit(self.model, modules=modules):
+            _, acts = hooks.run(self.model, add_example_axis(x), read=[self.target], write={self.source: value})
+        rows = to_rows(acts[self.target], self.target_axis)[0]
+        s_t = None if s is None else _position_scale(s, rows.shape[0], f"target '{self.target}'")
+        return rows, s_t
+
+
+
+# ----------------------------------------------------------------------------- quadrature
+RULES = ("gradient", "gauss-legendre", "midpoint", "trapezoid", "trapezoidal")
+
+
+def quadrature(steps: int, rule: str = "gauss-legendre") -> tuple[Tensor, Tensor]:
+    """Nodes ``alpha_m`` and weights ``w_m`` of a rule for ``int_0^1 g(alpha) d alpha``, float64.
+
+    Args:
+        steps: Number of nodes (``>= 1``; ``>= 2`` for ``"trapezoid"``; ``1`` for ``"gradient"``).
+        rule: ``"gradient"`` (one node at ``alpha = 1``, weight 1: plain gradients, rib's
+            ``integration_method="gradient"``), ``"gauss-legendre"`` (roots of the Legendre
+            polynomial mapped to ``[0, 1]``; rib's ``_gauss_legendre_weights`` with
+            ``n_intervals = steps - 1``), ``"midpoint"`` (``(m + 1/2) / steps``),
+            ``"trapezoid"`` (``m / (steps - 1)``, half weights at the ends) or ``"trapezoidal"``
+            (rib's ``_trapezoidal_weights``: ``steps`` equally spaced nodes in
+            ``[eps, 1 - eps]``, ``eps = 10^-3 / steps``, weights ``1 / (steps - 1)`` halved at the
+            ends; ``steps = 1`` is the single node ``1/2``).
+
+    Returns:
+        ``(nodes, weights)``, each of shape ``(steps,)``; the weights sum to 1.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not '{rule}'")
+    least = {"trapezoid": 2}.get(rule, 1)
+    if steps < least or (rule == "gradient" and steps != 1):
+        raise ValueError(f"{rule} quadrature needs {'exactly 1' if rule == 'gradient' else f'at least {least}'} "
+                         f"steps, got {steps}")
+    if rule == "gradient":
+        return torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    if rule == "gauss-legendre":
+        x, w = np.polynomial.legendre.leggauss(steps)
+        return torch.as_tensor((x + 1) / 2), torch.as_tensor(w / 2)
+    if rule == "midpoint":
+        nodes = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+        return nodes, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    if rule == "trapezoidal" and steps == 1:
+        return torch.full((1,), 0.5, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    eps = 1e-3 / steps if rule == "trapezoidal" else 0.0
+    nodes = torch.linspace(eps, 1 - eps, steps, dtype=torch.float64)
+    w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+    w[0] = w[-1] = 0.5 / (steps - 1)
+    return nodes, w
+
+
+# ----------------------------------------------------------------------------- memory
+def available_memory() -> int:
+    """Bytes of memory available now (``os.sysconf``; 4 GiB where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None, what: str) -> int:
+    """Examples per vectorised Jacobian call.
+
+    ``chunk_size`` if given; else the most examples whose estimated working set,
+    ``per_example`` bytes each, fits in ``max_memory`` (default: a quarter of the memory
+    available now). An estimate is printed to stderr when one chunk needs over 1 GiB.
+
+    Raises:
+        ValueError: ``chunk_size < 1`` or ``max_memory <= 0``.
+        DenseTooLargeError: one example alone exceeds ``max_memory``.
+    """
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        size = chunk_size
+    else:
+        budget = available_memory() // 4 if max_memory is None else int(max_memory)
+        if budget <= 0:
+            raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
+        if per_example > budget:
+            raise DenseTooLargeError(
+                f"{what}: one example needs about {per_example / 2**30:.2f} GiB of Jacobians, over the memory "
+                f"budget of {budget / 2**30:.2f} GiB; raise max_memory= (CLI --max-memory) or choose fewer/smaller "
+                f"hook points")
+        size = max(1, min(4096, budget // max(per_example, 1)))
+    if size * per_example > 1 << 30:
+        print(f"wdecomp: {what}: {size} examples per chunk, about {size * per_example / 2**30:.1f} GiB each "
+              f"(set chunk_size= / max_memory= to change)", file=sys.stderr)
+    return size
+
+
+@contextmanager
+def memory_guard(what: str, chunk: int) -> Iterator[None]:
+    """Turn an allocation failure inside the block into a :class:`DenseTooLargeError` naming the knobs."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text:
+            raise DenseTooLargeError(
+                f"{what} ran out of memory with {chunk} examples per chunk; pass a smaller chunk_size= or "
+                f"max_memory= (CLI: --chunk-size / --max-memory)") from exc
+        raise
