@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from wdecomp import __version__
 from wdecomp.errors import WdecompError
 
 # command -> one-line summary; the command's code lives in the module wdecomp.cli.<command>
@@ -49,7 +50,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="wdecomp", description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"wdecomp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands (wdecomp COMMAND --help for its options)")
     for name, summary in COMMANDS.items():
@@ -59,12 +60,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             module.configure(p)
             p.set_defaults(run=module.run)
     return parser
-
-
-def _version() -> str:
-    from wdecomp import __version__  # the package's own __init__, already imported: no cost
-
-    return f"wdecomp {__version__}"
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -79,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 success, 1 a wdecomp error, 2 a usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
-    args = build_parser(only=_command(argv)).parse_args(argv)
+    parser = build_parser(only=_command(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser, so the message reads "wdecomp COMMAND: error: ..."
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.run(args)
     except WdecompError as exc:

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from wdecomp import models
+from wdecomp import batch, models
 from wdecomp.errors import DataError, SelectionError, WdecompError
 from wdecomp.io import atomic_write_text, check_writable
-from wdecomp.objective import move_batch
 
 
 @dataclass
@@ -85,14 +84,13 @@ def load_model(spec: str, *, loss: str | None = None, max_batches: int | None = 
     if next(model.parameters(), None) is None:
         raise SelectionError(f"the model from '{spec}' has no parameters")
     model = model.to(getattr(torch, dtype)).eval()
-    data = list(data) if not (isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[1])) \
-        else [tuple(data)]
+    data = list(batch.as_batches(data, what=f"the data of '{spec}'"))
     if not data:
         raise DataError(f"the model from '{spec}' came with no data batches")
     if max_batches is not None:
         data = data[:max_batches]
     device = next(model.parameters()).device
-    data = [move_batch(batch, device, getattr(torch, dtype)) for batch in data]
+    data = [batch.to(b, device, getattr(torch, dtype)) for b in data]
     loss_spec: Any = loss
     if loss_spec is None:
         if bundle is not None:

@@ -65,6 +65,8 @@ def load_law(name: str | None) -> Any:
 def run(args: argparse.Namespace) -> None:
     check_outputs(args, files=("plot",))
     law = load_law(args.law)
+    if args.at is not None and args.layers and args.at not in args.layers:
+        raise SelectionError(f"--at '{args.at}' is not one of --layers {','.join(args.layers)}; pick one of them")
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
     names = layers(loaded, args.layers)
     if args.at is not None and args.at not in names:

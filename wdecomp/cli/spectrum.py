@@ -7,6 +7,7 @@ import argparse
 from wdecomp.cli._args import add_common, name_list, positive_float, positive_int
 from wdecomp.cli._common import check_outputs, emit, load_model, wrote
 from wdecomp.cli._operator import OPERATORS, operator
+from wdecomp.errors import ArgumentError
 from wdecomp.spectral import eigh, slq_density
 
 
@@ -31,6 +32,9 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(args, files=("density",))
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
     op = operator(loaded, args.operator, args.params)
+    if args.k > op.shape[0]:
+        raise ArgumentError(f"--k {args.k} asks for more eigenpairs than the operator's size p = {op.shape[0]}; "
+                            f"give --k {op.shape[0]} or fewer")
     result = eigh(op, k=args.k, which=args.which, tol=args.tol, block_size=args.block_size, verify=args.verify,
                   seed=args.seed, progress=args.progress)
     emit(result, args)
