@@ -45,8 +45,26 @@ from wdecomp.scaling.published import (
     PUBLISHED,
     PUBLISHED_ERRORS,
 )
+from wdecomp.scaling.table import (
+    ComparabilityWarning,
+    EquivalentsTable,
+    LevelEquivalent,
+    check_reference,
+    equivalents_table,
+)
+from wdecomp.scaling.uncertainty import LawSamples, law_samples
+from wdecomp.scaling.units import LOSS_UNITS, convert_loss
 
 __all__ = [
+    "LOSS_UNITS",
+    "ComparabilityWarning",
+    "EquivalentsTable",
+    "LawSamples",
+    "LevelEquivalent",
+    "check_reference",
+    "convert_loss",
+    "equivalents_table",
+    "law_samples",
     "CHINCHILLA",
     "CHINCHILLA_TEX",
     "EPOCH",
