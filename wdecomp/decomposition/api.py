@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from wdecomp.ablation import loss_recovered
+from wdecomp.bases.protocol import ComponentModel, model_signature
 from wdecomp.batch import as_batches, split
 from wdecomp.decomposition.metrics import (
     GroundTruth,
@@ -43,7 +44,7 @@ from wdecomp.hooks import call
 from wdecomp.io import atomic_write
 from wdecomp.scaling import compute_equivalent
 
-__all__ = ["MASK_MODES", "MaskingReport", "SPDResult", "load_spd", "spd"]
+__all__ = ["MASK_MODES", "MaskingReport", "SPDGroup", "SPDResult", "load_spd", "spd"]
 
 MASK_MODES = ("unmasked", "importance", "stochastic", "rounded", "zero")
 """Masks compared by :meth:`SPDResult.masking_report`: ``m = 1``, ``m = g``, ``m = g + (1 - g) r``,
@@ -88,8 +89,72 @@ class MaskingReport:
 
 
 @dataclass(frozen=True, eq=False)
-class SPDResult:
-    """A trained decomposition of ``model``'s ``layers``.
+class SPDGroup:
+    """The ``C`` rank-one subcomponents of one weight matrix as a weight group of the component
+    protocol (:mod:`wdecomp.bases.protocol`): removing ``S`` gives ``W - U_S V_S`` (the part of ``W``
+    outside ``U V`` is kept), or its transpose when the parameter holds ``W^T``.
+
+    A tied pair (``linear2.weight = linear1.weight^T`` decomposed with shared factors) is *one*
+    group: the parameter is one matrix, so removing subcomponent ``c`` from it removes it from both
+    layers. Its importance is the larger of the two layers' mean causal importances.
+
+    Attributes:
+        label: The layer (``"linear1+linear2"`` for a tied pair).
+        module: The module that owns the parameter.
+        parameter: The parameter's name.
+        U: ``(d_out, C)``.
+        V: ``(C, d_in)``.
+        transposed: The parameter holds ``(U V)^T``.
+        importance: ``(C,)`` mean causal importance on the evaluation data (float64).
+    """
+
+    label: str
+    module: str
+    parameter: str
+    U: Tensor
+    V: Tensor
+    transposed: bool
+    importance: Tensor
+
+    @property
+    def hook(self) -> str:
+        return self.module
+
+    @property
+    def size(self) -> int:
+        return int(self.U.shape[1])
+
+    @property
+    def parameters(self) -> dict[str, tuple[int, ...]]:
+        shape = (self.U.shape[0], self.V.shape[1])
+        return {self.parameter: tuple(reversed(shape)) if self.transposed else shape}
+
+    def remove(self, weights: Mapping[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
+        """``{parameter: W - U[:, S] V[S, :]}`` (transposed for a transposed parameter)."""
+        W = weights[self.parameter]
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1).to(self.U.device)
+        if idx.numel() == 0:
+            return {self.parameter: W}
+        piece = (self.U[:, idx] @ self.V[idx, :]).to(dtype=W.dtype, device=W.device)
+        return {self.parameter: W - (piece.T if self.transposed else piece)}
+
+
+def _owning_parameter(model: nn.Module, layer: str, W: Tensor) -> tuple[str, bool] | None:
+    """The model parameter that holds ``W`` (``(name, False)``) or ``W^T`` (``(name, True)``)."""
+    for name, p in model.named_parameters():
+        if p.data_ptr() == W.data_ptr() and p.shape == W.shape and p.stride() == W.stride():
+            return name, False
+    for name, p in model.named_parameters():
+        if p.data_ptr() == W.data_ptr() and p.shape == W.T.shape and p.stride() == W.T.stride():
+            return name, True
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class SPDResult(ComponentModel):
+    """A trained decomposition of ``model``'s ``layers``, and a component model
+    (:class:`~wdecomp.bases.protocol.ComponentModel`): one :class:`SPDGroup` per decomposed weight
+    matrix, so ``ablate`` and ``ablation_sweep`` take it as it is.
 
     Attributes:
         model: The target model (frozen: its parameters no longer require gradients).
@@ -99,6 +164,8 @@ class SPDResult:
         loss: ``"mse"`` or ``"kl"``, the output divergence used in training.
         history: Loss term -> value at every step.
         info: Steps, seconds, CPU seconds, step resumed from.
+        mean_importance: Layer -> ``(C,)`` mean causal importance on the evaluation data.
+        signature: The model's parameter and buffer names and shapes.
     """
 
     model: nn.Module
@@ -108,6 +175,38 @@ class SPDResult:
     loss: str
     history: Mapping[str, list[float]] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
+    mean_importance: Mapping[str, Tensor] = field(default_factory=dict)
+    signature: Mapping[str, list[int]] | None = None
+
+    # ------------------------------------------------------------------ component protocol
+    @property
+    def groups(self) -> tuple[SPDGroup, ...]:
+        """One weight group per decomposed matrix (a tied pair is one group), in layer order."""
+        out: list[SPDGroup] = []
+        target = self._target()
+        for n in self.layers:
+            if n in self.tied and self.tied[n] in self.layers:
+                continue
+            found = _owning_parameter(self.model, n, target.weights[n])
+            if found is None:
+                raise TypeError(f"'{n}': no parameter of the model holds its weight (or its transpose), so its "
+                                "subcomponents cannot be removed by editing weights")
+            mates = [t for t, o in self.tied.items() if o == n and t in self.layers]
+            imp = self.mean_importance.get(n, torch.zeros(self.config.C, dtype=torch.float64))
+            for t in mates:
+                imp = torch.maximum(imp, self.mean_importance.get(t, imp))
+            U, V = self.factors(n)
+            out.append(SPDGroup("+".join([n, *mates]), n, found[0], U, V, found[1],
+                                imp.detach().to(torch.float64).cpu()))
+        return tuple(out)
+
+    def describe(self) -> str:
+        return "this SPD decomposition"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module) -> SPDResult:
+        """:func:`load_spd`."""
+        return load_spd(path, model)
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -160,6 +259,20 @@ class SPDResult:
         if W is None:
             W = self._target().weights[layer].detach()
         return mmcs_ml2r(W, U, V)
+
+    @torch.no_grad()
+    def mean_importances(self, data: Any) -> dict[str, Tensor]:
+        """Per layer, each subcomponent's mean importance over ``data`` (examples and positions), float64."""
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in as_batches(data, what="mean_importances()"):
+            inputs, _ = split(batch)
+            for n, g in self.importances(inputs).items():
+                flat = g.reshape(-1, g.shape[-1]).to(torch.float64)
+                sums[n] = flat.sum(0) + (sums[n] if n in sums else 0)
+                k = flat.shape[0]
+            count += k
+        return {n: v / count for n, v in sums.items()}
 
     @torch.no_grad()
     def max_importances(self, data: Any) -> dict[str, Tensor]:
@@ -294,12 +407,9 @@ class SPDResult:
         meta = {"format": _FORMAT, "version": _VERSION, "layers": list(self.layers), "tied": self.tied,
                 "shapes": {n: list(s) for n, s in self.spd_model.shapes.items()}, "config": self.config.to_dict(),
                 "loss": self.loss, "history": {k: list(v) for k, v in self.history.items()}, "info": dict(self.info),
-                "signature": _signature(self.model)}
+                "signature": model_signature(self.model),
+                "mean_importance": {n: v.tolist() for n, v in self.mean_importance.items()}}
         return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"wdecomp": json.dumps(meta)}))
-
-
-def _signature(model: nn.Module) -> dict[str, list[int]]:
-    return {n: list(p.shape) for n, p in model.named_parameters()}
 
 
 def _task_loss(name: str) -> Any:
@@ -319,7 +429,7 @@ def load_spd(path: str | os.PathLike, model: nn.Module) -> SPDResult:
     if meta.get("format") != _FORMAT:
         raise ModelMismatchError(f"{path} is not an SPD decomposition written by wdecomp "
                                  f"(format {meta.get('format')!r})")
-    if meta["signature"] != _signature(model):
+    if meta["signature"] != model_signature(model):
         raise ModelMismatchError(f"{path} was written for a model with other parameters; "
                                  "pass the model it was trained on")
     config = SPDConfig(**meta["config"])
@@ -329,7 +439,9 @@ def load_spd(path: str | os.PathLike, model: nn.Module) -> SPDResult:
     sm.load_state_dict(tensors)
     for p in model.parameters():
         p.requires_grad_(False)
-    return SPDResult(model, tuple(meta["layers"]), sm, config, meta["loss"], meta["history"], meta["info"])
+    imp = {n: torch.tensor(v, dtype=torch.float64) for n, v in meta.get("mean_importance", {}).items()}
+    return SPDResult(model, tuple(meta["layers"]), sm, config, meta["loss"], meta["history"], meta["info"], imp,
+                     model_signature(model))
 
 
 def spd(
@@ -388,4 +500,13 @@ def spd(
                               checkpoint_every=checkpoint_every, progress=progress)
     info = {"steps": rec.steps, "resumed_from": rec.resumed_from, "seconds": rec.seconds,
             "cpu_seconds": rec.cpu_seconds}
-    return SPDResult(model, tuple(layers), sm, cfg, kind, rec.history, info)
+    result = SPDResult(model, tuple(layers), sm, cfg, kind, rec.history, info, {}, model_signature(model))
+    return replace(result, mean_importance=result.mean_importances(_eval_batches(data, cfg)))
+
+
+def _eval_batches(data: Any, cfg: SPDConfig, n: int = 4) -> list[Any]:
+    """Evaluation data: ``n`` fresh batches (seeded apart from training) from a sampler, else the data."""
+    if callable(data) and not isinstance(data, nn.Module):
+        g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        return [data(cfg.batch_size, g) for _ in range(n)]
+    return list(as_batches(data, what="spd()"))

@@ -675,7 +675,8 @@ def _check_linear(target: _Target, inputs: Any) -> None:
     with torch.no_grad(), record(target.model, list(target.layers), detach=True) as outs:
         call(target.model, inputs)
     for n in target.layers:
-        expect = F.linear(acts[n], target.weights[n], target.bias(n))
+        with torch.no_grad():
+            expect = F.linear(acts[n], target.weights[n], target.bias(n))
         got = outs[n]
         scale = float(expect.detach().abs().max()) + 1e-12
         if got.shape != expect.shape or float((got - expect).abs().max()) > 1e-4 * scale + 1e-6:
