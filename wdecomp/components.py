@@ -45,7 +45,8 @@ from torch import Tensor, nn
 
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.curvature import CurvatureBasis
-from wdecomp.errors import ModelMismatchError, SelectionError, ShapeError
+from wdecomp.bases.protocol import ComponentModel
+from wdecomp.errors import SelectionError, ShapeError
 from wdecomp.hooks import HookPoint, ModuleHook, call, edit, resolve_module
 from wdecomp.io import atomic_write
 
@@ -146,8 +147,11 @@ def _static_adjacency(model: nn.Module, points: Sequence[str]) -> dict[str, dict
 
 
 @dataclass(frozen=True, eq=False)
-class Components(Sequence[Component]):
-    """The components of one model in one basis (see the module docstring).
+class Components(ComponentModel, Sequence[Component]):
+    """The components of one model in one basis (see the module docstring): a
+    :class:`~wdecomp.bases.protocol.ComponentModel` whose groups are the basis's (one
+    :class:`~wdecomp.bases.base.LayerBasis` per hook point, or one weight group of eigenvectors),
+    so ``ablate``, ``ablation_sweep`` and ``interaction_graph`` take it as it is.
 
     Attributes:
         basis: The :class:`Basis` or :class:`CurvatureBasis` they come from.
@@ -187,16 +191,17 @@ class Components(Sequence[Component]):
     def importances(self) -> Tensor:
         return torch.tensor([c.importance for c in self.components], dtype=torch.float64)
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise :class:`ModelMismatchError` unless ``model`` has the parameters these were built on."""
-        sig = model_signature(model)
-        if dict(sig) != {k: list(v) for k, v in self.signature.items()}:
-            missing = sorted(set(self.signature) - set(sig))[:5]
-            extra = sorted(set(sig) - set(self.signature))[:5]
-            raise ModelMismatchError(
-                f"these components were built on a different model (missing {missing}, extra {extra}, "
-                "or parameter shapes differ)"
-            )
+    @property
+    def groups(self) -> tuple[Any, ...]:
+        """The basis's groups (global index ``j`` is ``self[j]``)."""
+        return self.basis.groups
+
+    def describe(self) -> str:
+        return "these components"
+
+    def as_basis(self) -> Basis:
+        """The activation basis (for interaction graphs)."""
+        return self.basis.as_basis()
 
     def indices(self, keep: Iterable[Any] | Callable[[Component], bool] | None) -> list[int]:
         """Global indices of ``keep``: ``None`` (all), a predicate on :class:`Component`, global

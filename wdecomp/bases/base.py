@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from wdecomp.errors import ModelMismatchError, ShapeError
+from wdecomp.bases.protocol import ComponentModel, model_signature
+from wdecomp.errors import ShapeError
+from wdecomp.hooks import HookPoint
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class LayerBasis:
             descending.
         center: ``(d,)`` subtracted before ``C`` is applied, or ``None``.
         method: ``"lib"``, ``"pca"``, ``"neuron"``, ``"jacobian"``, ...
+        constant: With a constant node (LIB as rib runs it, arXiv 2405.10928 sec. 2 with the bias
+            folded in as a constant input ``[f; s]``, ``s = 1``; rib's ``move_const_dir_first``):
+            the value of coordinate 0 at ``s = 1``. Row 0 of ``transform`` and column 0 of
+            ``inverse`` are zero, and the maps are linear in ``[f; s]``:
+            ``c = C (f - mu s) + constant s e_0`` and ``s = c_0 / constant``,
+            ``f = C^+ c + mu s``. ``None``: no constant node (``s = 1`` always).
     """
 
     point: str
@@ -39,6 +47,7 @@ class LayerBasis:
     eigenvalues: Tensor
     center: Tensor | None = None
     method: str = "neuron"
+    constant: float | None = None
 
     def __post_init__(self) -> None:
         k, d = self.transform.shape
@@ -53,35 +62,72 @@ class LayerBasis:
         """``k``, the number of basis directions."""
         return self.transform.shape[0]
 
+    # ---- the activation-group protocol (wdecomp.bases.protocol.ActivationGroup)
+    @property
+    def label(self) -> str:
+        """The hook point, as reports name the group."""
+        return self.point
+
+    @property
+    def hook(self) -> str:
+        """The hook point in canonical form (``"mod"`` or ``"mod:input"``)."""
+        return str(HookPoint.parse(self.point))
+
+    @property
+    def importance(self) -> Tensor:
+        """``(k,)`` the eigenvalues, float64 on the CPU."""
+        return self.eigenvalues.detach().to(torch.float64).cpu()
+
+    @property
+    def parameters(self) -> dict[str, tuple[int, ...]]:
+        """An activation basis names no weights."""
+        return {}
+
+    def coordinates(self, f: Tensor) -> Tensor:
+        """:meth:`to_coordinates`."""
+        return self.to_coordinates(f)
+
+    def write(self, c: Tensor, idx: Tensor) -> Tensor:
+        """``C^+_{:, idx} c``: the contribution of directions ``idx`` with coordinates ``c``
+        (``(..., len(idx)) -> (..., d)``)."""
+        return c @ self.inverse[:, idx].T.to(c.dtype)
+
     @property
     def dim(self) -> int:
         """``d``, the width of the activation space."""
         return self.transform.shape[1]
 
     def to_coordinates(self, f: Tensor) -> Tensor:
-        """``c = C (f - mu)`` along the last axis of ``f`` (``(..., d) -> (..., k)``)."""
+        """``c = C (f - mu)`` along the last axis of ``f`` (``(..., d) -> (..., k)``); with a
+        constant node, coordinate 0 is ``constant`` (the activation taken at ``s = 1``)."""
         if f.shape[-1] != self.dim:
             raise ShapeError(f"activations at '{self.point}' have width {f.shape[-1]}, basis expects {self.dim}")
         if self.center is not None:
             f = f - self.center
-        return f @ self.transform.T.to(f.dtype)
+        c = f @ self.transform.T.to(f.dtype)
+        if self.constant is not None:
+            c = torch.cat([c[..., :1] + self.constant, c[..., 1:]], dim=-1)
+        return c
+
+    def scale_of(self, c: Tensor) -> Tensor | None:
+        """The constant input ``s = c_0 / constant`` of coordinates ``c`` (``(..., k) -> (..., 1)``),
+        or ``None`` without a constant node."""
+        return None if self.constant is None else c[..., :1] / self.constant
 
     def from_coordinates(self, c: Tensor) -> Tensor:
-        """``f = C^+ c + mu`` (``(..., k) -> (..., d)``)."""
+        """``f = C^+ c + mu`` (``(..., k) -> (..., d)``); with a constant node ``f = C^+ c + mu s``,
+        ``s = c_0 / constant`` (so scaling every coordinate scales ``[f; s]``)."""
         f = c @ self.inverse.T.to(c.dtype)
-        return f + self.center if self.center is not None else f
-
-
-def model_signature(model: nn.Module) -> dict[str, list[int]]:
-    """Names and shapes of a model's parameters and buffers: what a basis must be used with."""
-    sig = {n: list(p.shape) for n, p in model.named_parameters()}
-    sig.update({n: list(b.shape) for n, b in model.named_buffers()})
-    return sig
+        if self.center is None:
+            return f
+        s = self.scale_of(c)
+        return f + self.center if s is None else f + s * self.center.to(c.dtype)
 
 
 @dataclass(frozen=True)
-class Basis(Mapping[str, LayerBasis]):
-    """Bases for an ordered list of hook points of one model (``basis[point]``).
+class Basis(ComponentModel, Mapping[str, LayerBasis]):
+    """Bases for an ordered list of hook points of one model (``basis[point]``): a
+    :class:`~wdecomp.bases.protocol.ComponentModel` with one group (a :class:`LayerBasis`) per point.
 
     Attributes:
         layers: Hook points in forward order.
@@ -108,17 +154,16 @@ class Basis(Mapping[str, LayerBasis]):
     def __len__(self) -> int:
         return len(self.layers)
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise :class:`ModelMismatchError` unless ``model`` has the parameters this basis was fit on."""
-        sig = model_signature(model)
-        if dict(sig) != dict(self.signature):
-            missing = sorted(set(self.signature) - set(sig))[:5]
-            extra = sorted(set(sig) - set(self.signature))[:5]
-            changed = sorted(n for n in set(sig) & set(self.signature) if list(sig[n]) != list(self.signature[n]))[:5]
-            raise ModelMismatchError(
-                f"this {self.method} basis was fit on a different model (missing {missing}, extra {extra}, "
-                f"reshaped {changed})"
-            )
+    @property
+    def groups(self) -> tuple[LayerBasis, ...]:
+        """One group per hook point, in forward order."""
+        return tuple(self.bases[p] for p in self.layers)
+
+    def describe(self) -> str:
+        return f"this {self.method} basis"
+
+    def as_basis(self) -> Basis:
+        return self
 
 
 def neuron_basis(model: nn.Module, widths: Mapping[str, int] | Sequence[tuple[str, int]]) -> Basis:

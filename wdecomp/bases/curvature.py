@@ -29,14 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from wdecomp.bases.base import model_signature
+from wdecomp.bases.protocol import ComponentModel, WeightComponents, model_signature
 from wdecomp.curvature import ggn, hessian
-from wdecomp.errors import DenseTooLargeError, ModelMismatchError
+from wdecomp.errors import DenseTooLargeError
 from wdecomp.objective import Objective, resolve_loss
 from wdecomp.params import ParamSpec, select_parameters
 
@@ -68,8 +69,11 @@ def behavioural_objective(model: nn.Module, data: Iterable[Any]) -> Objective:
 
 
 @dataclass(frozen=True, eq=False)
-class CurvatureBasis:
-    """Eigenvectors of a curvature matrix over one parameter group.
+class CurvatureBasis(ComponentModel):
+    """Eigenvectors of a curvature matrix over one parameter group: a
+    :class:`~wdecomp.bases.protocol.ComponentModel` with one weight group
+    (:class:`~wdecomp.bases.protocol.WeightComponents`: component ``i`` is eigenvector ``v_i``,
+    importance ``lambda_i``; removing ``S`` projects ``theta -> theta - V_S V_S^T theta``).
 
     Attributes:
         names: Parameter names, in flattening order.
@@ -136,10 +140,13 @@ class CurvatureBasis:
         """Every eigenvector reshaped: name -> ``(k, *shape)``."""
         return self.unflatten(self.eigenvectors.T)
 
-    def check_model(self, model: nn.Module) -> None:
-        sig = model_signature(model)
-        if dict(sig) != dict(self.signature):
-            raise ModelMismatchError(f"this {self.kind} eigenbasis was computed on a different model")
+    @cached_property
+    def groups(self) -> tuple[WeightComponents, ...]:
+        """One weight group: the eigenvectors over the parameter group, labelled by ``kind``."""
+        return (WeightComponents(self.names, self.shapes, self.eigenvectors, self.eigenvalues, label=self.kind),)
+
+    def describe(self) -> str:
+        return f"this {self.kind} eigenbasis"
 
     def __str__(self) -> str:
         ev = self.eigenvalues
