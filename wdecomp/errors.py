@@ -45,3 +45,11 @@ class OutputPathError(WdecompError, OSError):
 class ArgumentError(WdecompError, ValueError):
     """An argument's value is outside what it may be (a negative tolerance, zero steps, a NaN
     threshold, a block size below one): the message names the argument and its allowed range."""
+
+
+class DtypeError(WdecompError, TypeError):
+    """A tensor has a dtype the computation cannot honour (complex vectors for a real operator)."""
+
+
+class NotSymmetricError(WdecompError, ValueError):
+    """An operator that a symmetric method (Lanczos) needs to be symmetric is measurably not."""

@@ -8,7 +8,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
 
-from wdecomp.spectral import as_operator, eigh, to_dense
+from wdecomp.linop import aslinop, to_dense
+from wdecomp.spectral import eigh
 
 F64 = torch.float64
 
@@ -104,7 +105,7 @@ def test_scipy_and_generic_operators():
                 raise RuntimeError("vectors only")
             return A @ v
 
-    op = as_operator(Vecs())
+    op = aslinop(Vecs())
     assert torch.allclose(op @ torch.ones(200, 2, dtype=F64), A @ torch.ones(200, 2, dtype=F64))
     r = eigh(Vecs(), k=3, block_size=2)
     assert torch.allclose(r.eigenvalues, torch.tensor([10.0, 9.0, 8.0], dtype=F64), rtol=1e-10)
@@ -121,7 +122,7 @@ def test_result_table_json_and_memory():
     # memory: basis m columns + one working block (orthonormalised in place), never more
     assert r.basis_size == 24 and r.peak_vectors == 24 + 2
     # matvec count is the operator's own count
-    op = as_operator(A)
+    op = aslinop(A)
     r = eigh(op, k=4, block_size=2, basis_size=24)
     assert op.matvecs == r.matvecs
     assert r.matvecs < 300

@@ -1,9 +1,10 @@
-"""The one base class every curvature operator inherits: shapes, products, exports, checks.
+"""The one base class every curvature operator inherits: batches, self-checks, capabilities.
 
-A subclass supplies only its per-batch block product ``_batch_matmat``; this class adds
-input checks, chunking over tangent columns (``vmap`` inside each chunk), accumulation over
-batches, the ``@`` operator, a scipy ``LinearOperator``, a memory-guarded dense matrix, and
-a finite-difference self-check.
+:class:`CurvatureOperator` is a :class:`wdecomp.linop.LinOp` (input and output checks, the product
+counter ``matvecs``, ``@``, the memory-guarded ``dense()`` and ``to_scipy()`` come from there). It
+supplies the linop's ``_matmat`` as a sum over the objective's batches, with tangent columns
+chunked and pushed through ``vmap``; a subclass supplies only its per-batch block product
+``_batch_matmat``. It adds ``restrict``/``resample`` and a finite-difference self-check.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
+from torch.func import grad, vmap
 
-from wdecomp.errors import DenseTooLargeError, NonFiniteError, ShapeError
+from wdecomp.distributed import DistributedError
+from wdecomp.linop import DEFAULT_DENSE_BYTES, LinOp
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec, select_parameters
 from wdecomp.progress import progress_bar
 
-#: Default ceiling for ``dense()``: 2 GiB.
-DEFAULT_DENSE_BYTES = 2 * 1024**3
+__all__ = ["DEFAULT_DENSE_BYTES", "CheckResult", "CurvatureOperator", "FactoredOperator", "map_columns"]
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,13 @@ class CheckResult:
 def map_columns(fn: Any, V: dict[str, Tensor]) -> dict[str, Tensor]:
     """Apply a per-vector product ``fn`` to ``k`` named tangents ``(k, *shape)``: ``vmap`` for a block,
     a plain call for one vector (``vmap`` costs a few percent on a single column)."""
-    from torch.func import vmap
-
     if next(iter(V.values())).shape[0] == 1:
         out = fn({n: t[0] for n, t in V.items()})
         return {n: t.unsqueeze(0) for n, t in out.items()}
     return vmap(fn)(V)
 
 
-class CurvatureOperator:
+class CurvatureOperator(LinOp):
     """A symmetric ``p x p`` (or, for per-sample gradients, ``n x p``) matrix known by its products.
 
     Args:
@@ -76,7 +75,8 @@ class CurvatureOperator:
 
     Products: ``A @ v`` with ``v`` of shape ``(p,)`` returns ``(p,)``; ``A @ V`` with ``V`` of
     shape ``(p, k)`` returns ``(p, k)``, computed as ``sum_b A_b V`` with the ``k`` columns
-    batched by ``torch.func.vmap``. numpy inputs give numpy outputs.
+    batched by ``torch.func.vmap``. numpy inputs give numpy outputs. ``matvecs`` counts the
+    products (``matvec_count`` is its deprecated alias).
     """
 
     kind: str = "operator"
@@ -94,7 +94,7 @@ class CurvatureOperator:
         self.params = select_parameters(objective.model, params)
         self.chunk_size = chunk_size or 16
         self.progress = progress
-        self.matvec_count = 0
+        self.matvecs = 0
 
     # ---------------------------------------------------------------- description
     @property
@@ -125,7 +125,7 @@ class CurvatureOperator:
         new.__dict__.update(self.__dict__)
         new.objective = objective
         new.params = params
-        new.matvec_count = 0
+        new.matvecs = 0
         return new
 
     def restrict(self, names: Sequence[str] | str) -> CurvatureOperator:
@@ -153,25 +153,6 @@ class CurvatureOperator:
     def _in_dim(self) -> int:
         return self.shape[1]
 
-    def _check_input(self, x: Any) -> tuple[Tensor, bool, bool]:
-        as_numpy = isinstance(x, np.ndarray)
-        t = torch.as_tensor(x) if as_numpy else x
-        if not isinstance(t, Tensor):
-            raise TypeError(f"expected a tensor or numpy array, got {type(x).__name__}")
-        vector = t.dim() == 1
-        if t.dim() not in (1, 2) or t.shape[0] != self._in_dim():
-            raise ShapeError(
-                f"{type(self).__name__} of shape {self.shape} cannot multiply an input of shape "
-                f"{tuple(t.shape)}: expected ({self._in_dim()},) or ({self._in_dim()}, k)"
-            )
-        t = t.to(device=self.device, dtype=self.dtype)
-        return (t.unsqueeze(1) if vector else t), vector, as_numpy
-
-    def matmat(self, V: Tensor) -> Tensor:
-        """``A V`` for a block ``V`` of shape ``(p, k)``; columns batched with ``vmap``, chunked."""
-        V, _, _ = self._check_input(V)
-        return self._matmat(V)
-
     def _matmat(self, V: Tensor) -> Tensor:
         """``A V`` as the transpose of a row-major ``(k, p)`` buffer: each product is one contiguous
         row (how the per-batch products come out), and a solver that keeps vectors as rows (Lanczos)
@@ -189,67 +170,7 @@ class CurvatureOperator:
                 out[start:stop] += self._batch_product(index, theta, batch, tangents)
                 bar.update(1)
         bar.close()
-        out = self.objective.reduce(out)
-        if not torch.isfinite(out).all():
-            raise NonFiniteError(
-                f"{self.kind} product is not finite: check the loss and the weights for NaN/inf"
-            )
-        self.matvec_count += k
-        return out.T
-
-    def __matmul__(self, x: Any) -> Any:
-        t, vector, as_numpy = self._check_input(x)
-        out = self._matmat(t)
-        out = out[:, 0] if vector else out
-        return out.cpu().numpy() if as_numpy else out
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """``A v`` for one flat vector ``v`` of shape ``(p,)``."""
-        return self @ v
-
-    def to_scipy(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64 numpy in and out) with the same products."""
-        from scipy.sparse.linalg import LinearOperator
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            y = self @ torch.as_tensor(np.ascontiguousarray(x))
-            return y.detach().cpu().numpy()
-
-        rmv = mv if self.symmetric else self._rmatvec_numpy
-        return LinearOperator(
-            self.shape,
-            matvec=mv,
-            rmatvec=rmv,
-            matmat=mv,
-            rmatmat=rmv,
-            dtype=np.dtype(str(self.dtype).replace("torch.", "")),
-        )
-
-    def _rmatvec_numpy(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def dense(self, max_bytes: int | None = None) -> Tensor:
-        """The full matrix, by products with identity blocks.
-
-        Raises:
-            DenseTooLargeError: if ``rows * cols * itemsize`` exceeds ``max_bytes``
-                (default 2 GiB).
-        """
-        limit = DEFAULT_DENSE_BYTES if max_bytes is None else max_bytes
-        rows, cols = self.shape
-        need = rows * cols * torch.empty((), dtype=self.dtype).element_size()
-        if need > limit:
-            raise DenseTooLargeError(
-                f"dense {self.kind} of shape {self.shape} needs {need / 2**30:.2f} GiB, above the "
-                f"limit of {limit / 2**30:.2f} GiB; use products, or restrict the parameters, or "
-                "raise max_bytes"
-            )
-        block = max(1, min(cols, 4 * self.chunk_size))
-        out = torch.empty(rows, cols, dtype=self.dtype, device=self.device)
-        eye = torch.eye(cols, dtype=self.dtype, device=self.device)
-        for start in range(0, cols, block):
-            out[:, start : start + block] = self._matmat(eye[:, start : start + block])
-        return out
+        return self.objective.reduce(out).T
 
     # ---------------------------------------------------------------- self-check
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
@@ -298,8 +219,6 @@ class CurvatureOperator:
         return plus, minus
 
     def _gradient_at(self, params: dict[str, Tensor]) -> Tensor:
-        from torch.func import grad
-
         g = torch.zeros(self.params.numel, dtype=self.dtype, device=self.device)
         for batch in self.objective.batches():
             g = g + self.params.flatten(grad(self.objective.batch_objective(batch, self.params))(params))
@@ -312,6 +231,8 @@ class FactoredOperator(CurvatureOperator):
     Used for exact ranks through the small Gram matrix ``F F^T`` (GGN and Fisher).
     """
 
+    has_factors = True
+
     def factor_chunks(self, chunk_size: int = 64) -> Iterator[Tensor]:
         """Yield dense blocks ``F_j`` of shape ``(m_j, p)`` with ``A = sum_j F_j^T F_j``."""
         raise NotImplementedError
@@ -319,8 +240,6 @@ class FactoredOperator(CurvatureOperator):
     def _refuse_if_distributed(self) -> None:
         """Factor rows are this rank's examples only: refuse rather than give a local Gram."""
         if self.objective.distributed:
-            from wdecomp.distributed import DistributedError
-
             raise DistributedError(
                 f"{self.kind} factor rows live on their own rank, so a Gram matrix of them would be "
                 "this rank's only; with a distributed objective use rank(method='dense') (built from "

@@ -8,10 +8,12 @@
 * :func:`rank` — numerical rank and nullity, per parameter group (:mod:`.rank`).
 * :func:`bootstrap` — error bars over data subsamples (:mod:`.bootstrap`).
 
-Every function accepts what :func:`as_operator` accepts: a curvature operator, a symmetric
-tensor, a scipy ``LinearOperator``, or anything with ``.shape`` and ``@``.
+Every function accepts what :func:`wdecomp.linop.aslinop` accepts: a curvature operator (any
+:class:`wdecomp.linop.LinOp`), a symmetric tensor or array, a scipy ``LinearOperator``, or anything
+with ``.shape`` and ``@``; :class:`OperatorCapabilityError` is re-exported from :mod:`wdecomp.linop`.
 """
 
+from wdecomp.linop import OperatorCapabilityError
 from wdecomp.spectral.bootstrap import (
     BootstrapResult,
     bootstrap,
@@ -22,7 +24,6 @@ from wdecomp.spectral.bootstrap import (
 from wdecomp.spectral.density import SpectralDensity, lanczos_quadrature, plot_density, slq_density
 from wdecomp.spectral.diagonal import DiagonalEstimate, hutchinson_diagonal
 from wdecomp.spectral.lanczos import EigenResult, eigh
-from wdecomp.spectral.operator import OperatorCapabilityError, SpectralOperator, as_operator, to_dense
 from wdecomp.spectral.rank import RankResult, rank
 from wdecomp.spectral.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
 
@@ -45,8 +46,5 @@ __all__ = [
     "rank",
     "slq_density",
     "OperatorCapabilityError",
-    "SpectralOperator",
-    "as_operator",
     "eigh",
-    "to_dense",
 ]

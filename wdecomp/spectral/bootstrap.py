@@ -19,9 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wdecomp.linop import aslinop
 from wdecomp.progress import progress_bar
 from wdecomp.spectral._table import table, to_jsonable
-from wdecomp.spectral.operator import as_operator
+from wdecomp.spectral.lanczos import eigh
+from wdecomp.spectral.rank import rank
+from wdecomp.spectral.trace import hutchpp_trace
 
 __all__ = ["BootstrapResult", "bootstrap", "bootstrap_eigenvalues", "bootstrap_rank", "bootstrap_trace"]
 
@@ -115,16 +118,15 @@ def bootstrap(
     Raises:
         OperatorCapabilityError: the operator cannot be resampled (a plain matrix).
     """
-    A = as_operator(op)
+    A = aslinop(op)
     nb = A.num_batches
-    A._need("resample", "bootstrap over batches")
     gen = torch.Generator().manual_seed(seed)
-    full = _as_vec(statistic(A.base))
+    full = _as_vec(statistic(A))
     reps = []
     with progress_bar(total=n_resamples, desc="bootstrap", enabled=progress) as bar:
         for _ in range(n_resamples):
             ix = torch.randint(0, nb, (nb,), generator=gen).tolist()
-            reps.append(_as_vec(statistic(A.resample(ix).base)))
+            reps.append(_as_vec(statistic(A.resample(ix))))
             bar.update(1)
     S = torch.stack(reps)
     a = (1 - confidence) / 2
@@ -136,20 +138,14 @@ def bootstrap_eigenvalues(
     op: Any, k: int = 1, n_resamples: int = 20, *, seed: int = 0, **eigh_kw: Any
 ) -> BootstrapResult:
     """Bootstrap the top-``k`` eigenvalues (keyword arguments go to :func:`eigh`)."""
-    from wdecomp.spectral.lanczos import eigh
-
     return bootstrap(op, lambda o: eigh(o, k, **eigh_kw), n_resamples, seed=seed, label=f"top-{k} eigenvalues")
 
 
 def bootstrap_trace(op: Any, n_resamples: int = 20, *, seed: int = 0, **trace_kw: Any) -> BootstrapResult:
     """Bootstrap the Hutch++ trace (keyword arguments go to :func:`hutchpp_trace`)."""
-    from wdecomp.spectral.trace import hutchpp_trace
-
     return bootstrap(op, lambda o: hutchpp_trace(o, **trace_kw), n_resamples, seed=seed, label="trace")
 
 
 def bootstrap_rank(op: Any, n_resamples: int = 20, *, seed: int = 0, **rank_kw: Any) -> BootstrapResult:
     """Bootstrap the numerical rank (keyword arguments go to :func:`rank`)."""
-    from wdecomp.spectral.rank import rank
-
     return bootstrap(op, lambda o: rank(o, **rank_kw), n_resamples, seed=seed, label="rank")

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wdecomp.linop import aslinop
 from wdecomp.spectral._probes import probe_products
 from wdecomp.spectral._table import table, to_jsonable
-from wdecomp.spectral.operator import as_operator
 
 __all__ = ["DiagonalEstimate", "hutchinson_diagonal"]
 
@@ -71,7 +71,7 @@ def hutchinson_diagonal(
     """Estimate ``diag(A)`` from ``num_matvecs`` probes (Bekas et al. 2007).
 
     Args:
-        op: Operator (see :func:`wdecomp.spectral.as_operator`).
+        op: Operator (see :func:`wdecomp.linop.aslinop`).
         num_matvecs: Number of probes.
         distribution: ``"rademacher"`` or ``"gaussian"``.
         block_size: Probes per batched product.
@@ -82,7 +82,7 @@ def hutchinson_diagonal(
         A :class:`DiagonalEstimate`; ``std_error`` is the per-entry sample standard deviation
         of ``z ⊙ A z`` over ``sqrt(n)`` (Rademacher probes).
     """
-    A = as_operator(op)
+    A = aslinop(op)
     mv0 = A.matvecs
     p = A.shape[0]
     acc = torch.zeros(p, dtype=torch.float64, device=A.device)

@@ -57,9 +57,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from wdecomp.linop import aslinop
 from wdecomp.progress import progress_bar
 from wdecomp.spectral._table import table, to_jsonable
-from wdecomp.spectral.operator import as_operator
 
 __all__ = ["EigenResult", "eigh"]
 
@@ -292,7 +292,7 @@ def eigh(
 
     Args:
         op: A curvature operator, a symmetric tensor ``(p, p)``, a scipy ``LinearOperator``,
-            or anything with ``.shape`` and ``@`` (see :func:`as_operator`).
+            or anything with ``.shape`` and ``@`` (see :func:`wdecomp.linop.aslinop`).
         k: Number of eigenpairs.
         which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or ``"magnitude"``.
         tol: Relative residual target ``||A v - lambda v|| <= tol |lambda|`` (with a
@@ -326,7 +326,7 @@ def eigh(
         raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
     if reorth not in ("full", "selective"):
         raise ValueError(f"reorth must be 'full' or 'selective', got {reorth!r}")
-    A = as_operator(op)
+    A = aslinop(op)
     mv0 = A.matvecs
     p = A.shape[0]
     dtype, device = A.dtype, A.device
