@@ -59,7 +59,7 @@ def activation_edit(g: ActivationGroup, idx: Tensor, method: AblationMethod, mea
             raise ShapeError(f"activations at '{g.label}' have width {f.shape[-1]}, the basis expects {d}")
 
     r64 = None
-    if not method.per_example:
+    if method.constant:
         dummy = torch.zeros(1, d, dtype=C64.dtype, device=C64.device)
         stand = method.stand_in(dummy, mean, None)
         if stand is None:

@@ -28,8 +28,8 @@ is zero, and a weight group puts nothing back (``m'(x) = g(x; W_S)``).
 
 To add a method, write its stand-in and register it::
 
-    @register("median", needs_mean=False)
-    def median(f, mean, perm):
+    @register("median")
+    def median(f, mean, perm):  # the batch's median example, feature by feature
         return f.median(dim=0, keepdim=True).values.expand_as(f)
 
 Nothing else changes: :func:`~wdecomp.ablation.ablate`, :func:`~wdecomp.ablation.ablation_sweep`
@@ -59,15 +59,16 @@ class AblationMethod:
         stand_in: ``(f, mean, perm) -> f~ | None`` (module docstring).
         needs_mean: The reference pass must compute the data mean at each hook.
         needs_perm: Each batch needs a resampling permutation.
-        per_example: ``f~`` differs between examples (else it is formed once per level, and a
-            linear group's edit becomes one fused affine map).
+        constant: ``f~`` does not depend on the batch (only on ``mean``): it is then formed once
+            per level from a zero batch, and a linear group's edit becomes one fused affine map.
+            Leave it ``False`` (the general path, always right) unless that holds.
     """
 
     name: str
     stand_in: StandIn
     needs_mean: bool = False
     needs_perm: bool = False
-    per_example: bool = False
+    constant: bool = False
 
 
 METHODS: dict[str, AblationMethod] = {}
@@ -75,12 +76,12 @@ METHODS: dict[str, AblationMethod] = {}
 
 
 def register(name: str, *, needs_mean: bool = False, needs_perm: bool = False,
-             per_example: bool | None = None) -> Callable[[StandIn], StandIn]:
-    """Register ``stand_in`` as ablation method ``name`` (decorator)."""
+             constant: bool = False) -> Callable[[StandIn], StandIn]:
+    """Register ``stand_in`` as ablation method ``name`` (decorator; the fields of
+    :class:`AblationMethod`)."""
 
     def add(fn: StandIn) -> StandIn:
-        METHODS[name] = AblationMethod(name, fn, needs_mean, needs_perm,
-                                       needs_perm if per_example is None else per_example)
+        METHODS[name] = AblationMethod(name, fn, needs_mean, needs_perm, constant)
         return fn
 
     return add
@@ -97,13 +98,13 @@ def get_method(name: str) -> AblationMethod:
     return METHODS[name]
 
 
-@register("zero")
+@register("zero", constant=True)
 def zero(f: Tensor, mean: Tensor | None, perm: Tensor | None) -> Tensor | None:
     """Nothing stands in: a zero activation; a weight group puts nothing back."""
     return None
 
 
-@register("mean", needs_mean=True)
+@register("mean", needs_mean=True, constant=True)
 def mean(f: Tensor, mean: Tensor | None, perm: Tensor | None) -> Tensor | None:
     """The data mean over every example and position."""
     assert mean is not None
