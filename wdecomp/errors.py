@@ -53,3 +53,9 @@ class DtypeError(WdecompError, TypeError):
 
 class NotSymmetricError(WdecompError, ValueError):
     """An operator that a symmetric method (Lanczos) needs to be symmetric is measurably not."""
+
+
+class FileFormatError(WdecompError, ValueError):
+    """A file wdecomp was asked to read is not a wdecomp file of the expected kind, or is malformed
+    (unreadable header, bad JSON, a missing key, a tensor of the wrong shape, NaN where numbers are
+    needed, a name that does not exist in the model): the message names the file and the problem."""
