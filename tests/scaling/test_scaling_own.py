@@ -1,0 +1,112 @@
+"""Guided own-law fitting: sweeps, checkpoints, JSON forms, the fit report, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wdecomp.cli import main
+from wdecomp.errors import DataError
+from wdecomp.scaling import (
+    ChinchillaLaw,
+    ComputeLaw,
+    ScalingFit,
+    checkpoint_points,
+    guided_fit,
+    law_from_dict,
+    load_points,
+    write_fit_report,
+)
+
+LAW = ChinchillaLaw(E=1.2, A=60.0, B=80.0, alpha=0.4, beta=0.35)
+
+
+def _rows(noise=0.005, seed=0):
+    n, d = np.logspace(5, 7, 4), np.logspace(7, 9, 4)
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    loss = LAW.loss(nn, dd) * np.exp(noise * np.random.default_rng(seed).standard_normal(nn.shape))
+    return [{"n_params": float(a), "n_tokens": float(b), "loss": float(c)} for a, b, c in zip(nn, dd, loss)]
+
+
+def test_load_points_accepts_every_documented_form(tmp_path):
+    rows = _rows()
+    expect = np.array([[r["n_params"], r["n_tokens"], r["loss"]] for r in rows])
+    cols = {"N": list(expect[:, 0]), "D": list(expect[:, 1]), "loss": list(expect[:, 2])}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"points": rows}))
+    for source in (rows, cols, {"points": rows}, expect.tolist(), str(path)):
+        np.testing.assert_array_equal(load_points(source), expect)
+    np.testing.assert_array_equal(load_points([{"C": 1e15, "loss": 2.0}, {"compute": 2e15, "loss": 1.9}]),
+                                  [[1e15, 2.0], [2e15, 1.9]])
+
+
+@pytest.mark.refuses("a sweep file that is not JSON, or points without a loss", "says which point and which keys")
+def test_load_points_refuses_malformed(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="not JSON"):
+        load_points(str(bad))
+    with pytest.raises(DataError, match="no loss"):
+        load_points([{"N": 1, "D": 2}])
+    with pytest.raises(DataError, match="mix"):
+        load_points([{"N": 1, "D": 2, "loss": 3}, {"C": 1, "loss": 2}])
+
+
+def test_guided_fit_refits_a_degenerate_sweep_with_the_suggestion():
+    pure = ChinchillaLaw(E=0.0, A=40.0, B=30.0, alpha=0.5, beta=0.45)
+    n, d = np.logspace(3, 5, 4), np.logspace(5, 7, 4)
+    nn, dd = (a.ravel() for a in np.meshgrid(n, d))
+    g = guided_fit(np.column_stack([nn, dd, pure.loss(nn, dd)]), n_starts=8, n_bootstrap=0)
+    assert len(g.attempts) == 2 and g.attempts[0][1].degenerate
+    assert g.attempts[1][0]["fix_E"] == 0.0 and not g.fit.degenerate
+    assert g.fit.estimates["alpha"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_checkpoints_fit_compute_form():
+    true = ComputeLaw(E=1.1, A=3e3, alpha=0.2)
+    tokens = np.logspace(6, 9, 12)
+    pts = checkpoint_points(1e6, tokens, true.loss(6e6 * tokens))
+    g = guided_fit(pts, checkpoints=True, n_starts=8, n_bootstrap=0)
+    assert g.kind == "checkpoints" and isinstance(g.fit.law, ComputeLaw)
+    for k, v in true.params().items():
+        assert g.fit.estimates[k] == pytest.approx(v, rel=1e-4), k
+    assert "above the compute-optimal frontier" in str(g)
+
+
+def test_fit_report_files(tmp_path):
+    g = guided_fit(_rows(), n_starts=8, n_bootstrap=10, name="own")
+    paths = write_fit_report(g, tmp_path / "rep")
+    law = law_from_dict(json.loads(open(paths["law"]).read()))
+    assert law.name == "own" and law.E == pytest.approx(g.fit.estimates["E"])
+    back = ScalingFit.from_dict(json.loads(open(paths["law"]).read()))
+    assert back.samples.shape == (10, 5)
+    text = open(paths["report"]).read()
+    assert "95% low" in text and "fitted range" in text
+    assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_scaling_fit_and_equivalents(tmp_path, capsys):
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps(_rows()))
+    out = tmp_path / "fit"
+    assert main(["scaling", "fit", str(sweep), "--n-bootstrap", "10", "--out", str(out)]) == 0
+    assert "Scaling-law fit" in capsys.readouterr().out
+    code = main(["scaling", "equivalents", "--reference", "1.5", "--losses", "1.55,1.6", "--laws",
+                 f"{out / 'law.json'}", "--params", "1e7", "--tokens", "1e9", "--json", "-"])
+    assert code == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["laws"] == ["own"] and table["training_compute"] == pytest.approx(6e16)
+    row = table["rows"][0]
+    assert row["frontier_low"] <= row["frontier_fraction"] <= row["frontier_high"]
+
+
+@pytest.mark.refuses("wdecomp scaling equivalents with a reference below a law's E", "exit 1, names the law")
+def test_cli_scaling_reference_below_e_exits_1(capsys):
+    assert main(["scaling", "equivalents", "--reference", "1.3", "--losses", "1.4", "--laws", "chinchilla"]) == 1
+    assert "wdecomp scaling: error:" in capsys.readouterr().err
+
+
+@pytest.mark.refuses("wdecomp scaling fit on a missing file", "exit 1, names the file")
+def test_cli_scaling_fit_missing_file(tmp_path, capsys):
+    assert main(["scaling", "fit", str(tmp_path / "nope.json")]) == 1
+    assert "cannot read the sweep file" in capsys.readouterr().err
