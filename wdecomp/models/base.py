@@ -130,8 +130,9 @@ def build(
         metrics = _cache.load_entry(name, config, model) if cache else None
         from_cache = metrics is not None
         if metrics is None:
+            writable = cache and _cache.check_writable(name, config)  # warns before training, not after
             metrics = fit(model)
-            if cache:
+            if writable:
                 _cache.save_entry(name, config, model, metrics)
     model = model.to(dtype).eval()
     return model, metrics, from_cache

@@ -13,6 +13,18 @@ names, shapes and dtypes. Anything else is reported with a :class:`CacheWarning`
 retrains. Files are written to a temporary file in the same directory, flushed, ``fsync``-ed and
 moved into place with ``os.replace``; the sidecar is written last, so a crash leaves either a
 complete entry or one that fails verification.
+
+The SHA-256 guards against **corruption** (a truncated or damaged file, a stale sidecar), not
+against **tampering**: whoever can write the cache can write weights and a matching digest
+together, and such an entry is trusted. Keep the cache in a folder only you (or your group) can
+write; loading never executes code (safetensors and JSON), so a forged entry can give wrong
+weights but cannot run anything.
+
+Files get the permissions of any new file (``0o666`` less the umask), so a shared cache under a
+group-readable umask is readable by the group. If the cache cannot be written (a read-only
+``$WDECOMP_CACHE``, a file where the folder should be), :func:`check_writable` says so with a
+:class:`CacheWarning` *before* training, and :func:`save_entry` warns instead of raising: the
+trained model is always returned.
 """
 
 from __future__ import annotations
@@ -29,13 +41,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from wdecomp.errors import OutputPathError
 from wdecomp.io import atomic_write_bytes
+from wdecomp.io import check_writable as _check_path
 
 __all__ = [
     "CODE_VERSION",
     "CacheWarning",
     "cache_dir",
     "cache_key",
+    "check_writable",
     "entry_paths",
     "load_entry",
     "save_entry",
@@ -72,22 +87,49 @@ def entry_paths(name: str, config: dict[str, Any]) -> tuple[Path, Path]:
     return root / f"{stem}.safetensors", root / f"{stem}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
+def _unwritable(name: str, reason: object) -> None:
+    warnings.warn(f"the model cache {cache_dir()} cannot be written ({reason}); '{name}' is trained but not "
+                  "cached: set WDECOMP_CACHE to a writable folder to keep it", CacheWarning, stacklevel=3)
+
+
+def check_writable(name: str, config: dict[str, Any]) -> bool:
+    """Whether the entry for ``name`` and ``config`` could be written; warns (before any training) if not.
+
+    Returns:
+        ``True`` if the cache folder can be created and written, else ``False`` after a
+        :class:`CacheWarning` naming the folder and what to do.
+    """
+    try:
+        _check_path(entry_paths(name, config)[0])
+    except OutputPathError as exc:
+        _unwritable(name, exc)
+        return False
+    return True
 
 
 def save_entry(
     name: str, config: dict[str, Any], model: nn.Module, metrics: dict[str, Any]
-) -> Path:
+) -> Path | None:
     """Write ``model``'s state dict and a sidecar with ``config`` and ``metrics``.
 
+    A write that fails (read-only folder, full disk) is reported with a :class:`CacheWarning`,
+    never raised, so a model that took minutes to train is not lost.
+
     Returns:
-        Path of the weights file.
+        Path of the weights file, or ``None`` if the entry could not be written.
     """
+    try:
+        return _save_entry(name, config, model, metrics)
+    except OSError as exc:
+        _unwritable(name, exc)
+        return None
+
+
+def _save_entry(name: str, config: dict[str, Any], model: nn.Module, metrics: dict[str, Any]) -> Path:
     weights_path, meta_path = entry_paths(name, config)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     blob = st_save(state, metadata={"name": name, "code_version": CODE_VERSION})
-    _atomic_write(weights_path, blob)
+    atomic_write_bytes(weights_path, blob)
     sidecar = {
         "name": name,
         "config": config,
@@ -98,7 +140,7 @@ def save_entry(
         "metrics": metrics,
         "torch_version": torch.__version__,
     }
-    _atomic_write(meta_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(meta_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return weights_path
 
 
