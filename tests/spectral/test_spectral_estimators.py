@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import scipy.fft
 import torch
 from scipy.sparse.linalg import LinearOperator
@@ -122,3 +123,66 @@ def test_slq_low_rank_breakdown_is_exact():
     assert (d.weights[:, 7:] == 0).all()
     cnt, _ = d.count_above(1e-8 * float(d.nodes.max()))
     assert 0 < cnt < 100
+
+
+def test_deflated_trace_is_honest_where_outliers_dominate():
+    """A few outliers hold most of the trace: Hutchinson on a handful of SLQ starts is skewed and its
+    standard error too small; deflating the converged outliers gives an estimate within its error bar."""
+    g = torch.Generator().manual_seed(3)
+    p = 400
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
+    lam = torch.rand(p, generator=g, dtype=F64) * 0.05
+    lam[:5] = torch.tensor([40.0, 30.0, 20.0, 15.0, 10.0], dtype=F64)
+    A = (Q * lam) @ Q.T
+    truth = float(lam.sum())
+    d = slq_density(A, steps=40, num_starts=8, seed=0)
+    est, se, k = d.deflated_trace()
+    assert k >= 5
+    assert abs(est - truth) <= 3 * se + 1e-9 * truth, (est, se, truth)
+    plain, plain_se = d.trace()
+    assert se < plain_se / 10  # the outliers' variance is gone
+    assert "converged outliers deflated" in str(d)
+
+
+def test_slq_count_interval_brackets_the_count():
+    g = torch.Generator().manual_seed(4)
+    p = 300
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
+    lam = torch.cat([torch.logspace(0, -1, 60, dtype=F64), torch.zeros(p - 60, dtype=F64)])
+    A = (Q * lam) @ Q.T
+    d = slq_density(A, steps=30, num_starts=16, seed=1)
+    lo, hi = d.count_bounds(1e-3)
+    assert (lo <= hi + 1e-12).all()
+    low, high = d.count_interval(1e-3)
+    assert low <= 60 <= high and high - low < 0.1 * p
+
+
+@pytest.mark.refuses("SLQ with zero steps or zero starts; a trace estimate with no products",
+                     "no quadrature rule or sample exists to estimate anything from")
+def test_estimators_refuse_zero_work():
+    from wdecomp.errors import ArgumentError
+
+    A = torch.eye(5, dtype=F64)
+    with pytest.raises(ArgumentError):
+        slq_density(A, steps=0)
+    with pytest.raises(ArgumentError):
+        slq_density(A, num_starts=0)
+    with pytest.raises(ArgumentError):
+        hutchinson_trace(A, num_matvecs=0)
+    with pytest.raises(ArgumentError):
+        hutchpp_trace(A, num_matvecs=2)
+
+
+@pytest.mark.refuses("a NaN/inf operator given to Hutchinson, Hutch++ or SLQ",
+                     "a trace or density of a non-finite operator means nothing; fix the loss or weights")
+def test_estimators_refuse_non_finite_operators():
+    from wdecomp.errors import NonFiniteError
+
+    A = torch.eye(6, dtype=F64)
+    A[2, 2] = float("nan")
+    with pytest.raises(NonFiniteError):
+        hutchinson_trace(A, num_matvecs=4)
+    with pytest.raises(NonFiniteError):
+        hutchpp_trace(A, num_matvecs=6)
+    with pytest.raises(NonFiniteError):
+        slq_density(A, steps=3, num_starts=2)

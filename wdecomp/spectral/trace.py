@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
+from wdecomp.errors import ArgumentError, NonFiniteError
+from wdecomp.linop import aslinop
 from wdecomp.progress import progress_bar
 from wdecomp.spectral._probes import probe_products, probes
 from wdecomp.spectral._table import table
-from wdecomp.spectral.operator import as_operator
 
 __all__ = ["TraceEstimate", "hutchinson_trace", "hutchpp_trace"]
 
@@ -88,19 +89,20 @@ def hutchinson_trace(
     """Hutchinson's estimator ``tr(A) ~= (1/n) sum_i z_i^T A z_i`` with a standard error.
 
     Args:
-        op: Operator (see :func:`wdecomp.spectral.as_operator`).
+        op: Operator (see :func:`wdecomp.linop.aslinop`).
         num_matvecs: Number of probes ``n`` (one product each).
         distribution: ``"rademacher"`` (lower variance) or ``"gaussian"``.
         block_size: Probes per batched product.
         seed: Seed of the probes.
         progress: tqdm bar (default: only on a TTY).
     """
-    A = as_operator(op)
+    _check_counts(num_matvecs, block_size, minimum=1)
+    A = aslinop(op)
     mv0 = A.matvecs
     p = A.shape[0]
     samples = [ZAZ.sum(0).double().cpu() for _, ZAZ in
                probe_products(A, num_matvecs, distribution, block_size, seed, "hutchinson", progress)]
-    x = torch.cat(samples)
+    x = _finite(torch.cat(samples), "hutchinson_trace")
     se = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.inf
     return TraceEstimate(float(x.mean()), se, A.matvecs - mv0, "hutchinson", 0.0, p)
 
@@ -122,16 +124,15 @@ def hutchpp_trace(
     parameter-sized vectors) in memory. The standard error is that of the Hutchinson part.
 
     Args:
-        op: Operator (see :func:`wdecomp.spectral.as_operator`).
+        op: Operator (see :func:`wdecomp.linop.aslinop`).
         num_matvecs: Total products ``m`` (at least 3).
         distribution: Probe distribution for ``S`` and the Hutchinson part.
         block_size: Columns per batched product.
         seed: Seed of the probes.
         progress: tqdm bar (default: only on a TTY).
     """
-    if num_matvecs < 3:
-        raise ValueError("Hutch++ needs num_matvecs >= 3")
-    A = as_operator(op)
+    _check_counts(num_matvecs, block_size, minimum=3)
+    A = aslinop(op)
     mv0 = A.matvecs
     p = A.shape[0]
     gen = torch.Generator().manual_seed(seed)
@@ -160,10 +161,28 @@ def hutchpp_trace(
             AG -= Q @ (Q.T @ AG)
             samples.append((G * AG).sum(0).double().cpu())
             bar.update(n)
+    _finite(torch.tensor([exact], dtype=torch.float64), "hutchpp_trace")
     if samples:
-        x = torch.cat(samples)
+        x = _finite(torch.cat(samples), "hutchpp_trace")
         rest = float(x.mean())
         se = float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.inf
     else:
         rest, se = 0.0, 0.0 if k == p else math.inf
     return TraceEstimate(exact + rest, se, A.matvecs - mv0, "hutch++", exact, p)
+
+
+def _check_counts(num_matvecs: int, block_size: int, minimum: int) -> None:
+    if num_matvecs < minimum or block_size < 1:
+        raise ArgumentError(
+            f"a trace estimate needs num_matvecs >= {minimum} and block_size >= 1 "
+            f"(got num_matvecs={num_matvecs}, block_size={block_size})"
+        )
+
+
+def _finite(x: torch.Tensor, who: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise NonFiniteError(
+            f"{who}: the operator's products are NaN or infinite; a trace of such an operator means "
+            "nothing — check the loss and the weights (wd.Objective reports non-finite losses)"
+        )
+    return x
