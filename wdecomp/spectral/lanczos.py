@@ -273,6 +273,206 @@ def _rotate_inplace(V: Tensor, cols: int, U: Tensor, chunk_elems: int = 2**22) -
         V[: Ut.shape[0], c0:c1] = Ut @ V[:cols, c0:c1]
 
 
+class _BlockLanczos:
+    """One thick-restart block Lanczos run: the basis, the projected matrix and the loop state.
+
+    The steps of :func:`eigh` are methods: :meth:`extend` (one block product, projected out of
+    the basis and orthonormalised into the next block), :meth:`rayleigh_ritz` (Ritz pairs of the
+    projected matrix and their estimates), :meth:`append` (the new block joins the basis),
+    :meth:`restart` (thick restart onto the best Ritz vectors) and :meth:`result` (eigenvectors,
+    verified residuals, the :class:`EigenResult`). :meth:`run` loops over them; it returns
+    ``None`` when the run has finished, or the current Ritz vectors ``Y`` ``(p, k)`` when a
+    selective run must go on fully reorthogonalised (see the module docstring).
+    """
+
+    def __init__(
+        self, A: Any, k: int, which: str, tol: float, max_matvecs: int, b: int, m: int, reorth: str,
+        gen: torch.Generator, X: Tensor, progress: bool | None,
+    ) -> None:
+        self.A, self.k, self.which, self.tol = A, k, which, tol
+        self.max_matvecs, self.b, self.m, self.reorth, self.gen = max_matvecs, b, m, reorth, gen
+        self.dtype, self.device = A.dtype, A.device
+        self.eps = torch.finfo(self.dtype).eps
+        self.mv0 = A.matvecs
+        p = A.shape[0]
+        self.V = torch.empty(m, p, dtype=self.dtype, device=self.device)  # basis vectors as rows: contiguous GEMMs
+        self.T = torch.zeros(m, m, dtype=torch.float64)
+        Q0, _ = _next_block(X.T.contiguous(), self.V, 0, float(X.norm()), gen)
+        b0 = Q0.shape[0]
+        self.V[:b0] = Q0
+        self.cols, self.cur, self.prev = b0, (0, b0), None
+        self.kept = 0  # thick-restart vectors at the front of V
+        self.after_restart = True  # first block of a cycle couples to every kept vector
+        self.anorm = 0.0
+        self.restarts = 0
+        self.sel: Tensor | None = None  # selective mode: converged Ritz vectors of this cycle
+        self.nsel_good = 0
+        self.peak = m + b  # the basis and the block being orthonormalised in place
+        self.progress = progress
+
+    @property
+    def used(self) -> int:
+        """Products this run has made so far."""
+        return self.A.matvecs - self.mv0
+
+    def floor_abs(self) -> float:
+        # 100 eps ||A||: the old 10 sqrt(p) eps ||A|| capped float32 runs at relative residuals
+        # ~1e-2 on the 20th eigenvalue of trained models (eigenvalue errors above 1e-4)
+        return 100 * self.eps * self.anorm
+
+    def extend(self) -> None:
+        """``W = A Q_cur``, projected out of the basis (coefficients into ``T``) and orthonormalised
+        in place into the next block ``Qn`` with ``W = Qn^T Rc``."""
+        s, nb = self.cur
+        W = self.A.matmat(self.V[s : s + nb].T).T.contiguous()
+        self.bar.update(nb)
+        lo = self.prev[0] if self.prev is not None else s
+        if self.reorth == "full" or self.after_restart:
+            ranges = [(0, self.cols)]
+        else:
+            ranges = [(0, self.kept), (lo, self.cols)]
+        # after a restart the first block couples to every kept vector: no short recurrence
+        C = _project_out(W, self.V, ranges, self.sel, local=None if self.after_restart else (lo, self.cols))
+        Cc = C.to(device="cpu", dtype=torch.float64)
+        self.T[: Cc.shape[0], s : s + nb] = Cc
+        self.T[s : s + nb, : Cc.shape[0]] = Cc.T
+        self.after_restart = False
+        self.anorm = max(self.anorm, float(Cc.abs().max()) if Cc.numel() else 0.0)
+        self.Qn, self.Rc = _next_block(W, self.V, self.cols, self.anorm, self.gen)
+
+    def rayleigh_ritz(self) -> bool:
+        """Ritz pairs of the projected matrix and their estimates; whether the wanted ones converged."""
+        s, nb = self.cur
+        cols = self.cols
+        Tc = self.T[:cols, :cols]
+        self.theta, self.U = torch.linalg.eigh(0.5 * (Tc + Tc.T))
+        self.anorm = max(self.anorm, float(self.theta.abs().max()))
+        self.order = _order(self.theta, self.which)
+        r = self.Qn.shape[0]
+        self.est = (self.Rc @ self.U[s : s + nb, :]).norm(dim=0) if r else torch.zeros(cols, dtype=torch.float64)
+        self.want = self.order[: min(self.k, cols)]
+        self.thr = torch.clamp(self.tol * self.theta[self.want].abs(), min=self.floor_abs())
+        return cols >= self.k and bool((self.est[self.want] <= self.thr).all())
+
+    def ritz_vectors(self, idx: Tensor) -> Tensor:
+        """The Ritz vectors ``idx`` as columns ``(p, len(idx))``."""
+        return _ritz_rows(self.U, idx, self.V, self.cols).T
+
+    def real_residuals_hold(self) -> bool:
+        """Selective mode: semi-orthogonality can make Ritz estimates optimistic, so check the real
+        residuals of the wanted pairs once (``len(want)`` products)."""
+        Y = self.ritz_vectors(self.want)
+        lam_w = self.theta[self.want].to(dtype=self.dtype, device=self.device)
+        real = (self.A.matmat(Y) - Y * lam_w).norm(dim=0).to(device="cpu", dtype=torch.float64)
+        return bool((real <= 2 * self.thr).all())
+
+    def append(self) -> None:
+        """The next block joins the basis; in selective mode, track the converged Ritz vectors."""
+        s, nb = self.cur
+        r = self.Qn.shape[0]
+        cols = self.cols
+        self.V[cols : cols + r] = self.Qn
+        del self.Qn  # frees the product's buffer before the next product
+        self.T[cols : cols + r, s : s + nb] = self.Rc
+        self.T[s : s + nb, cols : cols + r] = self.Rc.T
+        self.prev, self.cur = self.cur, (cols, r)
+        if self.reorth == "selective":
+            good = (self.est <= math.sqrt(self.eps) * self.anorm).nonzero().flatten()
+            if good.numel() > self.nsel_good:
+                self.sel = _ritz_rows(self.U, good, self.V, cols)
+                self.nsel_good = good.numel()
+                self.peak = max(self.peak, self.m + self.b + self.nsel_good)
+        self.cols += r
+
+    def restart(self) -> None:
+        """Thick restart: keep the ``l`` best Ritz vectors and the pending block (an arrowhead ``T``)."""
+        s, nb = self.cur
+        r = self.Qn.shape[0]
+        ll = max(self.k, min((self.cols + self.k) // 2, self.m - r - self.b))
+        ll = min(ll, self.cols)
+        keep = self.order[:ll]
+        _rotate_inplace(self.V, self.cols, self.U[:, keep])
+        S = self.Rc @ self.U[s : s + nb, keep]
+        self.T.zero_()
+        self.T[:ll, :ll] = torch.diag(self.theta[keep])
+        self.T[ll : ll + r, :ll] = S
+        self.T[:ll, ll : ll + r] = S.T
+        self.V[ll : ll + r] = self.Qn
+        del self.Qn
+        self.cols, self.cur, self.prev, self.kept = ll + r, (ll, r), None, ll
+        self.after_restart, self.sel, self.nsel_good = True, None, 0
+        self.restarts += 1
+
+    def release(self) -> Tensor:
+        """Selective mode's way out: the current Ritz vectors ``(p, k)``, with the basis released."""
+        Y = self.ritz_vectors(self.want)
+        del self.V, self.sel
+        self.Qn = None
+        return Y
+
+    def run(self) -> Tensor | None:
+        """Iterate until the wanted pairs converge or the budget is spent (``None``), or return the
+        Ritz vectors for a fully reorthogonalised continuation (selective mode)."""
+        self.bar = progress_bar(total=self.max_matvecs, desc="lanczos", enabled=self.progress)
+        try:
+            while True:
+                self.extend()
+                done = self.rayleigh_ritz()
+                if done and self.reorth == "selective" and not self.real_residuals_hold():
+                    return self.release()
+                r = self.Qn.shape[0]
+                if done or self.used >= self.max_matvecs or (r == 0 and self.cols >= self.k):
+                    return None
+                if self.cols + r <= self.m:
+                    self.append()
+                elif self.reorth == "selective" and self.restarts >= _SELECTIVE_CYCLES:
+                    # the wanted pairs did not converge within the cycles selective orthogonalisation
+                    # was given: orthogonality against earlier blocks was lost (ghost Ritz values fill
+                    # the wanted slots), so go on fully reorthogonalised from the current Ritz vectors
+                    return self.release()
+                else:
+                    self.restart()
+        finally:
+            self.bar.close()
+
+    def result(self, verify: bool) -> EigenResult:
+        """The ``k`` wanted pairs, their residuals (from products with ``verify``) and flags."""
+        k, b = self.k, self.b
+        ksel = self.order[:k]
+        lam = self.theta[ksel]
+        _rotate_inplace(self.V, self.cols, self.U[:, ksel])
+        del self.Qn
+        vecs = self.V[:k].T.contiguous()
+        del self.V, self.sel
+        if verify:
+            lam_t = lam.to(dtype=self.dtype, device=self.device)
+            res = torch.empty(k, dtype=torch.float64)
+            for j in range(0, k, b):  # the block size the run's products used: no larger temporaries
+                Xj = vecs[:, j : j + b]
+                AX = self.A.matmat(Xj)
+                res[j : j + b] = (AX - Xj * lam_t[j : j + b]).norm(dim=0).to(device="cpu", dtype=torch.float64)
+        else:
+            res = self.est[ksel].clone()
+        thr = torch.clamp(self.tol * lam.abs(), min=self.floor_abs())
+        return EigenResult(
+            eigenvalues=lam.to(self.dtype),
+            eigenvectors=vecs,
+            residuals=res,
+            relative_residuals=res / lam.abs().clamp_min(1e-300),
+            converged=res <= 2 * thr,
+            matvecs=self.used,
+            restarts=self.restarts,
+            which=self.which,
+            tol=float(self.tol),
+            block_size=b,
+            basis_size=self.m,
+            reorth=self.reorth,
+            peak_vectors=self.peak,
+            params=self.A.params,
+            residual_kind="product" if verify else "ritz",
+        )
+
+
 def eigh(
     op: Any,
     k: int = 6,
@@ -338,7 +538,6 @@ def eigh(
     m = min(int(m), p)
     if m < min(p, k + 2 * b):
         raise ValueError(f"basis_size must be at least k + 2 * block_size = {k + 2 * b}")
-    eps = torch.finfo(dtype).eps
     if tol is None:
         tol = 1e-10 if dtype == torch.float64 else 1e-4
     if max_matvecs is None:
@@ -349,158 +548,21 @@ def eigh(
         X = v0.reshape(p, -1).to(dtype=dtype, device=device).clone()
     else:
         X = torch.randn(p, b, generator=gen, dtype=dtype).to(device)
-    V = torch.empty(m, p, dtype=dtype, device=device)  # basis vectors as rows: contiguous GEMMs
-    T = torch.zeros(m, m, dtype=torch.float64)
-    Q0, _ = _next_block(X.T.contiguous(), V, 0, float(X.norm()), gen)
-    b0 = Q0.shape[0]
-    V[:b0] = Q0
-    del X, Q0
-
-    cols, cur, prev = b0, (0, b0), None
-    kept = 0  # thick-restart vectors at the front of V
-    after_restart = True  # first block of a cycle couples to every kept vector
-    anorm = 0.0
-    restarts = 0
-    sel: Tensor | None = None  # selective mode: converged Ritz vectors of this cycle
-    nsel_good = 0
-    peak = m + b  # the basis and the block being orthonormalised in place
-    bar = progress_bar(total=max_matvecs, desc="lanczos", enabled=progress)
-
-    def finish_fully(Y: Tensor) -> EigenResult:
-        """Selective mode's fallback: a fully reorthogonalised run started from a random mix of
-        the current Ritz vectors ``Y`` ``(p, k)`` (the caller has released the basis)."""
-        start = Y @ torch.randn(Y.shape[1], b, generator=gen, dtype=dtype).to(device)
-        bar.close()
-        rest = eigh(
-            A, k, which, tol=tol, max_matvecs=max(max_matvecs - (A.matvecs - mv0), 2 * k), block_size=b,
-            basis_size=m, reorth="full", seed=seed + 1, v0=start, verify=verify, progress=progress,
-        )
-        return replace(
-            rest, matvecs=A.matvecs - mv0, restarts=restarts + rest.restarts + 1, reorth="selective",
-            peak_vectors=max(peak, m + b + nsel_good + 2 * k),
-        )
-
-    def floor_abs() -> float:
-        # 100 eps ||A||: the old 10 sqrt(p) eps ||A|| capped float32 runs at relative residuals
-        # ~1e-2 on the 20th eigenvalue of trained models (eigenvalue errors above 1e-4)
-        return 100 * eps * anorm
-
-    try:
-        while True:
-            s, nb = cur
-            W = A.matmat(V[s : s + nb].T).T.contiguous()
-            bar.update(nb)
-            lo = prev[0] if prev is not None else s
-            if reorth == "full" or after_restart:
-                ranges = [(0, cols)]
-            else:
-                ranges = [(0, kept), (lo, cols)]
-            # after a restart the first block couples to every kept vector: no short recurrence
-            C = _project_out(W, V, ranges, sel, local=None if after_restart else (lo, cols))
-            Cc = C.to(device="cpu", dtype=torch.float64)
-            T[: Cc.shape[0], s : s + nb] = Cc
-            T[s : s + nb, : Cc.shape[0]] = Cc.T
-            after_restart = False
-            anorm = max(anorm, float(Cc.abs().max()) if Cc.numel() else 0.0)
-            Qn, Rc = _next_block(W, V, cols, anorm, gen)
-            del W
-            r = Qn.shape[0]
-
-            Tc = T[:cols, :cols]
-            theta, U = torch.linalg.eigh(0.5 * (Tc + Tc.T))
-            anorm = max(anorm, float(theta.abs().max()))
-            order = _order(theta, which)
-            est = (Rc @ U[s : s + nb, :]).norm(dim=0) if r else torch.zeros(cols, dtype=torch.float64)
-            want = order[: min(k, cols)]
-            thr = torch.clamp(tol * theta[want].abs(), min=floor_abs())
-            done = cols >= k and bool((est[want] <= thr).all())
-            if done and reorth == "selective":
-                # selective mode: semi-orthogonality can make Ritz estimates optimistic, so check
-                # the real residuals once; if they fail, finish the run with full reorthogonalisation
-                Y = _ritz_rows(U, want, V, cols).T
-                lam_w = theta[want].to(dtype=dtype, device=device)
-                real = (A.matmat(Y) - Y * lam_w).norm(dim=0).to(device="cpu", dtype=torch.float64)
-                if not bool((real <= 2 * thr).all()):
-                    del V, sel
-                    return finish_fully(Y)
-                del Y
-            used = A.matvecs - mv0
-            if done or used >= max_matvecs or (r == 0 and cols >= k):
-                break
-
-            if cols + r <= m:
-                V[cols : cols + r] = Qn
-                del Qn  # frees the product's buffer before the next product
-                T[cols : cols + r, s : s + nb] = Rc
-                T[s : s + nb, cols : cols + r] = Rc.T
-                prev, cur = cur, (cols, r)
-                if reorth == "selective":
-                    good = (est <= math.sqrt(eps) * anorm).nonzero().flatten()
-                    if good.numel() > nsel_good:
-                        sel = _ritz_rows(U, good, V, cols)
-                        nsel_good = good.numel()
-                        peak = max(peak, m + b + nsel_good)
-                cols += r
-                continue
-
-            if reorth == "selective" and restarts >= _SELECTIVE_CYCLES:
-                # the wanted pairs did not converge within the cycles selective orthogonalisation
-                # was given: orthogonality against earlier blocks was lost (ghost Ritz values fill
-                # the wanted slots), so go on fully reorthogonalised from the current Ritz vectors
-                Y = _ritz_rows(U, want, V, cols).T
-                del V, sel, Qn
-                return finish_fully(Y)
-
-            # thick restart: keep the l best Ritz vectors and the pending block
-            ll = max(k, min((cols + k) // 2, m - r - b))
-            ll = min(ll, cols)
-            keep = order[:ll]
-            Uk = U[:, keep]
-            _rotate_inplace(V, cols, Uk)
-            S = Rc @ U[s : s + nb, keep]
-            T.zero_()
-            T[:ll, :ll] = torch.diag(theta[keep])
-            T[ll : ll + r, :ll] = S
-            T[:ll, ll : ll + r] = S.T
-            V[ll : ll + r] = Qn
-            del Qn
-            cols, cur, prev, kept = ll + r, (ll, r), None, ll
-            after_restart, sel, nsel_good = True, None, 0
-            restarts += 1
-    finally:
-        bar.close()
-
-    ksel = order[:k]
-    lam = theta[ksel]
-    _rotate_inplace(V, cols, U[:, ksel])
-    del Qn
-    vecs = V[:k].T.contiguous()
-    del V, sel
-    if verify:
-        lam_t = lam.to(dtype=dtype, device=device)
-        res = torch.empty(k, dtype=torch.float64)
-        step = b  # the block size the run's products already used: no larger product temporaries
-        for j in range(0, k, step):
-            Xj = vecs[:, j : j + step]
-            AX = A.matmat(Xj)
-            res[j : j + step] = (AX - Xj * lam_t[j : j + step]).norm(dim=0).to(device="cpu", dtype=torch.float64)
-    else:
-        res = est[ksel].clone()
-    thr = torch.clamp(tol * lam.abs(), min=floor_abs())
-    return EigenResult(
-        eigenvalues=lam.to(dtype),
-        eigenvectors=vecs,
-        residuals=res,
-        relative_residuals=res / lam.abs().clamp_min(1e-300),
-        converged=res <= 2 * thr,
-        matvecs=A.matvecs - mv0,
-        restarts=restarts,
-        which=which,
-        tol=float(tol),
-        block_size=b,
-        basis_size=m,
-        reorth=reorth,
-        peak_vectors=peak,
-        params=A.params,
-        residual_kind="product" if verify else "ritz",
+    run = _BlockLanczos(A, k, which, tol, max_matvecs, b, m, reorth, gen, X, progress)
+    del X
+    Y = run.run()
+    if Y is None:
+        return run.result(verify)
+    # selective mode's fallback: a fully reorthogonalised run from a random mix of the Ritz vectors
+    start = Y @ torch.randn(Y.shape[1], b, generator=gen, dtype=dtype).to(device)
+    del Y
+    gen = torch.Generator().manual_seed(seed + 1)
+    full = _BlockLanczos(A, k, which, tol, max(max_matvecs - (A.matvecs - mv0), 2 * k), b, m, "full", gen,
+                         start.reshape(p, -1).clone(), progress)
+    del start
+    full.run()
+    rest = full.result(verify)
+    return replace(
+        rest, matvecs=A.matvecs - mv0, restarts=run.restarts + rest.restarts + 1, reorth="selective",
+        peak_vectors=max(run.peak, m + b + run.nsel_good + 2 * k),
     )
