@@ -446,9 +446,14 @@ class Objective:
         """A function ``inputs -> outputs`` that runs the model on ``state``."""
         return lambda inputs: batching.call(self.model, inputs, state)
 
-    def output_function(self, inputs: Any) -> Callable[[dict[str, Tensor]], Tensor]:
-        """``theta_sel -> model outputs`` on fixed ``inputs`` (the other weights as in the model)."""
-        return lambda p: batching.call(self.model, inputs, self.state(p))
+    def output_function(
+        self, inputs: Any, base: Mapping[str, Tensor] | None = None
+    ) -> Callable[[dict[str, Tensor]], Tensor]:
+        """``theta_sel -> model outputs`` on fixed ``inputs``; the other weights and buffers are
+        ``base`` (a full state, e.g. a cached private copy) or, by default, the model's own."""
+        if base is None:
+            return lambda p: batching.call(self.model, inputs, self.state(p))
+        return lambda p: batching.call(self.model, inputs, {**base, **p})
 
     def batch_summed_loss(self, state: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, int]:
         """``(S_b, n_b)`` for one batch: the summed loss and its number of loss terms."""

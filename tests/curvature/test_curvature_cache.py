@@ -1,4 +1,5 @@
-"""The Hessian's cached reverse-over-reverse pullbacks: exact, never stale, never shared, in float64."""
+"""Cached product records (the Hessian's pullbacks; the GGN's and Fisher's Jacobian pullbacks):
+exact, never stale, never shared, in float64."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import importlib
 
 import pytest
 import torch
-from _zoo import DT, cases, dense_hessian
+from _zoo import DT, cases, dense_ggn, dense_hessian, per_example_gradients, total_count, true_fisher_by_enumeration
 from torch import nn
 
 import wdecomp as wd
@@ -293,3 +294,116 @@ def test_float32_cached_passes_its_self_check():
     x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
     H = wd.hessian(wd.Objective(model, (x, y)))
     assert H.caching and H.check().passed
+
+
+# ----------------------------------------------------------------------------- GGN and Fisher
+cache_module = importlib.import_module("wdecomp.curvature._cache")
+
+
+def _empirical_fisher(case):
+    G = per_example_gradients(case)
+    return G.T @ G / total_count(case)
+
+
+#: operator builder and independent dense float64 reference, per kind
+OUTPUT_KINDS = {
+    "ggn": (lambda obj, **kw: wd.ggn(obj, **kw), dense_ggn),
+    "fisher_true": (lambda obj, **kw: wd.fisher(obj, kind="true", **kw), true_fisher_by_enumeration),
+    "fisher_empirical": (lambda obj, **kw: wd.fisher(obj, kind="empirical", **kw), _empirical_fisher),
+}
+
+
+@pytest.fixture
+def count_records(monkeypatch):
+    """Count the Jacobian records built (one per batch and cache build)."""
+    calls = []
+    real = cache_module.jacobian_maps
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for module in ("wdecomp.curvature.ggn", "wdecomp.curvature.fisher"):
+        monkeypatch.setattr(importlib.import_module(module), "jacobian_maps", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+@pytest.mark.parametrize("name,cache", [("layernorm", "auto"), ("tied_embedding", "auto"), ("param_subset", "auto"),
+                                        ("attention_seq", True), ("conv_pool", True)])
+def test_cached_ggn_and_fisher_equal_uncached_and_dense(kind, name, cache, count_records):
+    build, reference = OUTPUT_KINDS[kind]
+    case = _case(name)
+    obj = _objective(case)
+    A = build(obj, params=case.params, cache=cache, chunk_size=3)
+    assert A.caching
+    plain = build(obj, params=case.params, cache=False)
+    D = reference(case)
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(A.shape[0], generator=g, dtype=DT)
+    V = torch.randn(A.shape[0], 7, generator=g, dtype=DT)  # three chunks of at most 3
+    for x in (v, V, v):
+        out = A @ x
+        _close(out, plain @ x)
+        _close(out, D @ x)
+    assert len(count_records) == len(case.data)  # built once per batch, reused by every product
+    assert torch.equal(A @ V, A @ V)
+
+
+def _switch_mode(model):
+    model.train()
+
+
+def _change_weight(model):
+    with torch.no_grad():
+        next(model.parameters()).data.mul_(1.5)  # through .data: no version counter moves
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_ggn_and_fisher_caches_are_never_stale(kind, count_records):
+    build, reference = OUTPUT_KINDS[kind]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), _ModeDependent(), nn.Linear(4, 3)).to(DT).eval()
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
+    data = [(x, y)]
+    obj = wd.Objective(model, data, check_deterministic=False)  # in-place data edits are the point
+    A = build(obj)
+    v = torch.randn(A.shape[0], dtype=DT)
+    last = A @ v
+    builds = len(count_records)
+    for change in (
+        lambda: _change_weight(model),
+        lambda: x.mul_(-2.0),  # the objective holds this very tensor
+        lambda: _switch_mode(model),
+    ):
+        change()
+        new = A @ v
+        _close(new, build(obj, cache=False) @ v)
+        assert (new - last).abs().max() > 1e-6 * last.abs().max()
+        assert len(count_records) == builds + 1  # exactly one rebuild per change
+        builds, last = len(count_records), new
+    case = type("C", (), {})()
+    case.model, case.data, case.params, case.loss = model, data, None, "cross_entropy"
+    _close(last, reference(case) @ v)
+
+
+def test_ggn_restrict_and_resample_get_fresh_caches():
+    case = _case("attention_seq")
+    obj = _objective(case)
+    G = wd.ggn(obj, cache=True, chunk_size=3)
+    v = torch.randn(G.shape[0], dtype=DT)
+    G @ v
+    R = G.resample([1, 1, 0])
+    assert R._entries == {} and R._entries is not G._entries
+    _close(R @ v, wd.ggn(obj.subset([1, 1, 0]), cache=False) @ v)
+    G.clear_cache()
+    assert G._entries == {}
+    _close(G @ v, dense_ggn(case) @ v)
+
+
+def test_ggn_and_fisher_reject_an_unknown_cache_setting():
+    obj = _objective(_case("layernorm"))
+    with pytest.raises(ValueError, match="cache setting 'always'"):
+        wd.ggn(obj, cache="always")
+    with pytest.raises(ValueError, match="cache setting 1"):
+        wd.fisher(obj, cache=1)

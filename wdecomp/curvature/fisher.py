@@ -12,35 +12,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import jacrev, jvp, vjp
 
 from wdecomp import batch as batching
+from wdecomp.curvature._cache import CachedProducts, check_cache_setting, jacobian_maps
 from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.curvature.ggn import OutputSpaceOperator
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
 
-def per_example_loss_function(objective: Objective, batch: Batch):
-    """``theta_sel -> (s_1, ..., s_B)``, the summed loss of each example in ``batch``."""
+def per_example_loss_function(
+    objective: Objective, batch: Batch, base: dict[str, Tensor] | None = None
+) -> Callable[[dict[str, Tensor]], Tensor]:
+    """``theta_sel -> (s_1, ..., s_B)``, the summed loss of each example in ``batch`` (the other
+    weights from ``base``, default the model's own)."""
     inputs, targets = objective.inputs_targets(batch)
     loss = objective.output_loss()
-    f = objective.output_function(inputs)
+    f = objective.output_function(inputs, base)
     return lambda p: loss.per_example(f(p), targets)
 
 
-class EmpiricalFisherOperator(FactoredOperator):
-    """``F_emp v = G^T (G v) / N`` with ``G`` the (examples x p) per-example gradient matrix."""
+class EmpiricalFisherOperator(CachedProducts, FactoredOperator):
+    """``F_emp v = G^T (G v) / N`` with ``G`` the (examples x p) per-example gradient matrix.
+
+    Uncached: one forward with a ``vjp`` record, a forward-mode JVP and a VJP per vector.
+    Cached (``cache``, as for :class:`~wdecomp.curvature.ggn.OutputSpaceOperator`): the pullback
+    ``u -> G^T u`` is recorded once per batch and ``v -> G v`` is its transpose by the double-vjp
+    identity, checked value for value before every product.
+    """
 
     kind = "fisher_empirical"
 
-    def __init__(self, objective: Objective, params: ParamSpec | ParamSet = None, **kw) -> None:
+    def __init__(
+        self, objective: Objective, params: ParamSpec | ParamSet = None, *, cache: bool | str = "auto", **kw: Any
+    ) -> None:
+        check_cache_setting(cache, "Fisher")
         super().__init__(objective, params, **kw)
         objective.output_loss()
+        self.cache = cache
+        self._reset_cache()
+
+    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Callable:
+        """``v -> G_b^T G_b v / N`` from recorded pullbacks."""
+        _, gv, gtu = jacobian_maps(per_example_loss_function(self.objective, batch, rest), selected)
+        total = float(self.objective.total_count)
+        return lambda v: gtu(gv(v) / total)
+
+    def _record_product(self, record: Callable, V: dict[str, Tensor]) -> Tensor:
+        return self.params.flatten(map_columns(record, V))
 
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
         e = per_example_loss_function(self.objective, batch)
@@ -79,15 +104,28 @@ def fisher(
     params: ParamSpec | ParamSet = None,
     *,
     kind: str = "empirical",
+    cache: bool | str = "auto",
     chunk_size: int | None = None,
     progress: bool | None = None,
 ) -> FactoredOperator:
     """The empirical (``kind="empirical"``) or true (``kind="true"``) Fisher information matrix.
 
     Both are positive semi-definite and scaled per loss term (``1/N``) like the Hessian.
+
+    Args:
+        objective: The loss over the data (a loss of outputs and targets).
+        params: Parameter selection (``None`` = all trainable).
+        kind: ``"empirical"`` or ``"true"``.
+        cache: Reuse each batch's recorded pullbacks across products at unchanged weights and
+            data: ``"auto"`` (one-batch objectives), ``True`` (every batch) or ``False``; exact
+            either way.
+        chunk_size: Largest block of vectors per ``vmap`` call.
+        progress: Progress bar over batches (``None``: only on a TTY).
     """
     if kind == "empirical":
-        return EmpiricalFisherOperator(objective, params, chunk_size=chunk_size, progress=progress)
+        return EmpiricalFisherOperator(objective, params, cache=cache, chunk_size=chunk_size, progress=progress)
     if kind == "true":
-        return OutputSpaceOperator(objective, params, output_matrix="fisher", chunk_size=chunk_size, progress=progress)
+        return OutputSpaceOperator(
+            objective, params, output_matrix="fisher", cache=cache, chunk_size=chunk_size, progress=progress
+        )
     raise ValueError(f"Fisher kind must be 'empirical' or 'true', not '{kind}'")

@@ -10,28 +10,36 @@ the tests check between two independently written code paths.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vjp
 
 from wdecomp import batch as batching
+from wdecomp.curvature._cache import CachedProducts, check_cache_setting, jacobian_maps
 from wdecomp.curvature.base import FactoredOperator, map_columns
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
 
-class OutputSpaceOperator(FactoredOperator):
-    """``A v = sum_b J_b^T M_b J_b v``: a Jacobian-vector product (forward mode), an output-space
-    product ``M u``, and a vector-Jacobian product (reverse mode). For ``k`` vectors the forward
-    products are batched by ``vmap`` and the reverse pass re-uses one ``vjp`` closure, so a block
-    costs one forward, ``k`` batched JVPs and ``k`` batched VJPs per batch.
+class OutputSpaceOperator(CachedProducts, FactoredOperator):
+    """``A v = sum_b J_b^T M_b J_b v``: a Jacobian-vector product, an output-space product
+    ``M u``, and a vector-Jacobian product.
+
+    Uncached, a block of ``k`` vectors costs one forward with its ``vjp`` record, ``k`` batched
+    forward-mode JVPs and ``k`` batched VJPs per batch. Cached (``cache``), each batch's
+    pullback ``u -> J^T u`` is recorded once, and ``v -> J v`` is the pullback of that linear
+    map (:func:`wdecomp.curvature._cache.jacobian_maps`), so a product is backward sweeps only,
+    with no forward pass; the records are kept, and checked value for value before every
+    product, exactly as the Hessian's (:class:`~wdecomp.curvature.hessian.HessianOperator`).
 
     Args:
         objective: The loss (a loss of ``(outputs, targets)``, not a :class:`BatchLoss`).
         params: Parameter selection.
         output_matrix: ``"hessian"`` (GGN) or ``"fisher"`` (true Fisher, closed form).
+        cache: ``"auto"`` (default: cache when the objective has one batch), ``True`` (every
+            batch; memory: one model-output graph and its pullback per batch) or ``False``.
     """
 
     def __init__(
@@ -40,10 +48,14 @@ class OutputSpaceOperator(FactoredOperator):
         params: ParamSpec | ParamSet = None,
         *,
         output_matrix: str = "hessian",
+        cache: bool | str = "auto",
         chunk_size: int | None = None,
         progress: bool | None = None,
     ) -> None:
+        check_cache_setting(cache, "GGN/Fisher")
         super().__init__(objective, params, chunk_size=chunk_size, progress=progress)
+        self.cache = cache
+        self._reset_cache()
         self.loss = objective.output_loss()
         if output_matrix not in ("hessian", "fisher"):
             raise ValueError(f"output_matrix must be 'hessian' or 'fisher', not '{output_matrix}'")
@@ -63,7 +75,18 @@ class OutputSpaceOperator(FactoredOperator):
         g = grad(lambda o: self.loss.summed(o, targets)[0] / total)
         return lambda u: jvp(g, (outputs,), (u,))[1]
 
+    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Callable:
+        """``v -> J_b^T M_b J_b v`` from recorded pullbacks (no forward pass per product)."""
+        inputs, targets = self.objective.inputs_targets(batch)
+        outputs, jv, jtu = jacobian_maps(self.objective.output_function(inputs, rest), selected)
+        m_product = self._output_product(outputs, targets)
+        return lambda v: jtu(m_product(jv(v)))
+
+    def _record_product(self, record: Callable, V: dict[str, Tensor]) -> Tensor:
+        return self.params.flatten(map_columns(record, V))
+
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
+        """The uncached product: forward with a ``vjp`` record, JVPs, VJPs."""
         inputs, targets = self.objective.inputs_targets(batch)
         f = self.objective.output_function(inputs)
         outputs, pullback = vjp(f, theta)
@@ -113,6 +136,7 @@ def ggn(
     objective: Objective,
     params: ParamSpec | ParamSet = None,
     *,
+    cache: bool | str = "auto",
     chunk_size: int | None = None,
     progress: bool | None = None,
 ) -> OutputSpaceOperator:
@@ -121,5 +145,16 @@ def ggn(
     Positive semi-definite whenever the loss is convex in the outputs (cross-entropy, MSE);
     equals the Hessian minus the term ``sum_i (dl/df_i) d^2 f_i / d theta^2`` that carries the
     network's own curvature.
+
+    Args:
+        objective: The loss over the data (a loss of outputs and targets).
+        params: Parameter selection (``None`` = all trainable).
+        cache: Reuse each batch's recorded pullbacks across products at unchanged weights and
+            data: ``"auto"`` (one-batch objectives), ``True`` (every batch) or ``False``; exact
+            either way (see :class:`OutputSpaceOperator`).
+        chunk_size: Largest block of vectors per ``vmap`` call.
+        progress: Progress bar over batches (``None``: only on a TTY).
     """
-    return OutputSpaceOperator(objective, params, output_matrix="hessian", chunk_size=chunk_size, progress=progress)
+    return OutputSpaceOperator(
+        objective, params, output_matrix="hessian", cache=cache, chunk_size=chunk_size, progress=progress
+    )

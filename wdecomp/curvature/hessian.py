@@ -3,81 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from wdecomp.curvature.base import CurvatureOperator, map_columns
+from wdecomp.curvature._cache import CachedProducts, check_cache_setting
+from wdecomp.curvature.base import map_columns
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
 _METHODS = ("auto", "forward-over-reverse", "reverse-over-reverse")
-_CACHE_MODES = (True, False, "auto")
-
 Pullback = Callable[[dict[str, Tensor]], tuple[dict[str, Tensor]]]
 
 
-@dataclass
-class _ModelSnapshot:
-    """A private copy of everything the loss reads from the model, taken when pullbacks are built.
-
-    ``state`` holds clones of the parameters (the operator's own tensors for the selected ones)
-    and buffers, exactly what :meth:`Objective.state` would substitute; ``modes`` the modules'
-    train/eval flags. The cached graphs are built on these clones, so nothing outside the
-    operator can change the values they saved.
-    """
-
-    state: dict[str, Tensor]
-    modes: tuple[bool, ...]
-
-    def matches(self, state: dict[str, Tensor], modes: tuple[bool, ...]) -> bool:
-        return (
-            modes == self.modes
-            and list(state) == list(self.state)
-            and all(_same_tensor(state[n], self.state[n]) for n in state)
-        )
-
-
-@dataclass
-class _BatchEntry:
-    """One batch's cached pullback, with the private copy of the batch it was built on."""
-
-    spec: Any
-    leaves: list[Any]
-    pullback: Pullback
-    checked: int  # the product call in which the batch was last found unchanged
-
-    def matches(self, batch: Batch) -> bool:
-        leaves, spec = tree_flatten(batch)
-        return spec == self.spec and len(leaves) == len(self.leaves) and all(map(_same_leaf, leaves, self.leaves))
-
-
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
-
-
-#: Non-tensor batch entries compared by value; any other object counts as changed on every call
-#: (it could hide mutable state), so its batch is rebuilt rather than risk a stale product.
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)
-
-
-def _same_leaf(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and _same_tensor(a, b)
-    return type(a) is type(b) and isinstance(a, _PLAIN) and a == b
-
-
-def _private_copy(batch: Batch) -> tuple[Any, list[Any], Batch]:
-    leaves, spec = tree_flatten(batch)
-    leaves = [t.detach().clone() if isinstance(t, Tensor) else t for t in leaves]
-    return spec, leaves, tree_unflatten(leaves, spec)
-
-
-class HessianOperator(CurvatureOperator):
+class HessianOperator(CachedProducts):
     """The Hessian ``H`` of the objective ``L(theta) = sum_b S_b(theta) / N``, known by its products.
 
     For a tangent ``v``, ``H v = sum_b d/d eps [grad S_b(theta + eps v) / N]`` at ``eps = 0``:
@@ -156,8 +95,7 @@ class HessianOperator(CurvatureOperator):
     ) -> None:
         if method not in _METHODS:
             raise ValueError(f"unknown Hessian product method '{method}'; choose from {_METHODS}")
-        if not any(cache is mode or (isinstance(mode, str) and cache == mode) for mode in _CACHE_MODES):
-            raise ValueError(f"unknown Hessian cache setting {cache!r}; choose True, False or 'auto'")
+        check_cache_setting(cache, "Hessian")
         if cache is True and method == "forward-over-reverse":
             raise ValueError(
                 "cache=True keeps reverse-over-reverse pullbacks, which method='forward-over-reverse' "
@@ -169,71 +107,21 @@ class HessianOperator(CurvatureOperator):
         self._reset_cache()
 
     # ---------------------------------------------------------------- cache
-    def _reset_cache(self) -> None:
-        self._snapshot: _ModelSnapshot | None = None
-        self._entries: dict[int, _BatchEntry] = {}
-        self._calls = 0
-        self._caching_now = False
-
-    def clear_cache(self) -> None:
-        """Drop every cached pullback and the private copies (frees their memory)."""
-        self._reset_cache()
-
     @property
     def caching(self) -> bool:
         """Whether products reuse cached pullbacks (decided by ``cache``, ``method`` and the batches)."""
-        if self.cache is False or self.method == "forward-over-reverse":
-            return False
-        return self.cache is True or self.objective.num_batches == 1
+        return self.method != "forward-over-reverse" and super().caching
 
-    def _current_state(self) -> tuple[dict[str, Tensor], tuple[bool, ...]]:
-        state = self.objective.state(self.params.as_dict())
-        return state, tuple(m.training for m in self.objective.model.modules())
-
-    def _check_snapshot(self) -> None:
-        """Drop the cache unless the model is, value for value, as when it was built."""
-        state, modes = self._current_state()
-        if self._snapshot is not None and self._snapshot.matches(state, modes):
-            return
-        self._entries.clear()  # free the old graphs before building new ones
-        self._snapshot = _ModelSnapshot({n: t.clone() for n, t in state.items()}, modes)
-
-    def _pullback(self, index: int, batch: Batch) -> Pullback:
-        entry = self._entries.get(index)
-        if entry is not None and (entry.checked == self._calls or entry.matches(batch)):
-            entry.checked = self._calls
-            return entry.pullback
-        self._entries.pop(index, None)
-        assert self._snapshot is not None
-        spec, leaves, own_batch = _private_copy(batch)
-        frozen = self._snapshot.state
-        selected = {n: frozen[n] for n in self.params.names}
-        rest = {n: t for n, t in frozen.items() if n not in selected}
-        f = self.objective.batch_objective(own_batch, self.params)
+    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Pullback:
+        """``pull`` with ``pull(v) = (H_b v,)``: the pullback of this batch's gradient."""
+        f = self.objective.batch_objective(batch, self.params)
         _, pullback = vjp(grad(lambda p: f({**rest, **p})), selected)
-        self._entries[index] = _BatchEntry(spec, leaves, pullback, self._calls)
         return pullback
 
-    def _rebuild(self, objective: Objective, params: ParamSet) -> HessianOperator:
-        new = super()._rebuild(objective, params)
-        assert isinstance(new, HessianOperator)
-        new._reset_cache()
-        return new
+    def _record_product(self, record: Pullback, V: dict[str, Tensor]) -> Tensor:
+        return self.params.flatten(map_columns(lambda v: record(v)[0], V))
 
     # ---------------------------------------------------------------- products
-    def _matmat(self, V: Tensor) -> Tensor:
-        self._caching_now = self.caching
-        if self._caching_now:
-            self._calls += 1
-            self._check_snapshot()
-        return super()._matmat(V)
-
-    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
-        if not self._caching_now:
-            return self._batch_matmat(theta, batch, V)
-        pullback = self._pullback(index, batch)
-        return self.params.flatten(map_columns(lambda v: pullback(v)[0], V))
-
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
         """The uncached product: the gradient graph is recorded anew for this call."""
         g = grad(self.objective.batch_objective(batch, self.params))
