@@ -42,6 +42,7 @@ from wdecomp.models.char import (
 )
 from wdecomp.models.digits import DigitsMLP, digits_mlp
 from wdecomp.models.modular import ModularMLP, modular_addition
+from wdecomp.models.spd_targets import TMS, ResidualMLP, TransposedLinear, residual_mlp, tms
 from wdecomp.models.toy import ImportanceWeightedMSE, ToySuperposition, toy_superposition
 from wdecomp.models.transformer import Transformer, TransformerConfig
 
@@ -53,6 +54,9 @@ __all__ = [
     "ImportanceWeightedMSE",
     "ModelBundle",
     "ModularMLP",
+    "ResidualMLP",
+    "TMS",
+    "TransposedLinear",
     "ScalingPoint",
     "ToySuperposition",
     "Transformer",
@@ -65,7 +69,9 @@ __all__ = [
     "digits_mlp",
     "load",
     "modular_addition",
+    "residual_mlp",
     "sweep_points",
+    "tms",
     "toy_superposition",
     "unigram_entropy",
 ]
@@ -76,6 +82,10 @@ _FACTORIES: dict[str, Callable[..., ModelBundle]] = {
     "modular_addition_transformer": lambda **kw: modular_addition(arch="transformer", **kw),
     "digits_mlp": digits_mlp,
     "char_transformer": char_transformer,
+    "tms_5_2": lambda **kw: tms(5, 2, **kw),
+    "tms_5_2_id": lambda **kw: tms(5, 2, identity=True, **kw),
+    "tms_40_10": lambda **kw: tms(40, 10, **kw),
+    "residual_mlp": residual_mlp,
 }
 
 
