@@ -347,7 +347,13 @@ def test_cached_ggn_and_fisher_equal_uncached_and_dense(kind, name, cache, count
         _close(out, plain @ x)
         _close(out, D @ x)
     assert len(count_records) == len(case.data)  # built once per batch, reused by every product
-    assert torch.equal(A @ V, A @ V)
+    forwards = []
+    handle = case.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        assert torch.equal(A @ V, A @ V)
+    finally:
+        handle.remove()
+    assert forwards == []  # a cached product runs no forward pass at all
 
 
 def _switch_mode(model):
