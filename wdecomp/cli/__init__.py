@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "graph": "build, prune, export and plot an interaction graph",
     "ablate": "ablation sweep scored by loss, KL, loss recovered and compute-equivalent",
     "demo": "decompose small models end to end and write a report folder",
+    "decompose": "parameter decomposition (SPD) of linear layers into rank-one subcomponents; saves them",
     "scaling": "fit your own scaling law to a sweep; read losses as compute-equivalents with intervals",
 }
 

@@ -389,6 +389,13 @@ class SPDResult(ComponentModel):
             out["ci_l0"] = self.ci_l0(data)
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`summary` without data, plus each layer's piece norms and mean importances."""
+        out = self.summary()
+        out["norms"] = {n: self.norms(n).tolist() for n in self.layers}
+        out["mean_importance"] = {n: v.tolist() for n, v in self.mean_importance.items()}
+        return out
+
     def __str__(self) -> str:
         final = ", ".join(f"{k} {v[-1]:.4g}" for k, v in self.history.items() if v)
         lines = [f"SPD of {len(self.layers)} layers, C = {self.config.C} (steps {self.info.get('steps')}): {final}"]
