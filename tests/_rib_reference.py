@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
 
 @dataclass
@@ -114,3 +116,94 @@ def hat_jacobian(Jx: np.ndarray, C_in_pinv: np.ndarray, C_out: np.ndarray | None
 def gauss_legendre(points: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.legendre.leggauss(points)
     return (x + 1) / 2, w / 2
+
+
+# ----------------------------------------------------------------------------- test models
+DT = torch.float64
+THR = 1e-10
+
+
+def tanh_mlp(seed: int = 0, duplicate: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(DT).eval()
+    if duplicate:  # neuron 5 copies neuron 4: the covariance at "1" is singular
+        with torch.no_grad():
+            m[0].weight[5] = m[0].weight[4]
+            m[0].bias[5] = m[0].bias[4]
+    return m
+
+
+class SeqMix(nn.Module):
+    """Embedding, a position-wise Linear, fixed mixing over 3 positions, tanh, Linear (3 positions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.embed = nn.Embedding(7, 4)
+        self.lin1 = nn.Linear(4, 5)
+        self.register_buffer("K", torch.randn(3, 3))
+        self.act = nn.Tanh()
+        self.lin2 = nn.Linear(5, 3)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        u = self.lin1(self.embed(t))
+        return self.lin2(self.act(torch.einsum("pq,bqd->bpd", self.K, u)))
+
+
+def to_np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().astype(np.float64)
+
+
+def _ones(f: np.ndarray) -> np.ndarray:
+    return np.concatenate([f, np.ones(f.shape[:-1] + (1,))], -1)
+
+
+def rib_mlp(model: nn.Module, x: torch.Tensor, alpha: float = 1.0):
+    """rib's layers at '1' and '3' of a tanh MLP, and the x-space Jacobians at ``alpha x``."""
+    W2, b2, W4, b4 = (to_np(p) for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
+    f1 = np.tanh(to_np(model[0](x)))
+    f3 = np.tanh(f1 @ W2.T + b2)
+    N = len(x)
+    J34 = np.broadcast_to(np.concatenate([W4, b4[:, None]], 1)[None, None, :, None, :], (N, 1, 3, 1, 6)).copy()
+    L3 = rib_layer(_ones(f3), m_dash(J34), THR)
+
+    def J13x(a: float) -> np.ndarray:
+        g = 1 - np.tanh(a * (f1 @ W2.T + b2)) ** 2  # (N, 5)
+        J = np.zeros((N, 1, 6, 1, 7))
+        J[:, 0, :5, 0, :6] = g[:, :, None] * W2
+        J[:, 0, :5, 0, 6] = g * b2
+        J[:, 0, 5, 0, 6] = 1.0
+        return J
+
+    J13 = np.einsum("ntapb,al->ntlpb", J13x(1.0), L3.C)
+    L1 = rib_layer(_ones(f1), m_dash(J13), THR)
+    return {"1": (L1, _ones(f1)), "3": (L3, _ones(f3))}, J13x, J34
+
+
+def rib_seq(model: SeqMix, t: torch.Tensor):
+    K, W1, b1, W2, b2 = (to_np(p) for p in (model.K, model.lin1.weight, model.lin1.bias, model.lin2.weight,
+                                          model.lin2.bias))
+    e = to_np(model.embed(t))  # (N, 3, 4)
+    m = np.einsum("pq,nqd->npd", K, e @ W1.T + b1)
+    act = np.tanh(m)
+    N = len(t)
+    J2 = np.zeros((N, 3, 3, 3, 6))
+    for p in range(3):
+        J2[:, p, :, p, :5] = W2
+        J2[:, p, :, p, 5] = b2
+    L_act = rib_layer(_ones(act).reshape(-1, 6), m_dash(J2), THR)
+
+    def J1x(a: float) -> np.ndarray:
+        g = 1 - np.tanh(a * m) ** 2  # (N, 3, 5)
+        J = np.zeros((N, 3, 6, 3, 5))
+        for p in range(3):
+            for q in range(3):
+                J[:, p, :5, q, :4] = g[:, p, :, None] * K[p, q] * W1
+                J[:, p, :5, q, 4] = g[:, p] * K[p, q] * b1
+            J[:, p, 5, p, 4] = 1.0
+        return J
+
+    J1 = np.einsum("ntapb,al->ntlpb", J1x(1.0), L_act.C)
+    L_e = rib_layer(_ones(e).reshape(-1, 5), m_dash(J1), THR)
+    return {"embed": (L_e, _ones(e)), "act": (L_act, _ones(act))}, J1x, J2
+

@@ -218,5 +218,7 @@ def test_property_rotate_and_back_is_identity(seed, method, n):
     model = _mlp(seed)
     g = torch.Generator().manual_seed(seed + 1)
     data = [(torch.randn(n, 4, generator=g, dtype=DT), torch.zeros(n))]
-    basis = interaction_basis(model, data, ["1", "3", "4"], method=method)
+    # exact only when non-interacting directions are kept (dropping one with Lambda = 1e-11 max
+    # changes the output by about sqrt(Lambda))
+    basis = interaction_basis(model, data, ["1", "3", "4"], method=method, drop_noninteracting=False)
     assert _roundtrip_error(model, data, basis) < 1e-10

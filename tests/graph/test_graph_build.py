@@ -7,8 +7,6 @@ layer's activation to the next is written out by hand (the sub-network), differe
 
 from __future__ import annotations
 
-import types
-
 import networkx as nx
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from torch import nn
 
 from wdecomp.bases import Basis, LayerBasis, model_signature, neuron_basis
 from wdecomp.graph import interaction_graph, quadrature
-from wdecomp.graph.build import iter_chunks
 
 DT = torch.float64
 jacobian = torch.autograd.functional.jacobian
@@ -138,7 +135,7 @@ def reference_edges(net, basis, tails, x, method="jacobian", steps=8, rule="gaus
                 E += A.sum(2).square().sum(0)
             else:
                 E += A.square().sum((0, 2))
-        out.append(E / x.shape[0])
+        out.append(E / (x.shape[0] * f_all[0].reshape(-1, f_all.shape[-1]).shape[0]))  # rib: 1/(N P_source)
         errs.append(err)
     return out, errs
 
@@ -314,7 +311,7 @@ def test_chain_network_yields_a_chain():
 def test_components_objects_and_errors():
     net, basis, _, x = mlp_setup()
     ref = interaction_graph(net, x, basis).attribution_matrix(0)
-    comps = types.SimpleNamespace(basis=basis)
+    comps = basis  # a Basis is a component model (wdecomp.bases.protocol.ComponentModel)
     np.testing.assert_allclose(interaction_graph(comps, x, model=net).attribution_matrix(0), ref, rtol=1e-14)
     np.testing.assert_allclose(interaction_graph(net, x, comps).attribution_matrix(0), ref, rtol=1e-14)
     with pytest.raises(ValueError, match="model="):
@@ -342,10 +339,3 @@ def test_real_components_object_when_available():
         pytest.skip(f"decompose failed on the test basis: {exc}")
     got = interaction_graph(comps, x, model=net).attribution_matrix(0)
     np.testing.assert_allclose(got, interaction_graph(net, x, basis).attribution_matrix(0), rtol=1e-14)
-
-
-def test_iter_chunks_shapes():
-    x = torch.zeros(10, 2)
-    assert [c.shape[0] for c in iter_chunks(x, 4)] == [4, 4, 2]
-    data = [(x[:3], torch.zeros(3)), ({"a": x[3:]}, None)]
-    assert [c.shape[0] if isinstance(c, torch.Tensor) else c["a"].shape[0] for c in iter_chunks(data, 5)] == [3, 5, 2]

@@ -79,21 +79,23 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import vmap
 
 from wdecomp import hooks
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.capture import GramResult, gram_matrices
 from wdecomp.bases.section import (
     Section,
+    TargetCoordinates,
+    batched_jacobians,
+    build_section,
     feature_axis,
     memory_guard,
     plan_chunk,
     quadrature,
-    section_biases,
     to_rows,
 )
-from wdecomp.batch import as_batches, chunks, num_examples, slice_examples, split
+from wdecomp.batch import as_batches, chunks, num_examples, split
 from wdecomp.distributed import all_reduce_sum_many
 from wdecomp.errors import DataError, NonFiniteError, SelectionError
 from wdecomp.progress import progress_bar
@@ -160,52 +162,12 @@ def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
 
 
 # ----------------------------------------------------------------------------- Jacobians
-@dataclass(frozen=True)
-class _Target:
-    """Coordinates of the target layer as a function of its rows and constant."""
-
-    basis: LayerBasis | None
-
-    def __call__(self, rows: Tensor, s: Tensor | None) -> Tensor:
-        lb = self.basis
-        if lb is None:
-            return rows
-        if lb.constant is None:
-            return lb.to_coordinates(rows)
-        ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
-        s = ones if s is None else s.unsqueeze(-1)
-        mu = lb.center.to(rows.dtype) if lb.center is not None else 0.0
-        c = (rows - mu * s) @ lb.transform.T.to(rows.dtype)
-        return torch.cat([c[:, :1] + lb.constant * s, c[:, 1:]], dim=-1)
-
-
-def _jac(fn: Any, n_in: int, n_out: int, mode: str) -> Any:
-    if mode not in ("auto", "forward", "reverse"):
-        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not '{mode}'")
-    forward = mode == "forward" or (mode == "auto" and n_in <= n_out)
-    return jacfwd(fn, argnums=0) if forward else jacrev(fn, argnums=0)
-
-
-def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
-    """``J(alpha a)`` for each ``alpha``: ``fn`` maps one example's ``(P_s, D)`` rows to ``(P_t, k)``.
-
-    Yields:
-        ``(B, P_t, k, P_s, D)`` per ``alpha``, batched over the examples of ``points``/``x``.
-    """
-    with torch.no_grad():
-        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))
-    jac = _jac(fn, points[0].numel(), out[0].numel(), mode)
-    for alpha in alphas.tolist():
-        with torch.no_grad():
-            yield vmap(jac)(alpha * points, x)
-
-
 @dataclass
 class _Pair:
     """Everything needed to evaluate ``a^l -> c^{l+1}`` on chunks of data."""
 
     section: Section
-    target: _Target
+    target: TargetCoordinates
     d: int
 
     def fn(self, a: Tensor, x: Any) -> Tensor:
@@ -222,13 +184,9 @@ class _Pair:
 
 def _pair(model: nn.Module, x: Any, source: str, target: str, target_basis: LayerBasis | None, constant: bool,
           feature_dims: dict[str, int | None]) -> _Pair:
-    acts = hooks.run(model, x, read=[source, target])[1]
-    a_s, a_t = acts[source], acts[target]
-    ax_s = feature_axis(model, source, a_s.dim(), feature_dims.get(source))
-    ax_t = feature_axis(model, target, a_t.dim(), feature_dims.get(target))
-    biases = tuple(section_biases(model, source, target, x)) if constant else ()
-    sec = Section(model, source, target, tuple(a_s.shape[1:]), ax_s, ax_t, biases, constant)
-    return _Pair(sec, _Target(target_basis), int(a_s.shape[ax_s]) if a_s.dim() > 1 else 1)
+    sec = build_section(model, x, source, target, constant=constant, feature_dims=feature_dims)
+    d = sec.source_shape[sec.source_axis - 1] if sec.source_shape else 1
+    return _Pair(sec, TargetCoordinates(target_basis), int(d))
 
 
 def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: int | None, steps: int) -> int:

@@ -44,13 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import jacfwd, jacrev, vmap
 
 from wdecomp import hooks
-from wdecomp.batch import add_example_axis
+from wdecomp.bases.base import LayerBasis
+from wdecomp.batch import add_example_axis, slice_examples
 from wdecomp.errors import DenseTooLargeError, SelectionError, ShapeError
 
-__all__ = ["RULES", "Section", "available_memory", "feature_axis", "from_rows", "memory_guard", "plan_chunk",
-           "quadrature", "section_biases", "to_rows"]
+__all__ = ["RULES", "Section", "TargetCoordinates", "available_memory", "batched_jacobians", "build_section",
+           "feature_axis",
+           "from_rows", "memory_guard", "plan_chunk", "quadrature", "section_biases", "to_rows"]
 
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
                    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.GroupNorm,
@@ -215,6 +218,65 @@ class Section:
         rows = to_rows(acts[self.target], self.target_axis)[0]
         s_t = None if s is None else _position_scale(s, rows.shape[0], f"target '{self.target}'")
         return rows, s_t
+
+
+
+def build_section(model: nn.Module, probe: Any, source: str, target: str, *, constant: bool,
+                  feature_dims: dict[str, int | None] | None = None) -> Section:
+    """The :class:`Section` from ``source`` to ``target``, shapes and biases read from ``probe`` (a batch
+    of inputs; one example is enough). ``feature_dims``: hook point -> feature axis (default per
+    :func:`feature_axis`)."""
+    fd = feature_dims or {}
+    acts = hooks.run(model, probe, read=[source, target])[1]
+    a_s, a_t = acts[source], acts[target]
+    ax_s = feature_axis(model, source, a_s.dim(), fd.get(source))
+    ax_t = feature_axis(model, target, a_t.dim(), fd.get(target))
+    biases = tuple(section_biases(model, source, target, probe)) if constant else ()
+    return Section(model, source, target, tuple(a_s.shape[1:]), ax_s, ax_t, biases, constant)
+
+
+# ----------------------------------------------------------------------------- Jacobians
+@dataclass(frozen=True)
+class TargetCoordinates:
+    """Coordinates of the target layer from its rows ``(P_t, d_t)`` and constant ``(P_t,)``: linear
+    in ``[f; s]`` for a basis with a constant node, ``basis.to_coordinates`` otherwise, the rows
+    themselves without a basis."""
+
+    basis: LayerBasis | None
+
+    def __call__(self, rows: Tensor, s: Tensor | None) -> Tensor:
+        lb = self.basis
+        if lb is None:
+            return rows
+        if lb.constant is None:
+            return lb.to_coordinates(rows)
+        ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+        s = ones if s is None else s.unsqueeze(-1)
+        mu = lb.center.to(rows.dtype) if lb.center is not None else 0.0
+        c = (rows - mu * s) @ lb.transform.T.to(rows.dtype)
+        return torch.cat([c[:, :1] + lb.constant * s, c[:, 1:]], dim=-1)
+
+
+def _jac(fn: Any, n_in: int, n_out: int, mode: str) -> Any:
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not '{mode}'")
+    forward = mode == "forward" or (mode == "auto" and n_in <= n_out)
+    return jacfwd(fn, argnums=0) if forward else jacrev(fn, argnums=0)
+
+
+def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+    """``J(alpha a)`` for each ``alpha``: ``fn(a, x)`` maps one example's ``(P_s, D)`` rows to ``(P_t, k)``
+    (``x``: that example's inputs); forward mode when ``P_s D <= P_t k`` under ``mode="auto"``.
+
+    Yields:
+        ``(B, P_t, k, P_s, D)`` per ``alpha``, batched over the examples of ``points``/``x``.
+    """
+    with torch.no_grad():
+        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))
+    jac = _jac(fn, points[0].numel(), out[0].numel(), mode)
+    for alpha in alphas.tolist():
+        with torch.no_grad():
+            yield vmap(jac)(alpha * points, x)
 
 
 

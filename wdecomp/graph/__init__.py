@@ -7,8 +7,8 @@ saves (GraphML, GEXF, node-link JSON, DOT) and plots itself.
 """
 
 from wdecomp.graph.build import interaction_graph, quadrature
-from wdecomp.graph.export import load_graph, read_nx, save_graph
-from wdecomp.graph.graph import Completeness, GraphSummary, InteractionGraph, PairSummary, node_id
+from wdecomp.graph.export import read_nx, save_graph
+from wdecomp.graph.graph import Completeness, GraphSummary, InteractionGraph, PairSummary, load_graph, node_id
 from wdecomp.graph.plot import layered_layout, plot_graph
 
 __all__ = [

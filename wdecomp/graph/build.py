@@ -1,119 +1,91 @@
 r"""Build interaction graphs: components of consecutive layers joined by their attributions.
 
 Nodes are the directions of an activation basis (:class:`~wdecomp.bases.base.Basis`): at hook
-point ``l`` with basis ``c_l = C_l (f_l - mu_l)`` (``C_l``: ``k_l x d_l``, inverse ``C_l^+``),
-node ``(l, j)`` is coordinate ``c_{l,j}``; its importance is the basis eigenvalue. A directed
-edge ``(l, j) -> (l+1, i)`` carries how much the later coordinate depends on the earlier one over
-the data. Writing ``F_x`` for the map from ``f_l`` to ``f_{l+1}`` on input ``x`` (everything
-upstream of ``l`` held at its value on ``x``, see :func:`wdecomp.activations.activation_jacobian`)
-and ``h_x(c) = C_{l+1} (F_x(C_l^+ c + mu_l) - mu_{l+1})`` for the same map in coordinates:
+point ``l``, node ``(l, j)`` is coordinate ``c_{l,j}``; its importance is the basis eigenvalue. A
+basis with a constant node (LIB as rib runs it) gives node ``(l, 0)`` the attribute
+``constant=True``. Writing ``h_x(c)`` for the map from layer ``l``'s coordinates (at every source
+position ``p``) to layer ``l+1``'s coordinates (at every target position ``t``) on input ``x``
+(:mod:`wdecomp.bases.section`: with a constant node the coordinates are linear in ``[f; s]``,
+``s`` scaling the biases between the two hook points), the edge ``(l, j) -> (l+1, i)`` carries
 
-**Jacobian attribution** (``method="jacobian"``)::
+**squared edges** (``formula="squared"``, default; rib's ``edge_formula="squared"``,
+``rib.linalg.calc_edge_squared``)::
 
-    A_ij(x) = [dc_{l+1} / dc_l]_ij  c_{l,j}(x),    dc_{l+1} / dc_l = C_{l+1} J_x C_l^+,
-    E_ij    = E_x[ A_ij(x)^2 ],
+    A_{ti,j}(x) = sum_p c_{pj}(x) sum_m w_m [d h_{x,ti} / d c_{pj}](alpha_m c(x)),
+    E_ij = 1/(N P_l) sum_x sum_t A_{ti,j}(x)^2,
 
-with ``J_x = d f_{l+1} / d f_l`` at ``f_l(x)`` from :func:`~wdecomp.activations.activation_jacobian`.
+with ``method="jacobian"`` the single node ``alpha = 1`` (rib's ``integration_method="gradient"``,
+the configuration of the paper's runs) and with ``method="integrated_gradients"`` a quadrature
+(``steps`` nodes, ``rule``) along ``alpha c``: for a basis with a constant node this is rib's path
+``alpha [f; 1]`` (biases scale with ``alpha``, baseline the all-zero input); for a basis without one
+``c = 0`` is the activation ``f = mu`` with the biases unchanged (a wdecomp variant:
+integrated gradients from the basis centre, Sundararajan, Taly & Yan 2017, arXiv:1703.01365).
+``positions="separate"`` instead sums over source positions outside the square
+(``1/(N P_l) sum_x sum_{t,p} (c_{pj} ...)^2``, a wdecomp variant). Without positions (``P = 1``)
+both are rib's.
 
-**Integrated-gradient attribution** (``method="integrated_gradients"``; Sundararajan, Taly & Yan
-2017, arXiv:1703.01365, as used for the edges of the Local Interaction Basis graph by Bushnaq et
-al. 2024, arXiv:2405.10928)::
+**functional edges** (``formula="functional"``; rib's October ``edge_formula="functional"``,
+``rib.linalg.calc_edge_functional``)::
 
-    A_ij(x) = c_{l,j}(x) \int_0^1 d alpha  [d h_{x,i} / d c_j](alpha c_l(x)),
-    E_ij    = E_x[ A_ij(x)^2 ].
+    E_ij = 2/(N P_l) sum_x sum_m w_m sum_p c_{pj} sum_t (h_{x,ti}(c) - h_{x,ti}(alpha_m c))
+           [d h_{x,ti} / d c_{pj}](alpha_m c)
 
-The path runs straight from the baseline ``c = 0`` (zero in *basis coordinates*, i.e. the
-activation ``f_l = mu_l``: the basis centre, or zero for an uncentred basis) to ``c_l(x)``. The
-integral is a quadrature with ``steps`` nodes (``rule``): ``"gauss-legendre"`` (default; exact
-for polynomials of degree ``2 steps - 1``, exponentially convergent for analytic ``h``),
-``"midpoint"`` (error ``O(steps^-2)``) or ``"trapezoid"`` (endpoints included, ``O(steps^-2)``).
-Integrated gradients are *complete*: ``sum_j A_ij(x) = h_{x,i}(c_l(x)) - h_{x,i}(0)`` exactly
-for the exact integral. The quadrature breaks this by its error, which is measured on every
-example and reported per layer pair (:class:`Completeness`). (``h_x(c_l(x))`` equals ``c_{l+1}(x)``
-when the basis at ``l`` spans the activations, as bases fit on the same data do.)
+(may be negative; zero at the single node ``alpha = 1``, so it needs ``method="integrated_gradients"``).
 
-**Sequence models.** When the activations at a hook point carry extra axes (positions, channels:
-shape ``(*P, d)``; bases act on the last axis), a node is a direction shared by all positions.
-Following the LIB paper's edges, the attribution of output position ``p`` to a direction ``j`` is
-summed over input positions ``q`` *before* squaring, then squared terms are summed over output
-positions ``p`` (``positions="sum"``, the default)::
+Integrated gradients are *complete*: ``sum_{p,j} A_{(t,i),(p,j)}(x) = h_{x,ti}(c) - h_{x,ti}(0)``
+for the exact integral; the quadrature error is measured on every example and reported per layer
+pair (:class:`Completeness`). Quadrature rules: :func:`~wdecomp.bases.section.quadrature`
+(rib's ``"gauss-legendre"`` with ``n_intervals`` is ``steps = n_intervals + 1``; rib's
+``"trapezoidal"`` is ``rule="trapezoidal"``).
 
-    E_ij = E_x  sum_p ( sum_q A_{(p,i),(q,j)}(x) )^2 .
-
-``positions="separate"`` instead sums ``A^2`` over every ``(p, q)`` pair. Without extra axes
-both are ``E_x[A_ij^2]``.
-
-Everything is streamed over the data in chunks of ``chunk_size`` examples and batched over
-examples with :func:`torch.func.vmap`; the largest tensor ever held is one chunk's Jacobians,
-``(chunk, P_{l+1} k_{l+1}, P_l k_l)`` (for integrated gradients, times the quadrature nodes
-evaluated together, at most ``max(1, chunk_size // chunk)`` of them).
+Everything is streamed over the data in chunks of examples batched with :func:`torch.func.vmap`;
+the chunk comes from ``chunk_size`` or from the memory budget ``max_memory``
+(:func:`~wdecomp.bases.section.plan_chunk`); the largest tensor held is one chunk's Jacobians,
+``(chunk, P_{l+1} k_{l+1}, P_l k_l)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import vmap
 
-from wdecomp import batch as batching
-from wdecomp.activations import activation_jacobian, capture, module_order, run_with_hooks
+from wdecomp import hooks
 from wdecomp.bases.base import Basis, LayerBasis
+from wdecomp.bases.protocol import ComponentModel
+from wdecomp.bases.section import (
+    RULES,
+    Section,
+    TargetCoordinates,
+    batched_jacobians,
+    build_section,
+    memory_guard,
+    plan_chunk,
+    quadrature,
+    to_rows,
+)
+from wdecomp.batch import as_batches, chunks, num_examples, split
 from wdecomp.errors import DataError, NonFiniteError, SelectionError, ShapeError
 from wdecomp.graph.graph import Completeness, InteractionGraph
 from wdecomp.progress import progress_bar
 
+__all__ = ["FORMULAS", "METHODS", "POSITION_RULES", "RULES", "interaction_graph", "quadrature"]
+
 METHODS = ("jacobian", "integrated_gradients")
-RULES = ("gauss-legendre", "midpoint", "trapezoid")
+FORMULAS = ("squared", "functional")
 POSITION_RULES = ("sum", "separate")
-
-
-def quadrature(steps: int, rule: str = "gauss-legendre") -> tuple[Tensor, Tensor]:
-    """Nodes ``alpha_m`` and weights ``w_m`` of a rule for ``int_0^1 g(alpha) d alpha``, float64.
-
-    Args:
-        steps: Number of nodes (``>= 1``; ``>= 2`` for the trapezoid rule).
-        rule: ``"gauss-legendre"`` (nodes are the roots of the Legendre polynomial mapped to
-            ``[0, 1]``), ``"midpoint"`` (``alpha_m = (m + 1/2) / steps``, ``w_m = 1 / steps``) or
-            ``"trapezoid"`` (``alpha_m = m / (steps - 1)``, half weights at the ends).
-
-    Returns:
-        ``(nodes, weights)``, each of shape ``(steps,)``; the weights sum to 1.
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, not '{rule}'")
-    if steps < (2 if rule == "trapezoid" else 1):
-        raise ValueError(f"{rule} quadrature needs at least {2 if rule == 'trapezoid' else 1} steps, got {steps}")
-    if rule == "gauss-legendre":
-        x, w = np.polynomial.legendre.leggauss(steps)
-        return torch.as_tensor((x + 1) / 2), torch.as_tensor(w / 2)
-    if rule == "midpoint":
-        nodes = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-        return nodes, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
-    nodes = torch.linspace(0, 1, steps, dtype=torch.float64)
-    w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
-    w[0] = w[-1] = 0.5 / (steps - 1)
-    return nodes, w
 
 
 # ----------------------------------------------------------------------------- inputs
 def _as_basis(obj: Any) -> Basis:
-    """A :class:`Basis` from a basis or from a components object (``wdecomp.components.Components``)."""
-    if isinstance(obj, Basis):
-        return obj
-    inner = getattr(obj, "basis", None)
-    if isinstance(inner, Basis):
-        return inner
-    if inner is not None:
-        raise TypeError(
-            f"interaction graphs join activation components of consecutive layers; these components come from a "
-            f"{type(inner).__name__}, not an activation Basis"
-        )
+    """The activation :class:`Basis` of any component model (``ComponentModel.as_basis``)."""
+    if isinstance(obj, ComponentModel):
+        return obj.as_basis()
     raise TypeError(f"expected a Basis or a Components object, got {type(obj).__name__}")
 
 
@@ -133,101 +105,85 @@ def _resolve(model_or_components: Any, basis: Any, model: nn.Module | None) -> t
     return model, _as_basis(model_or_components)
 
 
-def iter_chunks(data: Any, chunk_size: int) -> Iterator[Any]:
-    """Input chunks of at most ``chunk_size`` examples from ``data``.
-
-    ``data`` is a data argument as :mod:`wdecomp.batch` defines it (one batch, a list of batches,
-    a DataLoader or a one-shot iterator; a bare tensor is one batch of inputs). Targets are ignored.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for batch in batching.as_batches(data, keep=False, what="interaction_graph"):
-        yield from batching.chunks(batching.split(batch)[0], chunk_size)
-
-
-def _count_chunks(data: Any, chunk_size: int) -> int | None:
-    """Number of chunks :func:`iter_chunks` will yield, when ``data`` can be looked at twice."""
-    batches = batching.as_batches(data, keep=False)
-    if not isinstance(batches, Sequence):
-        return None
-    return sum(math.ceil(batching.num_examples(batching.split(b)[0]) / chunk_size) for b in batches)
-
-
 # ----------------------------------------------------------------------------- attributions
-def _coordinate_map(model: nn.Module, src: LayerBasis, tgt: LayerBasis, s_shape: torch.Size) -> Any:
-    """``(c, x) -> h_x(c)`` for one example: ``c`` of shape ``(P_l, k_l)`` to ``(P_{l+1}, k_{l+1})``."""
-
-    def h(c: Tensor, x: Any) -> Tensor:
-        f = src.from_coordinates(c).reshape(s_shape).unsqueeze(0)
-        _, acts = run_with_hooks(model, batching.add_example_axis(x), read=[tgt.point], write={src.point: f})
-        out = acts[tgt.point][0]
-        return tgt.to_coordinates(out.reshape(-1, out.shape[-1]))
-
-    return h
-
-
-def _reduce(attr: Tensor, positions: str) -> Tensor:
-    """``(B, P_t, k_t, P_s, k_s)`` attributions -> ``(k_t, k_s)`` summed squares over the chunk."""
-    if positions == "sum":
-        return attr.sum(3).square().sum((0, 1))
-    return attr.square().sum((0, 1, 3))
-
-
-def _jacobian_chunk(model: nn.Module, x: Any, src: LayerBasis, tgt: LayerBasis, acts: dict[str, Tensor],
-                    positions: str) -> Tensor:
-    a_s, a_t = acts[src.point], acts[tgt.point]
-    b = a_s.shape[0]
-    jac = activation_jacobian(model, x, src.point, tgt.point)  # (B, *t_shape, *s_shape)
-    d_t, d_s = a_t.shape[-1], a_s.shape[-1]
-    p_t, p_s = a_t[0].numel() // d_t, a_s[0].numel() // d_s
-    jac = jac.reshape(b, p_t, d_t, p_s, d_s)
-    dtype = jac.dtype
-    dc = torch.einsum("ia,bpaqc,cj->bpiqj", tgt.transform.to(jac.device, dtype), jac, src.inverse.to(jac.device, dtype))
-    c_s = src.to_coordinates(a_s.reshape(b, p_s, d_s))  # (B, P_s, k_s)
-    return _reduce(dc * c_s[:, None, None], positions)
-
-
-def _ig_chunk(model: nn.Module, x: Any, src: LayerBasis, tgt: LayerBasis, acts: dict[str, Tensor], positions: str,
-              nodes: Tensor, weights: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Summed squared IG attributions of one chunk, plus completeness errors and output changes."""
-    a_s = acts[src.point]
-    b, s_shape = a_s.shape[0], a_s.shape[1:]
-    p_s = a_s[0].numel() // s_shape[-1]
-    c_s = src.to_coordinates(a_s.reshape(b, p_s, s_shape[-1]))  # (B, P_s, k_s)
-    h = _coordinate_map(model, src, tgt, s_shape)
-    k_t_total = acts[tgt.point][0].numel() // acts[tgt.point].shape[-1] * tgt.size
-    jac = jacrev if k_t_total <= c_s[0].numel() else jacfwd
-    jh = jac(h, argnums=0)
-    nodes, weights = nodes.to(c_s.device, c_s.dtype), weights.to(c_s.device, c_s.dtype)
-    group = max(1, chunk_size // b)
-
-    def along_path(c: Tensor, xi: Any, alphas: Tensor, w: Tensor) -> Tensor:
-        js = vmap(jh, in_dims=(0, None))(alphas[:, None, None] * c, xi)  # (S, P_t, k_t, P_s, k_s)
-        return torch.einsum("s,spiqj->piqj", w, js)
-
-    mean_grad = None
-    with torch.no_grad():
-        for start in range(0, nodes.numel(), group):
-            al, w = nodes[start:start + group], weights[start:start + group]
-            part = vmap(along_path, in_dims=(0, 0, None, None))(c_s, x, al, w)
-            mean_grad = part if mean_grad is None else mean_grad + part
-        attr = mean_grad * c_s[:, None, None]  # (B, P_t, k_t, P_s, k_s)
-        h_end = vmap(h)(c_s, x)
-        h_start = vmap(h)(torch.zeros_like(c_s), x)
-    if not torch.isfinite(attr).all():
-        raise NonFiniteError(f"integrated gradients {src.point} -> {tgt.point} contain NaN or inf")
-    change = h_end - h_start
-    error = attr.sum((3, 4)) - change
-    return _reduce(attr, positions), error, change
-
-
 @dataclass
-class _Accumulator:
+class _Edge:
+    """One layer pair: ``h_x(c)`` in coordinates and its running sums."""
+
+    src: LayerBasis
+    tgt: LayerBasis
+    section: Section
     sums: Tensor
     err_max: float = 0.0
     err_sq: float = 0.0
     err_count: int = 0
     change_max: float = 0.0
+
+    def point(self, c: Tensor) -> Tensor:
+        """The source rows ``(..., P_s, d_s [+ 1])`` of coordinates ``c`` (the constant appended)."""
+        f = self.src.from_coordinates(c)
+        if self.section.constant:
+            s = self.src.scale_of(c)
+            assert s is not None
+            f = torch.cat([f, s], dim=-1)
+        return f
+
+    def h(self, c: Tensor, xr: tuple[Any, Tensor]) -> Tensor:
+        """``(P_s, k_s) -> (P_t, k_t)`` for one example ``xr = (inputs, residual)``: the section at
+        the rows of ``c`` plus ``residual`` (the part of the activation outside the basis's span)."""
+        x, r = xr
+        rows, s_t = self.section(self.point(c) + r, x)
+        return TargetCoordinates(self.tgt)(rows, s_t)
+
+    def coordinates(self, acts: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Coordinates ``(B, P_s, k_s)`` and the residual rows the basis does not span."""
+        rows = to_rows(acts[self.src.point], self.section.source_axis)
+        c = self.src.to_coordinates(rows)
+        full = torch.cat([rows, torch.ones_like(rows[..., :1])], -1) if self.section.constant else rows
+        return c, full - self.point(c)
+
+
+def _accumulate(edge: _Edge, x: Any, c: Tensor, residual: Tensor, nodes: Tensor, weights: Tensor, formula: str,
+                positions: str, complete: bool, mode: str) -> None:
+    """Add one chunk's attribution sums (``(k_t, k_s)``) and completeness errors to ``edge``.
+
+    The gradient (one node at ``alpha = 1``) is taken at the activation itself (``residual``
+    kept); integrated-gradient paths ``alpha c`` run through the basis's span (rib's
+    ``module_hat``). The two agree when the basis spans the activations (bases fit on the data).
+    """
+    if len(nodes) > 1 or float(nodes[0]) != 1.0:
+        residual = torch.zeros_like(residual)
+    x = (x, residual)
+    with torch.no_grad():
+        h1 = vmap(edge.h)(c, x) if (formula == "functional" or complete) else None
+    total: Tensor | None = None
+    for alpha, w, J in zip(nodes.tolist(), weights.tolist(), batched_jacobians(edge.h, c, x, nodes, mode)):
+        if formula == "squared":
+            total = w * J if total is None else total + w * J
+        else:
+            assert h1 is not None
+            with torch.no_grad():
+                diff = h1 - vmap(edge.h)(alpha * c, x)  # (B, P_t, k_t)
+            part = 2 * w * torch.einsum("bti,btipj,bpj->ij", diff, J, c)
+            total = part if total is None else total + part
+    assert total is not None
+    if not torch.isfinite(total).all():
+        raise NonFiniteError(f"attributions {edge.src.point} -> {edge.tgt.point} contain NaN or inf")
+    if formula == "functional":
+        edge.sums += total.double().cpu()
+        return
+    attr = total * c[:, None, None]  # (B, P_t, k_t, P_s, k_s)
+    red = attr.sum(3).square().sum((0, 1)) if positions == "sum" else attr.square().sum((0, 1, 3))
+    edge.sums += red.double().cpu()
+    if complete:
+        assert h1 is not None
+        with torch.no_grad():
+            change = h1 - vmap(edge.h)(torch.zeros_like(c), x)
+        error = attr.sum((3, 4)) - change
+        edge.err_max = max(edge.err_max, float(error.abs().max()))
+        edge.err_sq += float(error.double().square().sum())
+        edge.err_count += error.numel()
+        edge.change_max = max(edge.change_max, float(change.abs().max()))
 
 
 def interaction_graph(
@@ -237,43 +193,56 @@ def interaction_graph(
     *,
     model: nn.Module | None = None,
     method: str = "jacobian",
+    formula: str = "squared",
     steps: int = 20,
     rule: str = "gauss-legendre",
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
+    max_memory: int | None = None,
     layers: Sequence[str] | None = None,
     positions: str = "sum",
+    mode: str = "auto",
     progress: bool | None = None,
 ) -> InteractionGraph:
-    r"""The interaction graph of a basis's components over ``data``.
+    r"""The interaction graph of a basis's components over ``data`` (rib's edges by default).
 
-    See the module docstring for the formulas. Node ``(l, j)`` gets the attributes ``layer``
-    (hook point), ``layer_index``, ``index`` (``j``), ``eigenvalue`` and ``importance`` (both the
-    basis eigenvalue of direction ``j``), ``mean_square`` (``E_x sum_p c_{l,(p,j)}(x)^2``) and
-    ``label`` (``"layer[j]"``); node ids are ``"L{layer_index}_{j}"``. Edge
-    ``(l, j) -> (l+1, i)`` gets ``attribution`` ``E_ij`` (every pair of consecutive layers is
-    joined by all ``k_l k_{l+1}`` edges; prune with :meth:`InteractionGraph.prune`).
+    See the module docstring for the formulas. Node ``(l, j)`` gets ``layer`` (hook point),
+    ``layer_index``, ``index`` (``j``), ``eigenvalue`` and ``importance`` (the basis eigenvalue),
+    ``mean_square`` (``E_x 1/P sum_p c_{pj}(x)^2``), ``constant`` (whether it is the constant
+    node) and ``label``; node ids are ``"L{layer_index}_{j}"``. Edge ``(l, j) -> (l+1, i)`` gets
+    ``weight`` ``E_ij`` (the name networkx and Gephi read) and the same value as ``attribution``
+    (every pair of consecutive layers is joined by all ``k_l k_{l+1}`` edges; prune with
+    :meth:`InteractionGraph.prune`).
 
     Args:
         model_or_components: The model (then ``basis`` is required), or a
             :class:`~wdecomp.components.Components` object of an activation basis (then ``model``
             is required, unless the object has a ``.model``).
-        data: One batch of inputs (tensor), or an iterable of batches, each ``(inputs, targets)``
-            or bare inputs. Streamed once.
+        data: A data argument (:mod:`wdecomp.batch`): one batch (a tensor, dict or
+            ``(inputs, targets)`` tuple), a list of batches, a ``DataLoader`` or a one-shot
+            iterator. Streamed once.
         basis: A :class:`~wdecomp.bases.base.Basis` (activation bases at the hook points, in forward
             order) or a ``Components`` object of one.
         model: The model, when the first argument is a ``Components`` object.
-        method: ``"jacobian"`` or ``"integrated_gradients"``.
+        method: ``"jacobian"`` (gradient at ``alpha = 1``) or ``"integrated_gradients"``.
+        formula: ``"squared"`` (rib's default) or ``"functional"``.
         steps: Quadrature nodes for integrated gradients.
-        rule: Quadrature rule for integrated gradients (see :func:`quadrature`).
-        chunk_size: Examples per vmapped Jacobian evaluation (bounds memory).
+        rule: Quadrature rule for integrated gradients (:func:`quadrature`).
+        chunk_size: Examples per vmapped Jacobian evaluation; default from ``max_memory``.
+        max_memory: Memory budget in bytes for one chunk (default a quarter of the available memory).
         layers: A subsequence of ``basis.layers`` to use (default: all of them).
-        positions: How extra activation axes (sequence positions) are reduced: ``"sum"`` or
-            ``"separate"`` (module docstring).
+        positions: ``"sum"`` (rib) or ``"separate"`` (module docstring).
+        mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
         progress: Show a progress bar (default: when on a terminal).
 
     Returns:
         An :class:`~wdecomp.graph.graph.InteractionGraph`; for integrated gradients its
-        ``completeness`` lists one :class:`Completeness` per layer pair.
+        ``completeness`` lists one :class:`Completeness` per layer pair (squared edges).
+
+    Raises:
+        SelectionError: Layers not in the basis, fewer than two, or not in forward order.
+        ShapeError: Activations of a width the basis does not expect.
+        DataError: Malformed or empty data.
+        DenseTooLargeError: Out of memory (names ``chunk_size`` / ``max_memory``).
 
     Example:
         >>> import torch, wdecomp
@@ -286,6 +255,10 @@ def interaction_graph(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not '{method}'")
+    if formula not in FORMULAS:
+        raise ValueError(f"formula must be one of {FORMULAS}, not '{formula}'")
+    if formula == "functional" and method == "jacobian":
+        raise ValueError("functional edges are zero at the single node alpha = 1; use method='integrated_gradients'")
     if positions not in POSITION_RULES:
         raise ValueError(f"positions must be one of {POSITION_RULES}, not '{positions}'")
     model, basis = _resolve(model_or_components, basis, model)
@@ -297,60 +270,73 @@ def interaction_graph(
     if len(names) < 2:
         raise SelectionError(f"an interaction graph needs at least two layers, got {names}")
     bases = [basis[p] for p in names]
-    nodes_q, weights_q = quadrature(steps, rule) if method == "integrated_gradients" else (None, None)
+    nodes_q, weights_q = quadrature(steps, rule) if method == "integrated_gradients" else quadrature(1, "gradient")
+    axes = dict(basis.info.get("feature_axes", {})) if isinstance(basis.info, dict) else {}
+    complete = method == "integrated_gradients" and formula == "squared"
 
-    pairs = list(zip(bases[:-1], bases[1:]))
-    accs = [_Accumulator(torch.zeros(t.size, s.size, dtype=torch.float64)) for s, t in pairs]
+    edges: list[_Edge] = []
     mean_sq = [torch.zeros(b.size, dtype=torch.float64) for b in bases]
-    n_examples = 0
-    total = _count_chunks(data, chunk_size)
-    bar = progress_bar(total=total, desc=f"graph ({method})", enabled=progress)
-    checked = False
+    n_examples, positions_src = 0, [1] * (len(bases) - 1)
+    size = 1
+    batches = as_batches(data, keep=False, what="interaction_graph")
+    bar = progress_bar(total=None, desc=f"graph ({method})", enabled=progress)
     try:
-        for x in iter_chunks(data, chunk_size):
-            if not checked:
-                order = module_order(model, names, x)
+        for batch in batches:
+            inputs = split(batch)[0]
+            if not edges:
+                probe = next(iter(chunks(inputs, 1)))
+                order = hooks.forward_order(model, names, probe)
                 if order != sorted(order):
-                    raise SelectionError(
-                        f"layers must be in forward order; the forward pass reaches them as {[names[i] for i in order]}"
-                    )
-                checked = True
-            acts = capture(model, x, names)
-            for b, ms in zip(bases, mean_sq):
-                a = acts[b.point]
-                if a.shape[-1] != b.dim:
-                    raise ShapeError(f"activations at '{b.point}' have width {a.shape[-1]}, basis expects {b.dim}")
-                c = b.to_coordinates(a.reshape(a.shape[0], -1, a.shape[-1]))
-                ms += c.double().square().sum((0, 1)).cpu()
-            for (src, tgt), acc in zip(pairs, accs):
-                if method == "jacobian":
-                    acc.sums += _jacobian_chunk(model, x, src, tgt, acts, positions).double().cpu()
-                else:
-                    s, err, change = _ig_chunk(model, x, src, tgt, acts, positions, nodes_q, weights_q, chunk_size)
-                    acc.sums += s.double().cpu()
-                    acc.err_max = max(acc.err_max, float(err.abs().max()))
-                    acc.err_sq += float(err.double().square().sum())
-                    acc.err_count += err.numel()
-                    acc.change_max = max(acc.change_max, float(change.abs().max()))
-            n_examples += batching.num_examples(x)
-            bar.update(1)
+                    reached = [names[i] for i in order]
+                    raise SelectionError(f"layers must be in forward order; the forward pass reaches them as {reached}")
+                edges = [_Edge(s, t, build_section(model, probe, s.point, t.point, constant=s.constant is not None,
+                                                   feature_dims=axes), torch.zeros(t.size, s.size, dtype=torch.float64))
+                         for s, t in zip(bases[:-1], bases[1:])]
+                per = max(_bytes(model, probe, e, len(nodes_q)) for e in edges)
+                size = plan_chunk(per, chunk_size, max_memory, "interaction_graph")
+            for x in chunks(inputs, size):
+                with memory_guard("interaction_graph", size), torch.no_grad():
+                    acts = hooks.run(model, x, read=names)[1]
+                for b, ms, e in zip(bases, mean_sq, [*edges, None]):
+                    a = acts[b.point]
+                    axis = e.section.source_axis if e is not None else edges[-1].section.target_axis
+                    if (a.shape[axis] if a.dim() > 1 else 1) != b.dim:
+                        raise ShapeError(f"activations at '{b.point}' have width {a.shape[axis]} on their feature axis "
+                                         f"{axis}, basis expects {b.dim}")
+                    c = b.to_coordinates(to_rows(a, axis))
+                    ms += (c.double().square().sum((0, 1)) / c.shape[1]).cpu()
+                for li, e in enumerate(edges):
+                    with memory_guard("interaction_graph", size):
+                        c, residual = e.coordinates(acts)
+                        positions_src[li] = c.shape[1]
+                        _accumulate(e, x, c, residual, nodes_q, weights_q, formula, positions, complete, mode)
+                n_examples += num_examples(x)
+                bar.update(1)
     finally:
         bar.close()
     if n_examples == 0:
         raise DataError("no examples in data")
 
     completeness = []
-    if method == "integrated_gradients":
-        for (src, tgt), acc in zip(pairs, accs):
-            rel = acc.err_max / acc.change_max if acc.change_max > 0 else 0.0
-            rms = math.sqrt(acc.err_sq / max(acc.err_count, 1))
-            completeness.append(Completeness(src.point, tgt.point, acc.err_max, rms, acc.change_max, rel, steps, rule))
-    info: dict[str, Any] = {"method": method, "n_examples": n_examples, "positions": positions,
-                            "basis_method": basis.method}
+    if complete:
+        for e in edges:
+            rel = e.err_max / e.change_max if e.change_max > 0 else 0.0
+            rms = math.sqrt(e.err_sq / max(e.err_count, 1))
+            completeness.append(Completeness(e.src.point, e.tgt.point, e.err_max, rms, e.change_max, rel, steps, rule))
+    info: dict[str, Any] = {"method": method, "formula": formula, "n_examples": n_examples, "positions": positions,
+                            "basis_method": basis.method, "normalisation": "1/(N P_source) (rib)"}
     if method == "integrated_gradients":
         info.update(steps=steps, rule=rule)
     return InteractionGraph.from_attributions(
-        names, [(acc.sums / n_examples).numpy() for acc in accs], [b.eigenvalues.double().cpu().numpy() for b in bases],
-        [(ms / n_examples).numpy() for ms in mean_sq], info, completeness,
+        names, [(e.sums / (n_examples * p)).numpy() for e, p in zip(edges, positions_src)],
+        [b.eigenvalues.double().cpu().numpy() for b in bases], [(ms / n_examples).numpy() for ms in mean_sq],
+        info, completeness, constants=[b.constant is not None for b in bases],
     )
 
+
+def _bytes(model: nn.Module, probe: Any, e: _Edge, steps: int) -> int:
+    """Estimated working set of one example's Jacobians for edge ``e`` (bytes)."""
+    acts = hooks.run(model, probe, read=[e.src.point, e.tgt.point])[1]
+    p_s = acts[e.src.point][0].numel() // max(e.src.dim, 1)
+    p_t = acts[e.tgt.point][0].numel() // max(e.tgt.dim, 1)
+    return int(32 * p_s * e.src.size * p_t * e.tgt.size * max(1, min(steps, 2))) + 1

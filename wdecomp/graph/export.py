@@ -15,18 +15,23 @@ Open GraphML or GEXF in Gephi or Cytoscape; render DOT with Graphviz.
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import numpy as np
+import torch
 
-from wdecomp.graph.graph import Completeness, InteractionGraph
+from wdecomp.errors import DataError, NonFiniteError
 from wdecomp.io import atomic_write
 
 FORMATS = {".graphml": "graphml", ".gexf": "gexf", ".json": "json", ".dot": "dot", ".gv": "dot"}
 _INT_KEYS = {"layer_index", "index"}
-_FLOAT_KEYS = {"importance", "eigenvalue", "mean_square", "attribution"}
+_FLOAT_KEYS = {"importance", "eigenvalue", "mean_square", "attribution", "weight"}
+_BOOL_KEYS = {"constant"}
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STR_KEYS = {"layer", "label"}
 
 
@@ -36,13 +41,8 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return value.item()
-    try:
-        import torch
-
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            return value.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, default=str)
     return str(value)
@@ -57,12 +57,14 @@ def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sanitized(graph: InteractionGraph | nx.DiGraph) -> nx.DiGraph:
-    """A copy of the graph with plain-Python attributes and graph-level metadata, ready to write."""
-    g = graph.nx if isinstance(graph, InteractionGraph) else graph
+def sanitized(graph: Any, meta: dict[str, Any] | None = None) -> nx.DiGraph:
+    """A copy of the graph (a ``networkx.DiGraph`` or an object with ``.nx`` and
+    ``.graph_attributes()``) with plain-Python attributes and graph-level metadata, ready to write."""
+    g = graph.nx if hasattr(graph, "graph_attributes") else graph
+    if meta is None and hasattr(graph, "graph_attributes"):
+        meta = graph.graph_attributes()
     out = nx.DiGraph()
-    meta = graph.graph_attributes() if isinstance(graph, InteractionGraph) else {}
-    out.graph.update(_clean_attrs({**g.graph, **meta}))
+    out.graph.update(_clean_attrs({**g.graph, **(meta or {})}))
     out.add_nodes_from((str(n), _clean_attrs(d)) for n, d in g.nodes(data=True))
     out.add_edges_from((str(u), str(v), _clean_attrs(d)) for u, v, d in g.edges(data=True))
     return out
@@ -105,33 +107,101 @@ def _node_link_graph(data: dict[str, Any]) -> nx.DiGraph:
         return nx.node_link_graph(data, directed=True, multigraph=False, link="edges")
 
 
-def save_graph(graph: InteractionGraph | nx.DiGraph, path: str | Path, format: str | None = None) -> Path:
+def _values(g: nx.DiGraph) -> Any:
+    """``(where, key, value)`` for every attribute of the graph, its nodes and edges, and node ids."""
+    for k, v in g.graph.items():
+        yield "the graph", k, v
+    for n, d in g.nodes(data=True):
+        yield f"node {n!r}", "id", n
+        for k, v in d.items():
+            yield f"node {n!r}", k, v
+    for u, v_, d in g.edges(data=True):
+        for k, v in d.items():
+            yield f"edge {u!r} -> {v_!r}", k, v
+
+
+def _check_xml(g: nx.DiGraph, fmt: str) -> None:
+    for where, key, value in _values(g):
+        for text in (str(key), value if isinstance(value, str) else ""):
+            if _XML_FORBIDDEN.search(text):
+                raise DataError(f"{where}: '{key}' holds a control character ({text!r}), which {fmt.upper()} (XML) "
+                                f"cannot store; rename it, or save as .json")
+
+
+def _check_finite(g: nx.DiGraph) -> None:
+    for where, key, value in _values(g):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError(f"{where}: '{key}' is {value}, which JSON cannot store; fix or drop the value, or "
+                                 f"save as .graphml")
+
+
+def _escape_dot(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return value
+
+
+def _unescape_dot(text: str) -> str:
+    out, i = [], 0
+    table = {"n": "\n", "r": "\r", "\\": "\\", '"': '"'}
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] in table:
+            out.append(table[text[i + 1]])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def save_graph(graph: Any, path: str | Path, format: str | None = None, *,
+               meta: dict[str, Any] | None = None) -> Path:
     """Write ``graph`` to ``path`` atomically; format from the suffix unless ``format`` is given.
 
+    The file is checked before it replaces anything at ``path``: GraphML and GEXF refuse control
+    characters (XML cannot hold them) and are parsed back from the temporary file; JSON refuses
+    NaN and infinities (not JSON); DOT escapes newlines and backslashes so they read back as
+    written. Edges carry ``weight`` (and ``attribution``) in every format.
+
     Args:
-        graph: An :class:`InteractionGraph` (its metadata is written as graph attributes, where
-            the format has them) or a plain ``networkx.DiGraph``.
+        graph: An :class:`~wdecomp.graph.graph.InteractionGraph` (its metadata is written as graph
+            attributes, where the format has them) or a plain ``networkx.DiGraph``.
         path: Target file.
         format: ``"graphml"``, ``"gexf"``, ``"json"`` (node-link) or ``"dot"``.
+        meta: Graph-level metadata to write (default: ``graph.graph_attributes()`` if it has one).
 
     Returns:
         The path written.
 
     Raises:
+        DataError: A control character where the format cannot hold one.
+        NonFiniteError: NaN or infinite values for JSON.
+        OutputPathError: ``path`` cannot be written (the message names ``path``).
         ImportError: DOT requested without ``pydot`` installed.
     """
     path = Path(path)
     fmt = _format_of(path, format)
-    g = sanitized(graph)
-    if fmt == "graphml":
-        return atomic_write(path, lambda p: nx.write_graphml(g, p))
-    if fmt == "gexf":
-        return atomic_write(path, lambda p: nx.write_gexf(g, p))
+    g = sanitized(graph, meta)
+    if fmt in ("graphml", "gexf"):
+        _check_xml(g, fmt)
+        write, read = (nx.write_graphml, nx.read_graphml) if fmt == "graphml" else (nx.write_gexf, nx.read_gexf)
+
+        def checked(p: str) -> None:
+            write(g, p)
+            read(p)  # never move a file that does not parse into place
+
+        return atomic_write(path, checked)
     if fmt == "json":
-        text = json.dumps(_node_link_data(g), indent=1)
+        _check_finite(g)
+        text = json.dumps(_node_link_data(g), indent=1, allow_nan=False)
         return atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
     _pydot()
     g.graph.clear()  # DOT graph attributes are Graphviz settings; metadata stays in the node/edge data
+    for _, d in g.nodes(data=True):
+        d.update({k: _escape_dot(v) for k, v in d.items()})
+    for _, _, d in g.edges(data=True):
+        d.update({k: _escape_dot(v) for k, v in d.items()})
     return atomic_write(path, lambda p: nx.nx_pydot.write_dot(g, p))
 
 
@@ -139,9 +209,11 @@ def _parse_dot_value(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1].replace('\\"', '"')
+        value = _unescape_dot(value[1:-1])
     if key in _STR_KEYS:
         return value
+    if key in _BOOL_KEYS and value in ("True", "False"):
+        return value == "True"
     if key in _INT_KEYS:
         return int(value)
     if key in _FLOAT_KEYS:
@@ -184,25 +256,3 @@ def read_nx(path: str | Path, format: str | None = None) -> nx.DiGraph:
     for key in ("node_default", "edge_default"):
         g.graph.pop(key, None)
     return nx.DiGraph(g)
-
-
-def load_graph(path: str | Path, format: str | None = None) -> InteractionGraph:
-    """Read a saved graph back into an :class:`InteractionGraph`.
-
-    Metadata (layers, unpruned totals, build info) comes from the graph attributes where the format
-    keeps them (GraphML, JSON); otherwise (GEXF, DOT) layers are recovered from the nodes'
-    ``layer``/``layer_index`` and the file's graph is taken as the unpruned reference.
-    """
-    g = read_nx(path, format)
-    meta = {k: g.graph.pop(k) for k in list(g.graph)}
-    layer_of: dict[int, str] = {int(d["layer_index"]): str(d["layer"]) for _, d in g.nodes(data=True)}
-    if "layers" in meta:
-        layers = tuple(json.loads(meta["layers"]))
-    else:
-        layers = tuple(layer_of.get(i, f"layer{i}") for i in range(max(layer_of, default=-1) + 1))
-    if "layer_sizes" not in meta:
-        return InteractionGraph.from_full(g, layers)
-    info = json.loads(meta.get("info", "{}"))
-    completeness = tuple(Completeness(**c) for c in json.loads(meta.get("completeness", "[]")))
-    return InteractionGraph(g, layers, info, completeness, tuple(json.loads(meta["layer_sizes"])),
-                            tuple(json.loads(meta["pair_totals"])), tuple(json.loads(meta["pair_edges"])))

@@ -1,9 +1,10 @@
 """The interaction graph object: a ``networkx.DiGraph`` with pruning and summaries.
 
 Nodes are components ``(layer, index)`` with ids ``"L{layer_index}_{index}"``; edges join
-consecutive layers and carry ``attribution`` (see :mod:`wdecomp.graph.build`). The wrapper
-remembers the unpruned graph's per-layer-pair totals, so a pruned graph can say how many edges
-and how much attribution it kept.
+consecutive layers and carry ``weight`` (the attribution, see :mod:`wdecomp.graph.build`; also
+stored as ``attribution``). A basis's constant node (LIB as rib runs it) has ``constant=True``.
+The wrapper remembers the unpruned graph's per-layer-pair totals, so a pruned graph can say how
+many edges and how much attribution it kept.
 """
 
 from __future__ import annotations
@@ -18,6 +19,29 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+
+from wdecomp.errors import DataError
+from wdecomp.graph.export import read_nx, save_graph
+from wdecomp.graph.plot import plot_graph
+
+
+def edge_weight(data: Mapping[str, Any]) -> float:
+    """An edge's weight: ``weight``, else ``attribution`` (graphs saved before ``weight``), else 0."""
+    return float(data.get("weight", data.get("attribution", 0.0)))
+
+
+def check_wdecomp_graph(g: nx.DiGraph, n_layers: int | None = None) -> None:
+    """Raise :class:`DataError` unless every node has the integer ``layer_index`` and ``index`` a
+    wdecomp interaction graph carries (in range when ``n_layers`` is given)."""
+    for n, d in g.nodes(data=True):
+        for key in ("layer_index", "index"):
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise DataError(
+                    f"node {n!r} has no integer '{key}' (got {v!r}): this graph was not made by wdecomp's "
+                    f"interaction_graph; wrap only graphs whose nodes carry 'layer', 'layer_index' and 'index'")
+        if n_layers is not None and not 0 <= int(d["layer_index"]) < n_layers:
+            raise DataError(f"node {n!r} has layer_index {d['layer_index']} outside the {n_layers} layers")
 
 
 def node_id(layer_index: int, index: int) -> str:
@@ -191,7 +215,8 @@ class InteractionGraph:
 
     Attributes:
         nx: The graph. Node attributes: ``layer``, ``layer_index``, ``index``, ``importance``,
-            ``eigenvalue``, ``mean_square``, ``label``; edge attribute: ``attribution``.
+            ``eigenvalue``, ``mean_square``, ``constant``, ``label``; edge attributes: ``weight``
+            and its alias ``attribution``.
         layers: Hook points in forward order (``layer_index`` indexes this).
         info: How it was built (method, examples, quadrature) and pruned.
         completeness: Integrated-gradient completeness per layer pair (empty for Jacobians).
@@ -213,14 +238,17 @@ class InteractionGraph:
                   completeness: Sequence[Completeness] = ()) -> InteractionGraph:
         """Wrap an unpruned graph, recording its sizes and per-pair totals as the reference."""
         layers = tuple(layers)
+        check_wdecomp_graph(g, len(layers))
         sizes = [0] * len(layers)
         for _, li in g.nodes(data="layer_index"):
             sizes[int(li)] += 1
         totals = [0.0] * max(len(layers) - 1, 0)
         counts = [0] * max(len(layers) - 1, 0)
-        for u, _, a in g.edges(data="attribution"):
+        for u, v, d in g.edges(data=True):
             li = int(g.nodes[u]["layer_index"])
-            totals[li] += float(a)
+            if int(g.nodes[v]["layer_index"]) != li + 1:
+                raise DataError(f"edge {u!r} -> {v!r} does not join consecutive layers")
+            totals[li] += edge_weight(d)
             counts[li] += 1
         return cls(g, layers, dict(info or {}), tuple(completeness), tuple(sizes), tuple(totals), tuple(counts))
 
@@ -233,6 +261,7 @@ class InteractionGraph:
         mean_squares: Sequence[Any] | None = None,
         info: Mapping[str, Any] | None = None,
         completeness: Sequence[Completeness] = (),
+        constants: Sequence[bool] | None = None,
     ) -> InteractionGraph:
         """The unpruned graph from per-pair attribution matrices.
 
@@ -244,6 +273,7 @@ class InteractionGraph:
             mean_squares: Per layer, ``(k_l,)`` mean squared coordinates (optional attribute).
             info: Build metadata.
             completeness: Integrated-gradient completeness per pair.
+            constants: Per layer, whether component 0 is the constant node.
         """
         layers = tuple(layers)
         mats = [np.asarray(a, dtype=float) for a in attributions]
@@ -257,15 +287,16 @@ class InteractionGraph:
         for li, name in enumerate(layers):
             ev = np.ones(sizes[li]) if eigenvalues is None else np.asarray(eigenvalues[li], dtype=float)
             for j in range(sizes[li]):
+                const = bool(constants is not None and constants[li] and j == 0)
                 attrs = {"layer": name, "layer_index": li, "index": j, "eigenvalue": float(ev[j]),
-                         "importance": float(ev[j])}
+                         "importance": float(ev[j]), "constant": const}
                 if mean_squares is not None:
                     attrs["mean_square"] = float(mean_squares[li][j])
-                attrs["label"] = f"{name}[{j}]"
+                attrs["label"] = f"{name}[const]" if const else f"{name}[{j}]"
                 g.add_node(node_id(li, j), **attrs)
         for li, m in enumerate(mats):
             rows = m.tolist()
-            g.add_edges_from((node_id(li, j), node_id(li + 1, i), {"attribution": rows[i][j]})
+            g.add_edges_from((node_id(li, j), node_id(li + 1, i), {"weight": rows[i][j], "attribution": rows[i][j]})
                              for i in range(m.shape[0]) for j in range(m.shape[1]))
         return cls.from_full(g, layers, info, completeness)
 
@@ -288,10 +319,10 @@ class InteractionGraph:
         if not 0 <= li < len(self.layers) - 1:
             raise IndexError(f"layer pair {pair} out of range: {len(self.layers) - 1} pairs")
         m = np.zeros((self.layer_sizes[li + 1], self.layer_sizes[li]))
-        for u, v, a in self.nx.edges(data="attribution"):
+        for u, v, d in self.nx.edges(data=True):
             nu, nv = self.nx.nodes[u], self.nx.nodes[v]
             if nu["layer_index"] == li:
-                m[nv["index"], nu["index"]] = a
+                m[nv["index"], nu["index"]] = edge_weight(d)
         return m
 
     def _pair_of(self, u: str) -> int:
@@ -328,7 +359,10 @@ class InteractionGraph:
         for name, k in (("top_k_in", top_k_in), ("top_k_out", top_k_out)):
             if k is not None and k < 0:
                 raise ValueError(f"{name} must be >= 0, got {k}")
-        edges = sorted(self.nx.edges(data="attribution"), key=lambda e: (-float(e[2]), e[0], e[1]))
+        if threshold is not None and not math.isfinite(float(threshold)) and float(threshold) != -math.inf:
+            raise ValueError(f"threshold must be a number (or -inf to keep every edge), got {threshold}")
+        edges = sorted(((u, v, edge_weight(d)) for u, v, d in self.nx.edges(data=True)),
+                       key=lambda e: (-e[2], e[0], e[1]))
         keep = {(u, v) for u, v, _ in edges}
         if threshold is not None:
             keep &= {(u, v) for u, v, a in edges if a > threshold}
@@ -373,16 +407,17 @@ class InteractionGraph:
 
         Args:
             communities: Run Louvain community detection (``networkx.community.louvain_communities``
-                on the undirected graph weighted by attribution, ``seed`` fixed).
+                on the undirected graph weighted by ``weight``, ``seed`` fixed; constant nodes and
+                their edges left out, as in rib's modularity analysis).
             seed: Seed of the community detection.
         """
         g = self.nx
         n_pairs = len(self.layers) - 1
         kept = [0.0] * n_pairs
         counts = [0] * n_pairs
-        for u, _, a in g.edges(data="attribution"):
+        for u, _, d in g.edges(data=True):
             li = self._pair_of(u)
-            kept[li] += float(a)
+            kept[li] += edge_weight(d)
             counts[li] += 1
         pairs = []
         for li in range(n_pairs):
@@ -396,11 +431,13 @@ class InteractionGraph:
         comms: tuple[tuple[str, ...], ...] = ()
         modularity = None
         if communities and g.number_of_nodes():
-            und = g.to_undirected()
-            weight = sum(float(a) for _, _, a in und.edges(data="attribution"))
+            und = self.without_constant().nx.to_undirected()
+            for _, _, d in und.edges(data=True):
+                d["weight"] = edge_weight(d)
+            weight = sum(float(a) for _, _, a in und.edges(data="weight"))
             if weight > 0:
-                found = nx.community.louvain_communities(und, weight="attribution", seed=seed)
-                modularity = float(nx.community.modularity(und, found, weight="attribution"))
+                found = nx.community.louvain_communities(und, weight="weight", seed=seed)
+                modularity = float(nx.community.modularity(und, found, weight="weight"))
             else:
                 found = [set(c) for c in wcc]
             comms = tuple(tuple(c) for c in sorted((sorted(c) for c in found), key=lambda c: (-len(c), c)))
@@ -413,18 +450,26 @@ class InteractionGraph:
             modularity=modularity, completeness=self.completeness,
         )
 
+    def without_constant(self) -> InteractionGraph:
+        """A copy without the constant nodes (``constant=True``) and their edges."""
+        g = self.nx.copy()
+        g.remove_nodes_from([n for n, c in self.nx.nodes(data="constant") if c])
+        return InteractionGraph(g, self.layers, dict(self.info), self.completeness, self.layer_sizes,
+                                self.pair_totals, self.pair_edges)
+
     # -- front doors
     def save(self, path: str | Path, format: str | None = None) -> Path:
         """Write the graph (GraphML, GEXF, node-link JSON or DOT, by suffix); see :func:`save_graph`."""
-        from wdecomp.graph.export import save_graph
-
-        return save_graph(self, path, format=format)
+        return save_graph(self.nx, path, format=format, meta=self.graph_attributes())
 
     def plot(self, path: str | Path | None = None, **kwargs: Any) -> Any:
         """Layered plot; see :func:`wdecomp.graph.plot.plot_graph`."""
-        from wdecomp.graph.plot import plot_graph
-
         return plot_graph(self, path, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, format: str | None = None) -> InteractionGraph:
+        """Read a saved graph back; see :func:`load_graph`."""
+        return load_graph(path, format)
 
     def graph_attributes(self) -> dict[str, Any]:
         """Graph-level metadata as flat scalars (what the exporters write)."""
@@ -442,3 +487,35 @@ class InteractionGraph:
     def __repr__(self) -> str:
         return (f"InteractionGraph({self.method}, layers={list(self.layers)}, nodes={self.nx.number_of_nodes()}, "
                 f"edges={self.nx.number_of_edges()})")
+
+
+def load_graph(path: str | Path, format: str | None = None) -> InteractionGraph:
+    """Read a saved graph back into an :class:`InteractionGraph`.
+
+    Metadata (layers, unpruned totals, build info) comes from the graph attributes where the format
+    keeps them (GraphML, JSON); otherwise (GEXF, DOT) layers are recovered from the nodes'
+    ``layer``/``layer_index`` and the file's graph is taken as the unpruned reference.
+
+    Raises:
+        DataError: The file's graph was not made by wdecomp (nodes without ``layer_index``).
+    """
+    g = read_nx(path, format)
+    check_wdecomp_graph(g)
+    meta = {k: g.graph.pop(k) for k in list(g.graph)}
+    layer_of: dict[int, str] = {int(d["layer_index"]): str(d.get("layer", f"layer{d['layer_index']}"))
+                                for _, d in g.nodes(data=True)}
+    try:
+        if "layers" in meta:
+            layers = tuple(json.loads(meta["layers"]))
+        else:
+            layers = tuple(layer_of.get(i, f"layer{i}") for i in range(max(layer_of, default=-1) + 1))
+        if "layer_sizes" not in meta:
+            return InteractionGraph.from_full(g, layers)
+        info = json.loads(meta.get("info", "{}"))
+        completeness = tuple(Completeness(**c) for c in json.loads(meta.get("completeness", "[]")))
+        sizes = tuple(json.loads(meta["layer_sizes"]))
+        totals, counts = tuple(json.loads(meta["pair_totals"])), tuple(json.loads(meta["pair_edges"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"'{path}': malformed wdecomp graph metadata ({exc})") from exc
+    check_wdecomp_graph(g, len(layers))
+    return InteractionGraph(g, layers, info, completeness, sizes, totals, counts)

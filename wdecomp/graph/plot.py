@@ -16,24 +16,28 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 
-from wdecomp.graph.graph import InteractionGraph
+from wdecomp.io import atomic_write
 
 _FORMATS = (".png", ".svg", ".pdf")
 
 
-def layered_layout(graph: InteractionGraph | nx.DiGraph, order: str = "barycenter") -> dict[str, tuple[float, float]]:
+def _weight(d: dict[str, Any]) -> float:
+    return float(d.get("weight", d.get("attribution", 0.0)))
+
+
+def layered_layout(graph: Any, order: str = "barycenter") -> dict[str, tuple[float, float]]:
     """Positions ``node -> (x, y)``: ``x`` the layer index, ``y`` in ``[0, 1]`` (top is 1).
 
     Args:
-        graph: The graph (nodes need ``layer_index`` and ``index``).
+        graph: An :class:`~wdecomp.graph.graph.InteractionGraph` or a ``networkx.DiGraph`` (nodes
+            need ``layer_index`` and ``index``).
         order: ``"index"`` (component index, top to bottom) or ``"barycenter"``.
     """
     if order not in ("index", "barycenter"):
         raise ValueError(f"order must be 'index' or 'barycenter', not '{order}'")
-    g = graph.nx if isinstance(graph, InteractionGraph) else graph
+    g = graph.nx if hasattr(graph, "nx") else graph
     columns: dict[int, list[str]] = defaultdict(list)
     for n, d in g.nodes(data=True):
         columns[int(d["layer_index"])].append(n)
@@ -44,7 +48,7 @@ def layered_layout(graph: InteractionGraph | nx.DiGraph, order: str = "barycente
         nodes = sorted(columns[li], key=lambda n: g.nodes[n]["index"])
         if order == "barycenter" and pos:
             def key(n: str) -> tuple[float, int]:
-                preds = [(pos[u][1], float(g.edges[u, n].get("attribution", 0.0))) for u in g.predecessors(n)
+                preds = [(pos[u][1], _weight(g.edges[u, n])) for u in g.predecessors(n)
                          if u in pos]
                 w = sum(a for _, a in preds)
                 bary = sum(y * a for y, a in preds) / w if w > 0 else (
@@ -59,7 +63,7 @@ def layered_layout(graph: InteractionGraph | nx.DiGraph, order: str = "barycente
 
 
 def plot_graph(
-    graph: InteractionGraph,
+    graph: Any,
     path: str | Path | None = None,
     *,
     order: str = "barycenter",
@@ -71,6 +75,8 @@ def plot_graph(
     figsize: tuple[float, float] | None = None,
     dpi: int = 150,
     cmap: str = "viridis",
+    show_constant: bool = True,
+    groups: list[list[str]] | None = None,
 ) -> Any:
     """Draw ``graph`` with :func:`layered_layout`; write it to ``path`` (atomically) if given.
 
@@ -86,7 +92,10 @@ def plot_graph(
         title: Figure title (default: method and counts).
         figsize: Inches; default grows with the number of layers and the tallest column.
         dpi: Resolution of raster output.
-        cmap: Colormap for the layers.
+        cmap: Colormap for the layers (or for ``groups``).
+        show_constant: Draw constant nodes (squares) and their edges (dashed); ``False`` hides them.
+        groups: Node-id groups (modules, :func:`~wdecomp.graph.modules.find_modules`) drawn in one
+            colour each instead of one colour per layer; nodes in no group are grey.
 
     Returns:
         The :class:`matplotlib.figure.Figure`.
@@ -95,6 +104,8 @@ def plot_graph(
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 
+    if not show_constant and hasattr(graph, "without_constant"):
+        graph = graph.without_constant()
     g = graph.nx
     pos = layered_layout(graph, order)
     n_layers = max(len(graph.layers), 1)
@@ -110,33 +121,46 @@ def plot_graph(
 
     # edges: per layer pair normalised, strongest on top
     pair_max: dict[int, float] = defaultdict(float)
-    for u, _, a in g.edges(data="attribution"):
-        pair_max[int(g.nodes[u]["layer_index"])] = max(pair_max[int(g.nodes[u]["layer_index"])], float(a))
-    segs, widths, colors = [], [], []
-    for u, v, a in sorted(g.edges(data="attribution"), key=lambda e: float(e[2])):
+    for u, _, d in g.edges(data=True):
+        li = int(g.nodes[u]["layer_index"])
+        pair_max[li] = max(pair_max[li], _weight(d))
+    segs, widths, colors, styles = [], [], [], []
+    for u, v, d in sorted(g.edges(data=True), key=lambda e: _weight(e[2])):
         top = pair_max[int(g.nodes[u]["layer_index"])]
-        rel = (float(a) / top) ** gamma if top > 0 else 0.0
+        rel = (max(_weight(d), 0.0) / top) ** gamma if top > 0 else 0.0
         segs.append([pos[u], pos[v]])
         widths.append(0.2 + edge_width * rel)
         colors.append((0.15, 0.2, 0.45, 0.08 + 0.82 * rel))
+        styles.append("dashed" if g.nodes[u].get("constant") or g.nodes[v].get("constant") else "solid")
     if segs:
-        ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, zorder=1))
+        ax.add_collection(LineCollection(segs, linewidths=widths, colors=colors, linestyles=styles, zorder=1))
 
     # nodes: area by importance relative to the layer's largest, capped so neighbours do not overlap
     spacing_pts = figsize[1] * 72 * 0.85 / 1.12 / max(tallest - 1, 1)
     node_size = min(node_size, (0.9 * spacing_pts) ** 2)
     layer_colors = colormaps[cmap](np.linspace(0.15, 0.85, n_layers))
+    group_of = {n: gi for gi, grp in enumerate(groups or []) for n in grp}
+    group_colors = colormaps[cmap](np.linspace(0.0, 1.0, max(len(groups or []), 1)))
     for li, nodes in columns.items():
         imp = np.array([max(float(g.nodes[n].get("importance", 1.0)), 0.0) for n in nodes])
         rel = np.sqrt(imp / imp.max()) if imp.max() > 0 else np.ones_like(imp)
         xy = np.array([pos[n] for n in nodes])
-        ax.scatter(xy[:, 0], xy[:, 1], s=2 + node_size * rel, color=layer_colors[li % n_layers],
-                   edgecolors="black", linewidths=0.4, zorder=2)
+        if groups is None:
+            colour = [layer_colors[li % n_layers]] * len(nodes)
+        else:
+            colour = [group_colors[group_of[n]] if n in group_of else (0.75, 0.75, 0.75, 1.0) for n in nodes]
+        marker = np.array([bool(g.nodes[n].get("constant")) for n in nodes])
+        for is_const, shape in ((False, "o"), (True, "s")):
+            sel = marker == is_const
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=2 + node_size * rel[sel], color=np.array(colour)[sel],
+                           marker=shape, edgecolors="black", linewidths=0.4, zorder=2)
         if len(nodes) <= max_labels:
             fontsize = 7 if len(nodes) <= 20 else 5
             box = {"boxstyle": "round,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.7}
             for n, (x, y) in zip(nodes, xy):
-                ax.annotate(str(g.nodes[n].get("index", n)), (x, y), xytext=(6, 0), textcoords="offset points",
+                text = "const" if g.nodes[n].get("constant") else str(g.nodes[n].get("index", n))
+                ax.annotate(text, (x, y), xytext=(6, 0), textcoords="offset points",
                             fontsize=fontsize, va="center", zorder=3, bbox=box)
     for li, name in enumerate(graph.layers):
         ax.text(li, 1.025, name, ha="center", va="bottom", fontsize=8, rotation=0 if len(name) < 14 else 15)
@@ -147,8 +171,6 @@ def plot_graph(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
-        from wdecomp.graph.export import atomic_write
-
         path = Path(path)
         if path.suffix.lower() not in _FORMATS:
             raise ValueError(f"plot path must end in one of {_FORMATS}, got '{path.name}'")
