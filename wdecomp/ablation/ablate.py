@@ -51,6 +51,10 @@ def ablate(
     loss: LossSpec = "cross_entropy",
     law: Any = None,
     tokens: float | None = None,
+    laws: Any = None,
+    training_compute: float | None = None,
+    n_params: float | None = None,
+    trivial_loss: float | None = None,
     seed: int = 0,
     top_n: int = 10,
     progress: bool | None = None,
@@ -71,7 +75,17 @@ def ablate(
             (:mod:`wdecomp.ablation.methods`).
         loss: The loss (``"cross_entropy"``, ``"mse"``, a callable); ignored for an Objective.
         law: A scaling law for the compute- and parameter-equivalent columns (or ``None``).
-        tokens: Training tokens ``D`` for the parameter-equivalent.
+        tokens: Training tokens ``D`` of the original model, for the parameter-equivalent.
+        laws: Several laws at once (names ``"chinchilla"``, ``"epoch"``, ``"kaplan"``, laws, or
+            :class:`~wdecomp.scaling.ScalingFit` s for bootstrap intervals); the table gets a
+            "which law" column and intervals (:attr:`AblationResult.equivalents`). Every law is
+            checked against the original loss before any level is evaluated.
+        training_compute: FLOPs the original model was trained with (or give ``n_params`` and
+            ``tokens``: ``6 N D``); adds the training fraction ``C_eq(loss) / C_train``, the
+            fraction of the model's own training compute (Gao et al. 2024).
+        n_params: Parameters ``N`` of the original model.
+        trivial_loss: Loss of a trivial model of the data (``log(vocab)``); levels at or above
+            it get NaN and the note "no better than a trivial model".
         seed: Seed of the resampling permutation.
         top_n: How many most-degraded loss terms to report.
         progress: Progress bar (default: on a terminal).
@@ -89,6 +103,7 @@ def ablate(
     engine = Engine(model, cset, data, loss, method=how, seed=seed, top_n=top_n)
     plan = Plan(f"{len(idx)} ablated", len(idx), tuple(idx), cset.split(idx))
     return run(engine, [plan], method=method, order="given", law=law, tokens=tokens, progress=progress,
+                laws=laws, training_compute=training_compute, n_params=n_params, trivial_loss=trivial_loss,
                 n_components=cset.size, desc=f"{method}-ablation")
 
 
@@ -103,6 +118,10 @@ def ablation_sweep(
     loss: LossSpec = "cross_entropy",
     law: Any = None,
     tokens: float | None = None,
+    laws: Any = None,
+    training_compute: float | None = None,
+    n_params: float | None = None,
+    trivial_loss: float | None = None,
     seed: int = 0,
     top_n: int = 10,
     progress: bool | None = None,
@@ -125,6 +144,7 @@ def ablation_sweep(
         loss: As for :func:`ablate`.
         law: As for :func:`ablate`.
         tokens: As for :func:`ablate`.
+        laws, training_compute, n_params, trivial_loss: As for :func:`ablate`.
         seed: As for :func:`ablate`.
         top_n: As for :func:`ablate`.
         progress: As for :func:`ablate`.
@@ -148,4 +168,5 @@ def ablation_sweep(
     engine = Engine(model, cset, data, loss, method=how, seed=seed, top_n=top_n)
     plans = [Plan(f"k={v}", v, tuple(ranking[:v]), cset.split(ranking[:v])) for v in ks]
     return run(engine, plans, method=method, order=order, law=law, tokens=tokens, progress=progress,
+                laws=laws, training_compute=training_compute, n_params=n_params, trivial_loss=trivial_loss,
                 n_components=n, desc=f"{method}-ablation sweep")

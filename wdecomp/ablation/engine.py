@@ -41,7 +41,14 @@ from torch import Tensor, nn
 
 from wdecomp.ablation.edits import BatchContext, activation_edit, removed_weights, restore_hook
 from wdecomp.ablation.methods import AblationMethod
-from wdecomp.ablation.metrics import Accumulator, equivalents, loss_recovered, reference_entry
+from wdecomp.ablation.metrics import (
+    Accumulator,
+    check_laws,
+    law_specs,
+    level_equivalents,
+    loss_recovered,
+    reference_entry,
+)
 from wdecomp.ablation.report import AblationResult, LevelMetrics
 from wdecomp.bases.protocol import ActivationGroup, ComponentModel, WeightGroup
 from wdecomp.distributed import get_rank, get_world_size
@@ -246,17 +253,18 @@ class Engine:
         return acc.finish()
 
 
-def _law_name(law: Any) -> str | None:
-    if law is None:
-        return None
-    return str(getattr(law, "name", None) or type(law).__name__)
-
-
 def run(engine: Engine, plans: Sequence[Plan], *, method: str, order: str, law: Any, tokens: float | None,
-        progress: bool | None, n_components: int, desc: str) -> AblationResult:
-    """Reference pass, both baselines and every plan; the scored :class:`AblationResult`."""
+        progress: bool | None, n_components: int, desc: str, laws: Any = None,
+        training_compute: float | None = None, n_params: float | None = None,
+        trivial_loss: float | None = None) -> AblationResult:
+    """Reference pass, both baselines and every plan; the scored :class:`AblationResult`.
+
+    The scaling laws (``laws``, else ``law``) are checked against the original loss right after
+    the reference pass, before any baseline or level is evaluated.
+    """
     t0 = time.perf_counter()
     original = engine.reference()
+    resolved = check_laws(original["loss"], law_specs(law, laws), trivial_loss)
     t_stats = time.perf_counter() - t0
     base_plans = [Plan("zero(hook)", None, baseline="zero"), Plan("mean(hook)", None, baseline="mean")]
     nb = len(engine.batches)
@@ -269,7 +277,11 @@ def run(engine: Engine, plans: Sequence[Plan], *, method: str, order: str, law: 
     zero, mean, levels = results[0], results[1], results[2:]
     L0 = original["loss"]
     all_losses = [L0, zero["loss"], mean["loss"], *(r["loss"] for r in levels)]
-    ce, pe, notes = equivalents(all_losses, L0, law, tokens)
+    table, notes = level_equivalents(all_losses, L0, resolved, tokens=tokens, training_compute=training_compute,
+                                     n_params=n_params, trivial_loss=trivial_loss)
+    ce = None if table is None else table.first("frontier_fraction")
+    pe = None if table is None or tokens is None else table.first("parameter_fraction")
+    tf = None if table is None or table.training_compute is None else table.first("training_fraction")
 
     def row(i: int, label: str, r: dict[str, Any], plan: Plan | None) -> LevelMetrics:
         return LevelMetrics(
@@ -283,6 +295,7 @@ def run(engine: Engine, plans: Sequence[Plan], *, method: str, order: str, law: 
             accuracy=r["accuracy"],
             compute_equivalent=None if ce is None else ce[i],
             parameter_equivalent=None if pe is None else pe[i],
+            training_fraction=None if tf is None else tf[i],
             degradation=r["degradation"] if plan is not None else (),
             ablated=plan.ablated if plan is not None else (),
         )
@@ -307,8 +320,9 @@ def run(engine: Engine, plans: Sequence[Plan], *, method: str, order: str, law: 
         loss_name=engine.loss.name,
         n_terms=int(original["count"]),
         n_components=n_components,
-        law=_law_name(law),
+        law=None if table is None else table.laws[0],
         tokens=None if tokens is None else float(tokens),
+        equivalents=table,
         notes=tuple(notes),
         timings={"stats": t_stats, "levels": t_levels, "forward": engine.forward_seconds,
                  "total": time.perf_counter() - t0},

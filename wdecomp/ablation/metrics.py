@@ -47,6 +47,14 @@ from torch import Tensor
 
 from wdecomp.errors import NonFiniteError
 from wdecomp.objective import OutputLoss
+from wdecomp.scaling import (
+    EquivalentsTable,
+    LawSamples,
+    check_reference,
+    compute_equivalent,
+    equivalents_table,
+    parameter_equivalent,
+)
 
 
 @dataclass(frozen=True)
@@ -328,8 +336,6 @@ def equivalents(
     if law is None:
         notes.append("compute- and parameter-equivalent skipped: no scaling law given (law=...)")
         return None, None, notes
-    from wdecomp.scaling import compute_equivalent, parameter_equivalent
-
     ce = [float(compute_equivalent(v, reference, law)) for v in losses]
     pe = None
     if tokens is None:
@@ -337,3 +343,50 @@ def equivalents(
     else:
         pe = [float(parameter_equivalent(v, reference, law, tokens)) for v in losses]
     return ce, pe, notes
+
+
+def law_specs(law: Any = None, laws: Any = None) -> list[Any] | None:
+    """The scaling laws of a sweep: ``laws`` (one or a list of names, laws or fits), else ``law``."""
+    if laws is None:
+        laws = law
+    if laws is None:
+        return None
+    if isinstance(laws, (list, tuple)):
+        return list(laws) or None
+    return [laws]
+
+
+def check_laws(reference: float, specs: list[Any] | None, trivial_loss: float | None = None) -> list[LawSamples] | None:
+    """Check the original loss against every law before any level is evaluated
+    (:func:`wdecomp.scaling.check_reference`); the resolved laws, or None without laws.
+
+    Raises:
+        ScalingLawRangeError: the original loss is at or below a law's irreducible loss.
+        DataError: it is no better than ``trivial_loss``.
+    """
+    if specs is None:
+        return None
+    return check_reference(reference, specs, trivial_loss=trivial_loss)
+
+
+def level_equivalents(
+    losses: Sequence[float],
+    reference: float,
+    laws: list[LawSamples] | None,
+    *,
+    tokens: float | None = None,
+    training_compute: float | None = None,
+    n_params: float | None = None,
+    trivial_loss: float | None = None,
+) -> tuple[EquivalentsTable | None, list[str]]:
+    """Every level's equivalents on every law (:func:`wdecomp.scaling.equivalents_table`): frontier
+    fraction, training fraction (Gao et al. 2024) and parameter fraction, each with an interval;
+    a level a law cannot score gets NaN and a note, the others keep their numbers."""
+    if laws is None:
+        return None, ["compute- and parameter-equivalent skipped: no scaling law given (law=... or laws=...)"]
+    notes = []
+    if tokens is None:
+        notes.append("parameter-equivalent skipped: give the training tokens D (tokens=...)")
+    table = equivalents_table(losses, reference, laws, training_compute=training_compute, N=n_params, D=tokens,
+                              trivial_loss=trivial_loss)
+    return table, notes

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from wdecomp.ablation.metrics import Degradation
+from wdecomp.scaling import EquivalentsTable
 
 COLUMNS = (
     "label",
@@ -24,6 +25,7 @@ COLUMNS = (
     "accuracy",
     "compute_equivalent",
     "parameter_equivalent",
+    "training_fraction",
 )
 
 
@@ -43,6 +45,10 @@ class LevelMetrics:
         accuracy: Share of correct argmax predictions (``None``: not classification).
         compute_equivalent: ``C_eq(loss) / C_eq(original)`` (``None``: no law).
         parameter_equivalent: ``N_eq(loss, D) / N_eq(original, D)`` (``None``: no law or no D).
+        training_fraction: ``C_eq(loss) / C_train``, the fraction of the original model's own
+            training compute (Gao et al. 2024; ``None``: no training compute given). With several
+            laws these three columns are the first law's; :attr:`AblationResult.equivalents` has all,
+            with intervals. NaN where the law cannot score the level (see its note).
         degradation: The loss terms that degrade most, worst first.
         ablated: Global indices of the ablated components (empty for baselines and splices).
     """
@@ -57,6 +63,7 @@ class LevelMetrics:
     accuracy: float | None
     compute_equivalent: float | None = None
     parameter_equivalent: float | None = None
+    training_fraction: float | None = None
     degradation: tuple[Degradation, ...] = ()
     ablated: tuple[int, ...] = ()
 
@@ -76,7 +83,7 @@ def _fmt(value: Any, col: str) -> str:
         return "nan"
     if col in ("recovered_zero", "recovered_mean", "accuracy"):
         return f"{100 * value:.2f}%"
-    if col in ("compute_equivalent", "parameter_equivalent"):
+    if col in ("compute_equivalent", "parameter_equivalent", "training_fraction"):
         return f"{value:.4g}"
     return f"{value:.5f}"
 
@@ -111,6 +118,9 @@ class AblationResult:
         notes: Why columns are missing, and other caveats.
         timings: Seconds spent: ``stats`` (statistics pass), ``levels`` (ablated passes),
             ``forward`` (time inside forward passes, all passes).
+        equivalents: Every row's equivalents on every law (which law, frontier and training
+            fractions, parameter fraction, intervals, per-level notes), rows in the order original,
+            zero baseline, mean baseline, levels; ``None`` without a law.
     """
 
     levels: tuple[LevelMetrics, ...]
@@ -127,6 +137,7 @@ class AblationResult:
     tokens: float | None = None
     notes: tuple[str, ...] = ()
     timings: dict[str, float] | None = None
+    equivalents: EquivalentsTable | None = None
 
     # ------------------------------------------------------------------ access
     def column(self, name: str) -> list[Any]:
@@ -179,6 +190,9 @@ class AblationResult:
         )
         law = f"scaling law: {self.law}" + (f", D = {self.tokens:.4g} tokens" if self.tokens else "")
         parts = [head, base, law if self.law else "", self.table()]
+        if self.equivalents is not None:
+            parts.append("rows: 0 original, 1 zero(hook), 2 mean(hook), then the levels in order\n"
+                         + str(self.equivalents))
         if self.levels and self.levels[-1].degradation:
             parts.append(self.degradation_report(-1, 5))
         parts += [f"note: {n}" for n in self.notes]
@@ -214,6 +228,8 @@ class AblationResult:
             d[k] = level(d[k])
         d["hooks"] = tuple(d["hooks"])
         d["notes"] = tuple(d["notes"])
+        if d.get("equivalents") is not None:
+            d["equivalents"] = EquivalentsTable.from_dict(d["equivalents"])
         return cls(**d)
 
     def to_csv(self, path: str | Path | None = None) -> str:
@@ -248,7 +264,15 @@ class AblationResult:
         x = [lv.n_ablated if lv.n_ablated is not None else i for i, lv in enumerate(self.levels)]
         ce = self.column("compute_equivalent")
         if all(v is not None for v in ce):
-            ax1.plot(x, ce, "o-", label="compute-equivalent")
+            ax1.plot(x, ce, "o-", label=f"compute-equivalent ({self.law})")
+            if self.equivalents is not None:
+                lo = self.equivalents.first("frontier_low")[3:]
+                hi = self.equivalents.first("frontier_high")[3:]
+                if any(math.isfinite(v) for v in lo):
+                    ax1.fill_between(x, lo, hi, alpha=0.2, label=f"{100 * self.equivalents.confidence:g}% interval")
+            tf = self.column("training_fraction")
+            if all(v is not None for v in tf):
+                ax1.plot(x, tf, "^:", label="fraction of own training compute")
             pe = self.column("parameter_equivalent")
             if all(v is not None for v in pe):
                 ax1.plot(x, pe, "s--", label="parameter-equivalent")

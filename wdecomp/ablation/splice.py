@@ -77,6 +77,10 @@ def score_splice(
     loss: LossSpec = "cross_entropy",
     law: Any = None,
     tokens: float | None = None,
+    laws: Any = None,
+    training_compute: float | None = None,
+    n_params: float | None = None,
+    trivial_loss: float | None = None,
     top_n: int = 10,
     progress: bool | None = None,
 ) -> AblationResult:
@@ -85,7 +89,9 @@ def score_splice(
     Each replacement is one level of the result (labelled by its key when a mapping is given),
     with loss recovered against zero- and mean-ablation of the hook, KL, accuracy and the
     compute-/parameter-equivalent. A distributed :class:`Objective` as ``data`` gives global
-    metrics, as for :func:`ablate`.
+    metrics, as for :func:`ablate`. ``law``, ``tokens``, ``laws``, ``training_compute``,
+    ``n_params`` and ``trivial_loss`` are as for :func:`~wdecomp.ablation.ablate`: the
+    equivalents per law with intervals and the fraction of the model's own training compute.
     """
     reps = dict(replacement) if isinstance(replacement, Mapping) else {"splice": replacement}
     if not reps:
@@ -94,4 +100,5 @@ def score_splice(
     engine = Engine(model, None, data, loss, method=None, seed=0, top_n=top_n, hooks=(point,))
     plans = [Plan(label, None, splices=((point, fn),)) for label, fn in reps.items()]
     return run(engine, plans, method="splice", order="given", law=law, tokens=tokens, progress=progress,
+                laws=laws, training_compute=training_compute, n_params=n_params, trivial_loss=trivial_loss,
                 n_components=0, desc="splice")

@@ -139,6 +139,28 @@ class EquivalentsTable:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def first(self, field: str) -> list[float]:
+        """``field`` of the first law's rows (the law a one-column table shows), in level order."""
+        return [float(v) for v in self.column(self.laws[0], field)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EquivalentsTable:
+        """Inverse of :meth:`to_dict` (``None`` back to NaN)."""
+        def num(v: Any) -> Any:
+            return math.nan if v is None else v
+
+        rows = tuple(LevelEquivalent(**{k: num(v) for k, v in r.items()}) for r in d["rows"])
+        return cls(
+            reference_loss=float(d["reference_loss"]),
+            rows=rows,
+            laws=tuple(d["laws"]),
+            interval_sources=dict(d["interval_sources"]),
+            training_compute=d.get("training_compute"),
+            tokens=d.get("tokens"),
+            confidence=float(d["confidence"]),
+            notes=tuple(d.get("notes", ())),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN as ``None``)."""
         return {
