@@ -56,6 +56,28 @@ class ConvNet(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class TokenPairNet(nn.Module):
+    """Two tokens embedded, flattened, one ReLU layer: an Embedding producer and Linear consumers
+    (the components tests' model)."""
+
+    def __init__(self, seed: int = 0, width: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(7, 3)
+        self.hidden = nn.Linear(6, width)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(width, 5)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.hidden(self.embed(t).flatten(1))))
+
+
+def token_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All 49 token pairs of :class:`TokenPairNet` in two batches, with class-0 targets."""
+    t = torch.stack(torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij"), -1).reshape(-1, 2)
+    return [(t[:30], torch.zeros(30, dtype=torch.long)), (t[30:], torch.zeros(19, dtype=torch.long))]
+
+
 @dataclass
 class Case:
     name: str

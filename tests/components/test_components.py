@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _zoo import TokenPairNet
 from torch import nn
 
 from wdecomp.activations import run_with_hooks
@@ -14,17 +15,7 @@ from wdecomp.errors import ModelMismatchError
 DT = torch.float64
 
 
-class Net(nn.Module):
-    def __init__(self, seed: int = 0, width: int = 6) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(7, 3)
-        self.hidden = nn.Linear(6, width)
-        self.act = nn.ReLU()
-        self.out = nn.Linear(width, 5)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.hidden(self.embed(t).flatten(1))))
+Net = TokenPairNet
 
 
 def _setup(method="lib", **kw):

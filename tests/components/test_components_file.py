@@ -9,11 +9,11 @@ import warnings
 
 import pytest
 import torch
+from _zoo import TokenPairNet, token_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from wdecomp.bases import curvature_basis, interaction_basis
 from wdecomp.batch import fingerprint
@@ -23,22 +23,8 @@ from wdecomp.errors import FileFormatError, ModelMismatchError, WdecompError
 DT = torch.float64
 
 
-class Net(nn.Module):
-    def __init__(self, seed: int = 0, width: int = 6) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(7, 3)
-        self.hidden = nn.Linear(6, width)
-        self.act = nn.ReLU()
-        self.out = nn.Linear(width, 5)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.hidden(self.embed(t).flatten(1))))
-
-
-def _data():
-    t = torch.stack(torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij"), -1).reshape(-1, 2)
-    return [(t[:30], torch.zeros(30, dtype=torch.long)), (t[30:], torch.zeros(19, dtype=torch.long))]
+Net = TokenPairNet
+_data = token_pairs
 
 
 @pytest.fixture(scope="module")
