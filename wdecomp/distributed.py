@@ -31,8 +31,12 @@ Without a process group and with ``distributed=False`` everything is one plain p
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -298,17 +302,30 @@ def broadcast(t: Tensor, src: int = 0, *, group: Any = None) -> Tensor:
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
+_WEIGHTS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _weights(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The first ``n`` odd position weights ``w_j = (j * MIX + C) | 1`` (cached per device, dtype)."""
+    w = _WEIGHTS.get((device, dtype))
+    if w is None or w.numel() < n:
+        j = torch.arange(max(n, 1024 if w is None else 2 * w.numel()), dtype=torch.int64, device=device)
+        w = ((j * _MIX + 0x632BE5AB) | 1).to(dtype)  # the low bits of an odd number stay odd
+        _WEIGHTS[(device, dtype)] = w
+    return w[:n]
 
 
 def checksum(t: Tensor) -> int:
-    """A position-weighted sum, modulo ``2**64``, of the bit patterns of ``t``'s entries.
+    """A position-weighted sum of the bit patterns of ``t``'s entries, as a 64-bit integer.
 
-    Entry ``i`` with bits ``b_i`` contributes ``b_i * w_i`` with ``w_i`` odd, so changing any one
-    entry's bits (``0.0`` to ``-0.0``, one NaN payload to another) always changes the sum, since an
-    odd number is invertible modulo ``2**64``. Runs on ``t``'s own device (no copy to the host),
-    ``2**22`` entries at a time. Used by :func:`check_replicated` and by the data fingerprints of
-    :mod:`wdecomp.batch`.
+    The entries' bits ``b_j`` (as integers of the entries' width, at most 64 bits) are cut into
+    chunks of ``2**20``; within a chunk entry ``j`` contributes ``b_j w_j`` (wrapping at the
+    entries' width; 32 bits for entries of up to 4 bytes) with ``w_j`` odd, and chunk ``c``'s sum is
+    multiplied by the odd ``2c + 1`` modulo ``2**64``. An odd number is invertible modulo any power
+    of two, so changing any one entry's bits (``0.0`` to ``-0.0``, one NaN payload to another)
+    always changes the checksum. Runs on ``t``'s own device (no copy to the host). Used by
+    :func:`check_replicated` and by the data fingerprints of :mod:`wdecomp.batch`.
 
     Raises:
         ValueError: ``t`` lives on the meta device (it has no values).
@@ -316,13 +333,16 @@ def checksum(t: Tensor) -> int:
     if t.is_meta:
         raise ValueError("a tensor on the meta device has no values to check")
     flat = t.detach().contiguous().reshape(-1)
-    bits = flat.view(_INT_OF_SIZE[min(flat.element_size(), 8)])
+    size = flat.element_size()
+    bits = flat.view(_INT_OF_SIZE[min(size, 8)])
+    wide = torch.int32 if size <= 4 else torch.int64
+    if bits.dtype != wide:
+        bits = bits.to(wide)
     total = 0
-    for start in range(0, bits.numel(), _CHUNK):
-        part = bits[start : start + _CHUNK].to(torch.int64)
-        w = torch.arange(start, start + part.numel(), dtype=torch.int64, device=part.device)
-        w = (w * _MIX + 0x632BE5AB) | 1
-        total = (total + int((part * w).sum())) % (1 << 64)
+    for c, start in enumerate(range(0, bits.numel(), _CHUNK)):
+        part = bits[start : start + _CHUNK]
+        chunk_sum = int((part * _weights(part.numel(), part.device, wide)).sum())
+        total = (total + chunk_sum * (2 * c + 1)) % (1 << 64)
     return total
 
 
@@ -413,6 +433,14 @@ def find_free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _write_report(outdir: str, name: str, text: str) -> None:
+    """Write ``outdir/name`` whole or not at all (temp file + rename): a reader never sees half of it."""
+    tmp = os.path.join(outdir, f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(outdir, name))
+
+
 def _launch_worker(
     rank: int, fn: Callable[..., Any], world_size: int, args: tuple, port: int, backend: str,
     pg_timeout_s: float, outdir: str, num_threads: int,
@@ -422,12 +450,14 @@ def _launch_worker(
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(num_threads)
+    if hasattr(signal, "SIGUSR1"):  # the launcher asks a rank that does not finish where it is
+        stack_file = open(os.path.join(outdir, f"rank{rank}.stack"), "w")  # noqa: SIM115 - open for life
+        faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=False)
 
     def record_failure() -> None:
         # Timestamped before the group is torn down (which makes the peers fail too), so the
         # launcher can tell the first failure from the ones it caused.
-        with open(os.path.join(outdir, f"rank{rank}.err"), "w") as f:
-            f.write(f"{time.time()!r}\n{traceback.format_exc()}")
+        _write_report(outdir, f"rank{rank}.err", f"{time.time()!r}\n{traceback.format_exc()}")
 
     try:
         dist.init_process_group(
@@ -447,23 +477,123 @@ def _launch_worker(
         dist.destroy_process_group()
 
 
-def _failure_report(outdir: str, nprocs: int) -> str:
-    errors = []
+_COLLECTIVE_FRAMES = ("distributed_c10d", "torch/distributed/")
+_TIMEOUT_WORDS = ("timed out", "timeout", "connection closed by peer", "connection reset")
+
+
+def _errors(outdir: str, nprocs: int) -> list[tuple[float, int, str]]:
+    """``(time, rank, traceback)`` of every rank's complete error report, earliest first."""
+    out = []
     for r in range(nprocs):
         path = os.path.join(outdir, f"rank{r}.err")
-        if os.path.exists(path):
-            with open(path) as f:
-                stamp, _, tb = f.read().partition("\n")
-            errors.append((float(stamp), r, tb.rstrip()))
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            stamp, _, tb = f.read().partition("\n")
+        try:
+            when = float(stamp)
+        except ValueError:  # unreadable stamp: order it last rather than fail the report
+            when = float("inf")
+        out.append((when, r, tb.rstrip()))
+    return sorted(out)
+
+
+def _stacks(procs: Sequence[Any], outdir: str, ranks: Sequence[int]) -> dict[int, str]:
+    """Where each of ``ranks`` (still running) is: its Python stack, dumped on SIGUSR1."""
+    if not ranks or not hasattr(signal, "SIGUSR1"):
+        return {}
+    for r in ranks:
+        with contextlib.suppress(OSError):
+            os.kill(procs[r].pid, signal.SIGUSR1)
+    out: dict[int, str] = {}
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and len(out) < len(ranks):
+        time.sleep(0.1)
+        for r in ranks:
+            text = ""
+            with contextlib.suppress(OSError), open(os.path.join(outdir, f"rank{r}.stack")) as f:
+                text = f.read()
+            if r not in out and "File " in text and text.endswith("\n"):
+                out[r] = text
+    return out
+
+
+def _in_collective(stack: str) -> bool:
+    frames = [line for line in stack.splitlines() if line.strip().startswith("File ")]
+    return bool(frames) and any(key in frames[0] for key in _COLLECTIVE_FRAMES)
+
+
+def _innermost(stack: str) -> str:
+    frames = [line.strip() for line in stack.splitlines() if line.strip().startswith("File ")]
+    return frames[0] if frames else "unknown place"
+
+
+def _hang_report(stacks: dict[int, str], nprocs: int) -> tuple[list[int], str]:
+    """The ranks that hung (running outside any collective) and a paragraph naming them."""
+    hung = [r for r, s in sorted(stacks.items()) if not _in_collective(s)]
+    waiting = [r for r, s in sorted(stacks.items()) if _in_collective(s)]
+    lines = [f"rank {r} of {nprocs} hung outside any collective, in {_innermost(stacks[r])}" for r in hung]
+    lines += [f"rank {r} of {nprocs} was waiting in a collective ({_innermost(stacks[r])})" for r in waiting]
+    return hung, "\n".join(lines)
+
+
+def _no_stack(asked: Sequence[int], stacks: dict[int, str], nprocs: int) -> str:
+    silent = [r for r in asked if r not in stacks]
+    return "".join(f"\nrank {r} of {nprocs} gave no stack (still starting up, or not a Python frame)" for r in silent)
+
+
+def _failure_report(outdir: str, nprocs: int, stacks: dict[int, str] | None = None) -> str:
+    """Who failed first, and who only failed because of it.
+
+    A rank whose first error is a collective timeout while another rank was still running outside
+    any collective did not cause the failure: the running rank hung, and it is named first.
+    """
+    errors = _errors(outdir, nprocs)
+    hung, hang_text = _hang_report(stacks or {}, nprocs)
     if not errors:
-        return ""
-    errors.sort()
+        return hang_text
     _, first, tb = errors[0]
-    lines = [f"rank {first} of {nprocs} failed first:\n{tb}"]
+    last_line = tb.splitlines()[-1].lower() if tb else ""
+    if hung and any(w in last_line for w in _TIMEOUT_WORDS):
+        head = (f"rank {hung[0]} of {nprocs} hung: {hang_text}\nrank {first} timed out waiting for it in a "
+                f"collective:\n{tb}")
+    else:
+        head = f"rank {first} of {nprocs} failed first:\n{tb}" + (f"\n{hang_text}" if hang_text else "")
+    lines = [head]
     for _, r, later in errors[1:]:
         last = later.splitlines()[-1] if later else ""
         lines.append(f"rank {r} failed afterwards (likely as a consequence): {last}")
     return "\n".join(lines)
+
+
+def _wait(processes: Sequence[Any], outdir: str, nprocs: int, deadline: float, timeout_s: float,
+          running: Callable[[Sequence[Any]], list[int]]) -> None:
+    """Wait until every rank exits 0; on the first failure or at the deadline, raise with the report.
+
+    The ranks still running are asked for their stacks *before* any is stopped, so a hung rank is
+    caught in the act (``torch.multiprocessing``'s own ``join`` would terminate it first).
+    """
+    while True:
+        codes = [p.exitcode for p in processes]
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            report = _failure_report(outdir, nprocs, _stacks(processes, outdir, running(processes)))
+            if not report:
+                code = codes[failed[0]]
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                report = (f"rank {failed[0]} of {nprocs} {how} without an error report (killed from outside, "
+                          "or out of memory)")
+            raise DistributedError(report)
+        if all(c == 0 for c in codes):
+            return
+        if time.monotonic() >= deadline:
+            alive = [r for r, p in enumerate(processes) if p.is_alive()]
+            stacks = _stacks(processes, outdir, alive)
+            report = _failure_report(outdir, nprocs, stacks) + _no_stack(alive, stacks, nprocs)
+            raise DistributedError(f"distributed run did not finish within {timeout_s:.0f} s: rank(s) {alive} still "
+                                   "running were killed" + (f"\n{report}" if report else ""))
+        multiprocessing.connection.wait([p.sentinel for p in processes if p.exitcode is None],
+                                        timeout=max(0.01, min(1.0, deadline - time.monotonic())))
 
 
 def launch(
@@ -482,6 +612,11 @@ def launch(
     collective timeout of ``pg_timeout_s``, so a rank stuck in a collective raises instead of
     waiting forever. For tests, notebooks and benchmarks; on a cluster use ``torchrun``.
 
+    When the run fails, the report names the rank that caused it: the first rank to raise, or,
+    when that error is a collective timeout, the rank that was still running outside any
+    collective (its Python stack is read with :mod:`faulthandler` on ``SIGUSR1``, POSIX only).
+    Error reports are written whole (temporary file, then rename) and read only once complete.
+
     Args:
         fn: A picklable (module-level) function; its return value must be ``torch.save``-able.
         nprocs: Number of processes.
@@ -496,16 +631,21 @@ def launch(
         The return values of ``fn``, indexed by rank.
 
     Raises:
-        DistributedError: A rank raised (the first failure's traceback is in the message, with
-            the ranks that failed after it; the rest are terminated), or the run exceeded
-            ``timeout_s`` (the ranks still running are named and killed).
+        DistributedError: A rank raised or hung (the culprit's traceback or stack is in the
+            message, with the ranks that failed because of it; the rest are terminated), or the
+            run exceeded ``timeout_s`` (the ranks still running are named, hung ones first, and
+            killed).
     """
     import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
 
     port = find_free_port()
     threads = num_threads if num_threads is not None else max(1, (os.cpu_count() or 1) // nprocs)
     outdir = tempfile.mkdtemp(prefix="wdecomp-launch-")
+
+    def running(processes: Sequence[Any]) -> list[int]:
+        return [r for r, p in enumerate(processes) if p.is_alive()
+                and not os.path.exists(os.path.join(outdir, f"rank{r}.err"))]
+
     try:
         procs = mp.start_processes(
             _launch_worker,
@@ -516,18 +656,7 @@ def launch(
         )
         deadline = time.monotonic() + timeout_s
         try:
-            while not procs.join(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
-                if time.monotonic() >= deadline:
-                    alive = [r for r, p in enumerate(procs.processes) if p.is_alive()]
-                    report = _failure_report(outdir, nprocs)
-                    raise DistributedError(
-                        f"distributed run did not finish within {timeout_s:.0f} s: rank(s) {alive} still "
-                        "running (a hung rank, or a collective waiting on one) were killed"
-                        + (f"\n{report}" if report else "")
-                    )
-        except ProcessException as exc:
-            report = _failure_report(outdir, nprocs) or f"rank {exc.error_index} of {nprocs} failed:\n{exc}"
-            raise DistributedError(report) from None
+            _wait(procs.processes, outdir, nprocs, deadline, timeout_s, running)
         finally:
             for p in procs.processes:
                 if p.is_alive():

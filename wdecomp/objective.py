@@ -442,8 +442,8 @@ class Objective:
             out.update(params)
         return out
 
-    def model_fn(self, state: Mapping[str, Tensor]) -> Callable[[Any], Tensor]:
-        """A function ``inputs -> outputs`` that runs the model on ``state``."""
+    def model_fn(self, state: Mapping[str, Tensor] | None) -> Callable[[Any], Tensor]:
+        """A function ``inputs -> outputs`` that runs the model on ``state`` (``None``: its own weights)."""
         return lambda inputs: batching.call(self.model, inputs, state)
 
     def output_function(
@@ -455,8 +455,9 @@ class Objective:
             return lambda p: batching.call(self.model, inputs, self.state(p))
         return lambda p: batching.call(self.model, inputs, {**base, **p})
 
-    def batch_summed_loss(self, state: Mapping[str, Tensor], batch: Batch) -> tuple[Tensor, int]:
-        """``(S_b, n_b)`` for one batch: the summed loss and its number of loss terms."""
+    def batch_summed_loss(self, state: Mapping[str, Tensor] | None, batch: Batch) -> tuple[Tensor, int]:
+        """``(S_b, n_b)`` for one batch: the summed loss and its number of loss terms, with the
+        parameters and buffers replaced by ``state`` (``None``: the model's own)."""
         if isinstance(self.loss, BatchLoss):
             value = self.loss.fn(self.model_fn(state), batch)
             if isinstance(value, tuple):
@@ -525,12 +526,27 @@ class Objective:
         return value
 
     def gradient(self, params: ParamSpec | ParamSet = None) -> Tensor:
-        """Flat gradient ``dL/dtheta`` over the selected parameters (plain reverse mode, batch by batch)."""
+        """Flat gradient ``dL/dtheta`` over the selected parameters (plain reverse mode, batch by batch).
+
+        When every selected parameter requires grad, the model runs on its own parameters and
+        ``torch.autograd.grad`` differentiates with respect to them directly (no functional call,
+        no copies: the cost of a plain ``autograd.grad`` plus the data checks); otherwise on
+        detached copies through :func:`torch.func.functional_call`.
+        """
         pset = select_parameters(self.model, params)
-        g = torch.zeros(pset.numel, dtype=pset.dtype, device=pset.device)
-        for batch in self.batches():
-            theta = {n: t.detach().requires_grad_() for n, t in pset.as_dict().items()}
-            loss = self.batch_objective(batch, pset)(theta)
-            g = g + pset.flatten(dict(zip(theta, torch.autograd.grad(loss, list(theta.values())))))
+        own = all(t.requires_grad for t in pset.tensors)
+        g: Tensor | None = None
+        with torch.enable_grad():
+            for batch in self.batches():
+                if own:
+                    inputs: list[Tensor] = list(pset.tensors)
+                    loss = self.batch_summed_loss(None, batch)[0] / float(self.total_count)
+                else:
+                    theta = {n: t.detach().requires_grad_() for n, t in pset.as_dict().items()}
+                    inputs = list(theta.values())
+                    loss = self.batch_objective(batch, pset)(theta)
+                flat = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, inputs)])  # names order
+                g = flat if g is None else g + flat
+        assert g is not None  # the data hold at least one batch (counted before the first product)
         return self.reduce(g)
 
