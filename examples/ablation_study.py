@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from wdecomp.ablation import ablation_sweep
+from wdecomp.activations import stream_activations
 from wdecomp.bases.base import LayerBasis, model_signature
 
 CONTEXT = 4
@@ -71,13 +72,7 @@ def train_model(steps: int, seed: int = 0) -> tuple[nn.Module, list]:
 
 def pca_basis(model: nn.Module, data: list, point: str = "mlp") -> LayerBasis:
     """Centred PCA at ``point``: ``C`` = eigenvectors of the covariance (rows), importance = variance."""
-    acts = []
-    h = dict(model.named_modules())[point].register_forward_hook(lambda m, a, o: acts.append(o.detach()))
-    with torch.no_grad():
-        for x, _ in data:
-            model(x)
-    h.remove()
-    F = torch.cat(acts).to(torch.float64)
+    F = torch.cat([a[point] for a in stream_activations(model, data, [point])]).to(torch.float64)
     mu = F.mean(0)
     var, U = torch.linalg.eigh(torch.cov(F.T))
     var, U = var.flip(0), U.flip(1)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_study import ILLUSTRATIVE_TOKENS, illustrative_law, pca_basis, train_model  # noqa: E402
 
 from wdecomp.ablation import score_splice  # noqa: E402
+from wdecomp.activations import stream_activations  # noqa: E402
 
 
 class SAE(nn.Module):
@@ -39,13 +40,7 @@ class SAE(nn.Module):
 
 
 def hidden_activations(model: nn.Module, data: list, point: str = "mlp") -> torch.Tensor:
-    acts = []
-    h = dict(model.named_modules())[point].register_forward_hook(lambda m, a, o: acts.append(o.detach()))
-    with torch.no_grad():
-        for x, _ in data:
-            model(x)
-    h.remove()
-    return torch.cat(acts)
+    return torch.cat([a[point] for a in stream_activations(model, data, [point])])
 
 
 def train_sae(F: torch.Tensor, m: int, steps: int, l1: float = 1e-3, seed: int = 0) -> SAE:
