@@ -194,7 +194,9 @@ class GraphSummary:
             ),
             "",
             f"weakly connected components: {self.weakly_connected} (sizes {list(self.component_sizes[:10])}"
-            f"{' ...' if len(self.component_sizes) > 10 else ''}); strongly connected: {self.strongly_connected}",
+            f"{' ...' if len(self.component_sizes) > 10 else ''})"
+            # a layered feed-forward graph is acyclic: every node is its own strongly connected component
+            + (f"; strongly connected: {self.strongly_connected}" if self.strongly_connected < self.nodes else ""),
             f"communities: {len(self.communities)} (sizes {[len(c) for c in self.communities[:10]]}"
             f"{' ...' if len(self.communities) > 10 else ''}), modularity "
             f"{'-' if self.modularity is None else f'{self.modularity:.3f}'}",

@@ -117,7 +117,7 @@ class RankResult:
                 unc = f"95% [{lo:.1f}, {hi:.1f}]" + ("" if r.estimable else " not estimable")
             else:
                 unc = "exact"
-            margin = "n/a" if math.isnan(r.margin) else f"{r.margin:.3g}"
+            margin = "n/a" if not math.isfinite(r.margin) else f"{r.margin:.3g}"
             return (name, r.method, r.rank, r.nullity, r.p, unc, r.threshold, margin)
 
         rows = [row("all", self)] + [row(n, g) for n, g in self.groups.items()]
