@@ -30,9 +30,9 @@ and ``f_t`` its latents:
   on the evaluation data.
 
 Next to them, from :func:`wdecomp.ablation.score_splice`: the compute-equivalent
-``C_eq(CE_sae) / C_eq(CE_clean)`` and parameter-equivalent on a scaling law passed in (and an
-interval where the law carries bootstrap samples), with the baselines ``CE_clean``, ``CE_zero``
-and ``KL_zero`` printed in every table.
+``C*(CE_sae) / C*(CE_clean)`` and parameter-equivalent on a scaling law passed in, with the
+percentile interval over the law's samples (:func:`wdecomp.scaling.equivalents_table`), and
+the baselines ``CE_clean``, ``CE_zero`` and ``KL_zero`` printed in every table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,11 +50,12 @@ import torch
 from torch import Tensor, nn
 
 from wdecomp.ablation import score_splice
-from wdecomp.activations import HookPoint
 from wdecomp.errors import NonFiniteError, SelectionError, ShapeError
+from wdecomp.hooks import HookPoint
 from wdecomp.io import atomic_write_text
 from wdecomp.sae.model import SparseAutoencoder
 from wdecomp.sae.train import hook_activations
+from wdecomp.scaling import equivalents_table
 
 __all__ = ["ReconstructionStats", "SAEMetrics", "evaluate_sae", "reconstruction_stats"]
 
@@ -248,15 +250,6 @@ class SAEMetrics:
         return atomic_write_text(path, json.dumps(asdict(self), indent=1))
 
 
-def _law_interval(law: Any, loss: float, reference: float) -> tuple[float, float] | None:
-    """The compute-equivalent's interval from a law with an uncertainty (``None`` otherwise)."""
-    interval = getattr(law, "compute_equivalent_interval", None)
-    if interval is None:
-        return None
-    lo, hi = interval(loss, reference)
-    return float(lo), float(hi)
-
-
 def evaluate_sae(
     model: nn.Module,
     sae: SparseAutoencoder | nn.Module,
@@ -266,6 +259,8 @@ def evaluate_sae(
     label: str = "sae",
     law: Any = None,
     tokens: float | None = None,
+    n_params: float | None = None,
+    confidence: float = 0.95,
     progress: bool | None = None,
 ) -> SAEMetrics:
     """Evaluate an SAE spliced at its hook: SAELens' metrics next to the compute-equivalent.
@@ -280,8 +275,11 @@ def evaluate_sae(
         data: A list of ``(inputs, targets)`` batches (class targets: cross-entropy).
         hook: Hook point (default: ``sae.hook``).
         label: Row label.
-        law: A scaling law of :mod:`wdecomp.scaling` (or ``None``: no equivalents).
+        law: A scaling-law specification for :func:`wdecomp.scaling.equivalents_table` (a law, a
+            name, or a ``ScalingFit``, whose bootstrap refits give the interval), or ``None``.
         tokens: Training tokens ``D`` of the model, for the parameter-equivalent.
+        n_params: Parameters ``N`` of the model (with ``tokens``: the training compute ``6 N D``).
+        confidence: Coverage of the compute-equivalent's interval.
         progress: Progress bar.
 
     Returns:
@@ -298,7 +296,7 @@ def evaluate_sae(
     point = str(HookPoint.parse(point))
     stats = reconstruction_stats(sae, hook_activations(model, data, point, buffer_batches=1, epochs=1))
     rec = stats.metrics()
-    result = score_splice(model, point, {label: sae}, data, law=law, tokens=tokens, top_n=0, progress=progress)
+    result = score_splice(model, point, {label: sae}, data, top_n=0, progress=progress)
     level = result.levels[0]
     ce_clean, ce_zero, ce_sae = result.original.loss, result.zero_baseline.loss, level.loss
     ce_score = 1.0 if ce_sae == ce_clean else (ce_zero - ce_sae) / (ce_zero - ce_clean)
@@ -309,16 +307,28 @@ def evaluate_sae(
             kl_score = 1.0
         else:
             kl_score = (kl_zero - kl_sae) / kl_zero if kl_zero > 0 else math.nan
-    interval = None
-    if law is not None and level.compute_equivalent is not None:
-        interval = _law_interval(law, ce_sae, ce_clean)
+    ce_eq = pe_eq = interval = law_name = None
+    notes = list(result.notes)
+    if law is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = equivalents_table([ce_sae], ce_clean, law, D=tokens, N=n_params, confidence=confidence)
+        row = table.rows[0]
+        law_name = row.law
+        ce_eq = row.frontier_fraction
+        if not math.isnan(row.frontier_low):
+            interval = (row.frontier_low, row.frontier_high)
+        pe_eq = None if math.isnan(row.parameter_fraction) else row.parameter_fraction
+        notes += [n for n in (row.note, *table.notes) if n]
+        notes += [f"intervals: {table.interval_sources[law_name]}"]
+        notes += [str(w.message) for w in caught if str(w.message) not in notes]
     return SAEMetrics(
         label=label, hook=point, width=int(getattr(sae, "width", len(rec["feature_density"]))),
         n_tokens=rec["n_tokens"], ce_clean=ce_clean, ce_zero=ce_zero, ce_sae=ce_sae, ce_loss_score=ce_score,
         kl_zero=kl_zero, kl_sae=kl_sae, kl_div_score=kl_score, l0=rec["l0"],
         explained_variance=rec["explained_variance"], mse=rec["mse"], cossim=rec["cossim"],
         l2_ratio=rec["l2_ratio"], relative_reconstruction_bias=rec["relative_reconstruction_bias"],
-        dead_fraction=rec["dead_fraction"], compute_equivalent=level.compute_equivalent,
-        compute_equivalent_interval=interval, parameter_equivalent=level.parameter_equivalent,
-        law=result.law, feature_density=tuple(rec["feature_density"]), notes=result.notes,
+        dead_fraction=rec["dead_fraction"], compute_equivalent=ce_eq,
+        compute_equivalent_interval=interval, parameter_equivalent=pe_eq,
+        law=law_name, feature_density=tuple(rec["feature_density"]), notes=tuple(dict.fromkeys(notes)),
     )

@@ -12,6 +12,10 @@ latent ``j``) and ``sigma`` either
 * ``"topk"``: keep the ``k`` largest pre-activations of each row and apply ``ReLU`` to them, zero
   the rest (Gao et al. 2024, arXiv 2406.04093, eq. 2; SAELens' ``TopKSAE``). Exactly ``k``
   latents are selected per row; a selected latent whose pre-activation is negative is zero.
+* ``"slot_topk"`` (binding SAEs only; our variant, no published counterpart): TopK with ``k``
+  latents *per slot*, so every row uses each slot (L0 at most ``s k``). It encodes the binding
+  model's premise that a token carries its own feature(s) in every slot, and breaks the slots'
+  symmetry that plain TopK leaves to the optimiser (see :mod:`wdecomp.sae.binding`).
 
 The decoder columns are kept at unit norm by the trainer (:mod:`wdecomp.sae.train`).
 
@@ -45,8 +49,14 @@ from wdecomp.io import atomic_write_bytes
 
 __all__ = ["ACTIVATIONS", "BindingSAE", "SparseAutoencoder", "load_sae"]
 
-ACTIVATIONS = ("relu", "topk")
+ACTIVATIONS = ("relu", "topk", "slot_topk")
 _FORMAT = "wdecomp.sae/1"
+
+
+def _topk(pre: Tensor, k: int) -> Tensor:
+    """``ReLU`` of the ``k`` largest entries of each row (last axis), zeros elsewhere."""
+    top = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
 
 
 class SparseAutoencoder(nn.Module):
@@ -76,11 +86,14 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
         if d_in < 1 or width < 1:
             raise ShapeError(f"an SAE needs d_in >= 1 and width >= 1, got d_in={d_in}, width={width}")
-        if activation == "topk":
+        if activation == "slot_topk" and self.kind != "binding":
+            raise ValueError("activation 'slot_topk' (k latents per slot) needs a BindingSAE")
+        if activation in ("topk", "slot_topk"):
+            pool = width if activation == "topk" else self._slot_width()
             if k is None:
                 raise ShapeError("a TopK SAE needs k (latents kept per row)")
-            if not 1 <= k <= width:
-                raise ShapeError(f"k={k} latents cannot be kept out of width={width}; choose 1 <= k <= width")
+            if not 1 <= k <= pool:
+                raise ShapeError(f"k={k} latents cannot be kept out of width={pool}; choose 1 <= k <= {pool}")
         self.d_in = int(d_in)
         self.width = int(width)
         self.activation = activation
@@ -88,6 +101,9 @@ class SparseAutoencoder(nn.Module):
         self.hook = hook
         g = torch.Generator().manual_seed(int(seed))
         self._init_params(g, dtype)
+
+    def _slot_width(self) -> int:
+        return self.width
 
     # ------------------------------------------------------------------ parameters
     def _init_params(self, g: torch.Generator, dtype: torch.dtype) -> None:
@@ -144,8 +160,9 @@ class SparseAutoencoder(nn.Module):
         if self.activation == "relu":
             return torch.relu(pre)
         assert self.k is not None
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        if self.activation == "slot_topk":
+            return _topk(pre.unflatten(-1, (-1, self._slot_width())), self.k).flatten(-2)
+        return _topk(pre, self.k)
 
     def decode(self, f: Tensor) -> Tensor:
         """``W_dec f + b_dec``, shape ``(..., d)``."""
@@ -205,6 +222,9 @@ class BindingSAE(SparseAutoencoder):
         self.W_enc = nn.Parameter(W.T.clone().to(dtype))
         self.b_enc = nn.Parameter(torch.zeros(self.width, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in, dtype=dtype))
+
+    def _slot_width(self) -> int:
+        return self.n_free
 
     def decoder(self) -> Tensor:
         """``[D, R D, ..., R^{s-1} D]``, shape ``(d, s m)``."""

@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wdecomp.activations import HookPoint, capture
+from wdecomp.activations import capture
 from wdecomp.errors import DataError, NonFiniteError, ShapeError
+from wdecomp.hooks import HookPoint
 from wdecomp.progress import progress_bar
 from wdecomp.sae.model import BindingSAE, SparseAutoencoder
 

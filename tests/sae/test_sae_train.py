@@ -1,0 +1,115 @@
+"""SAE training: unit-norm decoder after every step, dead-latent counts, streaming, seeding, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from wdecomp.errors import NonFiniteError, SelectionError
+from wdecomp.sae.model import BindingSAE, SparseAutoencoder
+from wdecomp.sae.train import fit_sae, hook_activations, train_sae
+
+
+class TinyLM(nn.Module):
+    """Embedding -> a named residual point -> unembedding (activations (B, T, d))."""
+
+    def __init__(self, vocab: int = 7, d: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, d)
+        self.resid = nn.Identity()
+        self.mix = nn.Linear(d, d)
+        self.unembed = nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.resid(self.embed(tokens))
+        return self.unembed(h + torch.tanh(self.mix(h)))
+
+
+def _batches(n: int = 3, b: int = 4, t: int = 6, vocab: int = 7, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, (b, t), generator=g), torch.randint(0, vocab, (b, t), generator=g))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SparseAutoencoder(6, 16, activation="relu", seed=0),
+    lambda: SparseAutoencoder(6, 16, activation="topk", k=3, seed=0),
+    lambda: BindingSAE(6, 8, slots=2, activation="topk", k=2, seed=0),
+])
+def test_unit_norm_decoder_after_every_step(make) -> None:
+    sae = make()
+    X = torch.randn(256, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    worst = []
+
+    def check(step, s, f):
+        worst.append(float((s.free_columns().detach().norm(dim=0) - 1).abs().max()))
+
+    fit_sae(sae, X, steps=30, batch_size=32, lr=1e-2, resample_every=5, dead_window=32, callback=check)
+    assert len(worst) == 30 and max(worst) <= 1e-6
+
+
+def test_dead_latent_count_matches_direct_count() -> None:
+    sae = SparseAutoencoder(4, 24, activation="topk", k=1, seed=0)
+    X = torch.randn(512, 4, generator=torch.Generator().manual_seed(2))
+    fired = []
+    res = fit_sae(sae, X, steps=40, batch_size=16, lr=1e-2, dead_window=160, resample_every=0,
+                  callback=lambda step, s, f: fired.append((f > 0).any(0)))
+    F = torch.stack(fired)  # (steps, n): fired at each step
+    window_steps = 160 // 16
+    direct_dead = int((~F[-window_steps:].any(0)).sum())
+    assert res.dead == direct_dead > 0  # k=1 of 24 latents: some never fire late in training
+    last = torch.tensor([int(torch.nonzero(F[:, j]).max()) if F[:, j].any() else -1 for j in range(24)])
+    expect = torch.where(last >= 0, (39 - last) * 16, torch.full_like(last, 40 * 16))
+    assert torch.equal(res.tokens_since_fired, expect)
+
+
+def test_resampling_revives_dead_latents() -> None:
+    sae = SparseAutoencoder(4, 12, activation="relu", seed=0)
+    with torch.no_grad():
+        sae.b_enc[:6] = -100.0  # six latents that cannot fire
+    X = torch.randn(512, 4, generator=torch.Generator().manual_seed(3))
+    res = fit_sae(sae, X, steps=20, batch_size=32, lr=1e-3, dead_window=64, resample_every=10, resample_until=0.5)
+    assert res.resampled == 6
+    assert (sae.b_enc[:6] > -1).all()
+
+
+def test_streaming_holds_only_the_buffer_and_sees_every_activation() -> None:
+    model, data = TinyLM(), _batches(n=5)
+    chunks = list(hook_activations(model, data, "resid", buffer_batches=2, epochs=1))
+    assert [c.shape[0] for c in chunks] == [48, 48, 24]  # two batches of 4 x 6 activations at most
+    direct = torch.cat([model.embed(x).reshape(-1, 5) for x, _ in data]).detach()
+    got = torch.cat(chunks)
+    assert torch.equal(torch.sort(got, dim=0).values, torch.sort(direct, dim=0).values)
+
+
+def test_train_sae_on_model_is_seeded() -> None:
+    model, data = TinyLM(), _batches()
+    a = train_sae(model, data, "resid", width=8, k=2, steps=12, batch_size=16, seed=4)
+    b = train_sae(model, data, "resid", width=8, k=2, steps=12, batch_size=16, seed=4)
+    assert a.sae.hook == "resid" and a.tokens == 12 * 16
+    for (n, p), (_, q) in zip(a.sae.state_dict().items(), b.sae.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.refuses("an SAE trained at a hook point the model does not have",
+                     "names the module and suggests near names; pick one of the model's hook points")
+def test_missing_hook_refused() -> None:
+    with pytest.raises(SelectionError, match="no module named 'resdi'.*resid"):
+        train_sae(TinyLM(), _batches(), "resdi", width=8, k=2, steps=2)
+
+
+@pytest.mark.refuses("NaN or infinite activations to train or evaluate an SAE on",
+                     "an SAE fitted to non-finite values is meaningless; fix the model or data first")
+def test_nan_activations_refused() -> None:
+    X = torch.randn(64, 4)
+    X[10, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN"):
+        fit_sae(SparseAutoencoder(4, 8, k=2), X, steps=3, batch_size=16)
+    model = TinyLM()
+    with torch.no_grad():
+        model.embed.weight[3] = float("nan")
+    data = [(torch.full((2, 3), 3), torch.zeros(2, 3, dtype=torch.long))]
+    with pytest.raises(NonFiniteError, match="resid"):
+        train_sae(model, data, "resid", width=8, k=2, steps=2, batch_size=2)
