@@ -195,15 +195,6 @@ def check_model_state(model: nn.Module) -> None:
             )
 
 
-#: Kept for callers of the old name: :func:`wdecomp.batch.to`.
-move_batch = batching.to
-
-
-def call_model(model: nn.Module, state: Mapping[str, Tensor], inputs: Any) -> Any:
-    """The old name of :func:`wdecomp.batch.call` (arguments in the old order), kept for callers."""
-    return batching.call(model, inputs, state)
-
-
 def check_weights(model: nn.Module) -> None:
     """Refuse weights no curvature can be computed on: complex, or on the meta device.
 

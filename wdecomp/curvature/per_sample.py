@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, jvp, vjp, vmap
 
-from wdecomp.curvature._batch import batch_size, slice_examples
+from wdecomp import batch as batching
 from wdecomp.curvature.base import CurvatureOperator
 from wdecomp.curvature.fisher import per_example_loss_function
 from wdecomp.errors import NonFiniteError, ShapeError
@@ -47,7 +47,7 @@ class PerSampleGradients(CurvatureOperator):
     def example_counts(self) -> list[int]:
         """Examples per batch."""
         if self._sizes is None:
-            self._sizes = [batch_size(b) for b in self.objective.batches()]
+            self._sizes = [batching.num_examples(b) for b in self.objective.batches()]
         return self._sizes
 
     @property
@@ -69,7 +69,6 @@ class PerSampleGradients(CurvatureOperator):
         out = torch.cat(rows, dim=0)
         if not torch.isfinite(out).all():
             raise NonFiniteError("per-sample gradient product is not finite")
-        self.matvec_count += V.shape[1]
         return out
 
     def rmatmat(self, U: Tensor) -> Tensor:
@@ -105,8 +104,7 @@ class PerSampleGradients(CurvatureOperator):
         """Dense rows ``g_i`` in blocks of ``chunk_size`` examples, in data order."""
         theta = self.params.as_dict()
         for batch in self.objective.batches():
-            for start in range(0, batch_size(batch), chunk_size):
-                sub = slice_examples(batch, start, start + chunk_size)
+            for sub in batching.chunks(batch, chunk_size):
                 yield self.params.flatten(jacrev(per_example_loss_function(self.objective, sub))(theta))
 
     def dense(self, max_bytes: int | None = None) -> Tensor:
