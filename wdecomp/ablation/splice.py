@@ -58,6 +58,8 @@ def splice(model: nn.Module, hook: str, replacement: Callable[[Tensor], Tensor])
         call ``.remove()``.
 
     Example:
+        >>> import torch
+        >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
         >>> x = torch.randn(4, 2)
         >>> with splice(model, "1", nn.Identity()):
