@@ -188,37 +188,40 @@ class Section:
     constant: bool = False
 
     def _bias_hook(self, s: Tensor, name: str) -> Any:
+        """Forward hook adding ``(s_p - 1) b`` at each output position ``p`` (``s``: ``(B, P_s)``)."""
+
         def hook(module: nn.Module, _a: tuple, _k: dict, out: Tensor) -> Tensor:
             channel = out.dim() - 1 if isinstance(module, _BIAS_LAST) else 1
             shape = [1] * out.dim()
-            shape[channel] = module.bias.shape[0] if module.bias.dim() == 1 else out.shape[channel]
-            bias = module.bias.reshape(shape) if module.bias.dim() == 1 else module.bias
+            shape[channel] = out.shape[channel]
+            bias = module.bias.reshape(shape)
             positions = [out.shape[i] for i in range(1, out.dim()) if i != channel]
             n = 1
             for p in positions:
                 n *= p
-            sp = _position_scale(s, n, f"module '{name}'").reshape([1, *positions])
-            sp = sp.unsqueeze(channel) if out.dim() > 1 else sp.reshape(1)
+            sp = _position_scale(s, n, f"module '{name}'").reshape([out.shape[0], *positions])
+            sp = sp.unsqueeze(channel) if out.dim() > 1 else sp.reshape(out.shape[0])
             return out + (sp - 1) * bias
 
         return hook
 
-    def __call__(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
-        """``(P_s, d_s [+ 1]) -> ((P_t, d_t), (P_t,) or None)``: the target rows and its constant.
-
-        ``a`` holds the source activation rows (the last column is ``s`` when ``constant``); ``x``
-        is the example's inputs without a batch axis.
-        """
-        s = a[:, -1] if self.constant else None
-        f = a[:, :-1] if self.constant else a
-        value = from_rows(f.unsqueeze(0), (1, *self.source_shape), self.source_axis)
+    def batched(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
+        """``(B, P_s, d_s [+ 1]) -> ((B, P_t, d_t), (B, P_t) or None)`` for a batch of inputs ``x``."""
+        s = a[..., -1] if self.constant else None
+        f = a[..., :-1] if self.constant else a
+        value = from_rows(f, (f.shape[0], *self.source_shape), self.source_axis)
         modules = {n: self._bias_hook(s, n) for n in self.biases} if s is not None else {}
         with hooks.edit(self.model, modules=modules):
-            _, acts = hooks.run(self.model, add_example_axis(x), read=[self.target], write={self.source: value})
-        rows = to_rows(acts[self.target], self.target_axis)[0]
-        s_t = None if s is None else _position_scale(s, rows.shape[0], f"target '{self.target}'")
+            _, acts = hooks.run(self.model, x, read=[self.target], write={self.source: value})
+        rows = to_rows(acts[self.target], self.target_axis)
+        s_t = None if s is None else _position_scale(s, rows.shape[1], f"target '{self.target}'")
         return rows, s_t
 
+    def __call__(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
+        """One example: ``(P_s, d_s [+ 1]) -> ((P_t, d_t), (P_t,) or None)``; ``x`` without a batch axis
+        (for :func:`torch.func.vmap`). The last column of ``a`` is ``s`` when ``constant``."""
+        rows, s_t = self.batched(a.unsqueeze(0), add_example_axis(x))
+        return rows[0], None if s_t is None else s_t[0]
 
 
 def build_section(model: nn.Module, probe: Any, source: str, target: str, *, constant: bool,
@@ -238,7 +241,7 @@ def build_section(model: nn.Module, probe: Any, source: str, target: str, *, con
 # ----------------------------------------------------------------------------- Jacobians
 @dataclass(frozen=True)
 class TargetCoordinates:
-    """Coordinates of the target layer from its rows ``(P_t, d_t)`` and constant ``(P_t,)``: linear
+    """Coordinates of the target layer from its rows ``(..., P_t, d_t)`` and constant ``(..., P_t)``: linear
     in ``[f; s]`` for a basis with a constant node, ``basis.to_coordinates`` otherwise, the rows
     themselves without a basis."""
 
@@ -250,11 +253,10 @@ class TargetCoordinates:
             return rows
         if lb.constant is None:
             return lb.to_coordinates(rows)
-        ones = torch.ones(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
-        s = ones if s is None else s.unsqueeze(-1)
+        s = torch.ones_like(rows[..., :1]) if s is None else s.unsqueeze(-1)
         mu = lb.center.to(rows.dtype) if lb.center is not None else 0.0
         c = (rows - mu * s) @ lb.transform.T.to(rows.dtype)
-        return torch.cat([c[:, :1] + lb.constant * s, c[:, 1:]], dim=-1)
+        return torch.cat([c[..., :1] + lb.constant * s, c[..., 1:]], dim=-1)
 
 
 def _jac(fn: Any, n_in: int, n_out: int, mode: str) -> Any:

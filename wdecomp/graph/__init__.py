@@ -9,13 +9,17 @@ saves (GraphML, GEXF, node-link JSON, DOT) and plots itself.
 from wdecomp.graph.build import interaction_graph, quadrature
 from wdecomp.graph.export import read_nx, save_graph
 from wdecomp.graph.graph import Completeness, GraphSummary, InteractionGraph, PairSummary, load_graph, node_id
+from wdecomp.graph.modules import ModulePartition, Modules, find_modules
 from wdecomp.graph.plot import layered_layout, plot_graph
 
 __all__ = [
     "Completeness",
     "GraphSummary",
     "InteractionGraph",
+    "ModulePartition",
+    "Modules",
     "PairSummary",
+    "find_modules",
     "interaction_graph",
     "layered_layout",
     "load_graph",
