@@ -211,3 +211,14 @@ def test_curvature_basis_is_ablated_directly_like_its_components():
     with pytest.raises(TypeError, match="not an activation Basis"):
         cb.as_basis()
     assert neuron_basis(model, {"1": 6}).as_basis().layers == ("1",)
+
+
+@pytest.mark.refuses("a weight group whose parameters lie outside the module it names",
+                     "mean/resample ablation puts the removed contribution back at that module's output, "
+                     "so its weights must be inside it")
+def test_weight_group_parameters_must_live_in_its_module():
+    model, data = _mlp(), _data()
+    grp = _rank_one(model)
+    stray = RankOne("0", grp.U, grp.V, grp.importance, parameters={"2.weight": (3, 6)})
+    with pytest.raises(SelectionError, match="not inside its module"):
+        ablate(model, stray, [0], data=data, method="mean")

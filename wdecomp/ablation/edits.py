@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from wdecomp.ablation.methods import AblationMethod
 from wdecomp.bases.protocol import ActivationGroup, WeightGroup
-from wdecomp.errors import ShapeError
+from wdecomp.errors import SelectionError, ShapeError
 from wdecomp.hooks import Edit, ModuleHook, first_tensor, replace_first
 
 __all__ = ["BatchContext", "activation_edit", "removed_weights", "restore_hook"]
@@ -122,6 +122,10 @@ def restore_hook(g: WeightGroup, method: AblationMethod, mean_in: Tensor | None,
     """Forward hook on the owning module adding ``g(x~; W) - g(x~; W_S)`` (``x~``: the method's
     stand-in for the module's input; ``W``: ``originals``)."""
     prefix = g.module + "." if g.module else ""
+    foreign = [n for n in g.parameters if not n.startswith(prefix)]
+    if foreign:
+        raise SelectionError(f"weight group '{g.label}': parameters {foreign} are not inside its module "
+                             f"'{g.module}', so their contribution cannot be put back there")
     local = {n[len(prefix):]: originals[n] for n in g.parameters}
     busy = [False]
 
