@@ -25,7 +25,8 @@ from torch import nn
 
 from wdecomp.ablation import ablation_sweep
 from wdecomp.activations import stream_activations
-from wdecomp.bases.base import LayerBasis, model_signature
+from wdecomp.bases import Basis, LayerBasis, model_signature
+from wdecomp.scaling import ChinchillaLaw
 
 CONTEXT = 4
 
@@ -91,8 +92,6 @@ def illustrative_law(loss: float):
     A toy model has no scaling law of its own here; this one only shows how the compute scale
     reads. For a real model fit its own sweep (``wdecomp.scaling.fit``, see the demo).
     """
-    from wdecomp.scaling import ChinchillaLaw
-
     return ChinchillaLaw(E=0.5 * loss, A=406.4, B=410.7, alpha=0.34, beta=0.28, name="illustrative")
 
 
@@ -105,8 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model, data = train_model(60 if args.fast else 1500)
     basis = pca_basis(model, data)
-    from wdecomp.bases.base import Basis
-
     full = Basis(("mlp",), {"mlp": basis}, "pca", model_signature(model))
     n = basis.size
     ks = [0, n // 2, 3 * n // 4, n] if args.fast else list(range(0, n + 1, 4))

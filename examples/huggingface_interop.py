@@ -34,7 +34,7 @@ import wdecomp as wd
 from wdecomp.activations import HookPoint, capture, resolve_module
 from wdecomp.components import decompose
 from wdecomp.interop import logits_module, require
-from wdecomp.models.char import char_corpus
+from wdecomp.models import char_corpus
 from wdecomp.threads import limit_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

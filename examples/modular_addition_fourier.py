@@ -19,7 +19,7 @@ import torch
 from wdecomp.bases import interaction_basis
 from wdecomp.components import decompose
 from wdecomp.fourier import fourier_concentration
-from wdecomp.models.modular import modular_addition
+from wdecomp.models import modular_addition
 
 
 def run(fast: bool = False, top: int = 6) -> dict[str, Any]:
@@ -34,7 +34,8 @@ def run(fast: bool = False, top: int = 6) -> dict[str, Any]:
         basis = interaction_basis(model, data, layers, method=method)
         lb = basis["embed"]
         coords = lb.to_coordinates(E)  # (p, k): each direction as a function of the token
-        order = range(min(top, lb.size)) if method != "neuron" else torch.argsort(lb.eigenvalues, descending=True)[:top]
+        ranked = range(lb.size) if method != "neuron" else torch.argsort(lb.eigenvalues, descending=True).tolist()
+        order = [i for i in ranked if lb.constant is None or i != 0][:top]  # skip the constant node
         rows = [fourier_concentration(coords[:, int(i)]) for i in order]
         comps = decompose(model, basis, data)
         out[method] = {

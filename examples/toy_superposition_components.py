@@ -18,7 +18,7 @@ import torch
 
 from wdecomp.bases import curvature_basis, interaction_basis
 from wdecomp.components import decompose
-from wdecomp.models.toy import toy_superposition
+from wdecomp.models import toy_superposition
 
 
 def run(fast: bool = False) -> dict[str, Any]:

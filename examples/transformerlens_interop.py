@@ -31,7 +31,7 @@ import wdecomp as wd
 from wdecomp.activations import capture
 from wdecomp.components import decompose
 from wdecomp.interop import hooked_transformer, require, tl_hook_points
-from wdecomp.models.char import char_corpus
+from wdecomp.models import char_corpus
 from wdecomp.threads import limit_threads
 
 LAYERS = ["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post"]
