@@ -66,7 +66,8 @@ def evaluate(name: str, res: Any, bundle: Any) -> dict[str, Any]:
     passed = (gt.mmcs >= 0.99 and (name == "tms_40_10" or 0.95 <= gt.ml2r <= 1.05) and ok_alive
               and (name == "tms_40_10" or all(h.passed for h in hung.values())))
     return {
-        "mmcs": gt.mmcs, "ml2r": gt.ml2r, "alive": counts, "alive_per_layer": {n: int(a.sum()) for n, a in alive.items()},
+        "mmcs": gt.mmcs, "ml2r": gt.ml2r, "alive": counts,
+        "alive_per_layer": {n: int(a.sum()) for n, a in alive.items()},
         "hungarian": {n: h.to_dict() for n, h in hung.items()},
         "max_one_hot_importance": {n: float(v.max()) for n, v in one_hot.items()},
         "max_importance_on_data": {n: float(v.max()) for n, v in res.max_importances(data).items()},
@@ -125,13 +126,13 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{a['batch_size']} (paper: 40,000 of 4096); faithfulness warm-up {a['warmup']} steps. "
              f"Threads {a['threads']}. Machine: {payload['machine']}. The machine was shared by other jobs, so "
              "wall times are upper bounds; CPU seconds are this process's.", "",
-             "| model | seed | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 | passed | wall s | CPU s "
-             "| peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | seed | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 | passed | wall s "
+             "| CPU s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["runs"]:
         h = ", ".join("pass" if v["passed"] else f"fail ({v['errors']})" for v in r["hungarian"].values())
         lines.append(f"| {r['model']} | {r['seed']} | {r['mmcs']:.4f} | {r['ml2r']:.4f} | {r['alive']} | {h} | "
-                     f"{r['ci_l0']['linear1']:.3f} | {r['passed']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['ci_l0']['linear1']:.3f} | {r['passed']} | {r['wall_seconds']:.0f} | "
+                     f"{r['cpu_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     lines += ["", "Per model: seeds passing all checks (need >= 2 of 3):"]
     for m, v in payload["summary"].items():
         lines.append(f"- {m}: {v['passed']} of {v['runs']}")
@@ -142,9 +143,10 @@ def markdown(payload: dict[str, Any]) -> str:
                   f"(fails MMCS >= 0.99: {c['svd']['fails_mmcs']})",
                   f"- minimality coefficient 100x (0.3): largest importance on data "
                   f"{max(c['coeff_100x']['max_importance_on_data'].values()):.3f}; collapsed (none >= 0.9): "
-                  f"{c['coeff_100x']['collapsed']}; MMCS {c['coeff_100x']['mmcs']:.4f}; passed {c['coeff_100x']['passed']}",
-                  f"- minimality coefficient 0: alive in linear1 {c['coeff_0']['alive_per_layer']['linear1']} of C = 20; "
-                  f"passed {c['coeff_0']['passed']}"]
+                  f"{c['coeff_100x']['collapsed']}; MMCS {c['coeff_100x']['mmcs']:.4f}; "
+                  f"passed {c['coeff_100x']['passed']}",
+                  f"- minimality coefficient 0: alive in linear1 {c['coeff_0']['alive_per_layer']['linear1']} "
+                  f"of C = 20; passed {c['coeff_0']['passed']}"]
     r0 = payload["runs"][0] if payload["runs"] else None
     if r0:
         lines += ["", f"Masking ({r0['model']}, seed {r0['seed']}; MSE to the labels; no scaling law for a toy MSE, "
@@ -174,8 +176,8 @@ def main() -> None:
     args = p.parse_args()
     setup_threads(args.threads)
     runs = [run_one(m, s, args) for m in args.models for s in args.seeds]
-    summary = {m: {"runs": sum(r["model"] == m for r in runs), "passed": sum(r["passed"] for r in runs if r["model"] == m)}
-               for m in args.models}
+    summary = {m: {"runs": sum(r["model"] == m for r in runs),
+                   "passed": sum(r["passed"] for r in runs if r["model"] == m)} for m in args.models}
     payload: dict[str, Any] = {"args": vars(args), "machine": machine(), "runs": runs, "summary": summary}
     if args.controls:
         payload["controls"] = controls(args)

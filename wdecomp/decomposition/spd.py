@@ -355,7 +355,7 @@ class SPDModel(nn.Module):
                 U.copy_(torch.randn(U.shape, generator=generator, dtype=U.dtype))
                 V.div_(V.norm(dim=1, keepdim=True))
                 U.div_(U.norm(dim=0, keepdim=True))
-                W = targets[name].to(U.dtype)
+                W = targets[name].to(U)
                 U.mul_(torch.einsum("oc,ci,oi->c", U, V, W))
 
     def init_svd(self, targets: Mapping[str, Tensor]) -> None:
@@ -365,7 +365,7 @@ class SPDModel(nn.Module):
             for name in self.layers:
                 if name in self.tied:
                     continue
-                W = targets[name].to(self.U[_key(name)].dtype)
+                W = targets[name].to(self.U[_key(name)])
                 Us, s, Vh = torch.linalg.svd(W, full_matrices=False)
                 k = min(self.C, s.numel())
                 self.U[_key(name)].zero_()
@@ -619,9 +619,10 @@ def train_spd(
             if a not in target.layers or b not in target.layers or target.weights[a].shape != target.weights[b].T.shape:
                 raise SelectionError(f"tied {a!r} -> {b!r}: both must be decomposed layers with transposed shapes")
     dtype = next(iter(target.weights.values())).dtype
+    device = next(iter(target.weights.values())).device
     init_gen = torch.Generator().manual_seed(config.seed)
-    data_gen = torch.Generator().manual_seed(config.seed + 1)
-    mask_gen = torch.Generator().manual_seed(config.seed + 2)
+    data_gen = torch.Generator().manual_seed(config.seed + 1)  # CPU: a sampler draws with it
+    mask_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
     feed = _Feed(data, config.batch_size, data_gen)
     first_inputs, first_targets = feed.next(0)
     kind = config.loss
@@ -636,6 +637,7 @@ def train_spd(
             spd_model.init_svd(W)
         else:
             spd_model.init_reference(W, init_gen)
+        spd_model.to(device)
     opt = torch.optim.Adam(spd_model.parameters(), lr=config.lr)
     history: dict[str, list[float]] = {}
     start = 0
