@@ -19,6 +19,7 @@ and ``results.json``.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,13 @@ from typing import Any
 
 import torch
 
+import wdecomp as wd
+from wdecomp.fourier import fourier_concentration
 from wdecomp.io import atomic_write_text
+from wdecomp.models import char_scaling_sweep, char_transformer, modular_addition, sweep_points, toy_superposition
+from wdecomp.models.cache import cache_dir
+from wdecomp.models.char import SWEEP_PRESETS
+from wdecomp.progress import progress_bar, progress_enabled
 
 
 @dataclass
@@ -40,6 +47,10 @@ class DemoReport:
     sections: list[tuple[str, str]] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
+    stages: str = "off"  # "lines": a line per stage on stderr; "bar": a tqdm bar; "off": silent
+    bar: Any = None
+    started: float = field(default_factory=time.perf_counter)
 
     def add(self, title: str, text: str) -> None:
         self.sections.append((title, text))
@@ -55,15 +66,37 @@ class DemoReport:
         out = ["# wdecomp demo report", "", "```", self.summary(), "```", ""]
         for title, text in self.sections:
             out += [f"## {title}", "", text.rstrip(), ""]
-        out += ["## Timings", "", "| step | seconds |", "|---|---|"]
-        out += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+        out += ["## Timings", "", "Wall-clock seconds, and the CPU seconds of this process (all threads; on an idle "
+                "machine the wall-clock time lies between CPU / threads and CPU).", "",
+                "| step | seconds | CPU seconds |", "|---|---|---|"]
+        out += [f"| {k} | {v:.1f} | {self.cpu_timings.get(k, float('nan')):.1f} |" for k, v in self.timings.items()]
         return "\n".join(out) + "\n"
 
 
+N_STAGES = 17  # the _timed stages below (tests/cli/test_demo.py checks the count)
+
+
+def _stage_mode(progress: bool | None) -> str:
+    """A bar on a terminal (or when asked), a line per stage otherwise, nothing with ``progress=False``."""
+    if progress_enabled(progress):
+        return "bar"
+    return "off" if progress is False else "lines"
+
+
 def _timed(report: DemoReport, name: str, fn: Callable[[], Any]) -> Any:
-    t0 = time.perf_counter()
+    """Run one stage, record its wall-clock and CPU time, and report it (see :func:`_stage_mode`)."""
+    if report.bar is not None:
+        report.bar.set_postfix_str(name)
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    report.timings[name] = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    report.timings[name] = wall
+    report.cpu_timings[name] = cpu
+    if report.bar is not None:
+        report.bar.update(1)
+    elif report.stages == "lines":
+        print(f"wdecomp demo: {name}: {wall:.1f} s (CPU {cpu:.1f} s); {time.perf_counter() - report.started:.0f} s "
+              "so far", file=sys.stderr, flush=True)
     return out
 
 
@@ -84,10 +117,19 @@ def run_demo(out: str | Path = "wdecomp-report", *, quick: bool = False, progres
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    report = DemoReport(folder)
-    _modular_addition(report, quick, progress)
-    _superposition(report, quick, progress)
-    _char_ablation(report, quick, progress)
+    report = DemoReport(folder, stages=_stage_mode(progress))
+    if report.stages == "lines":
+        print(f"wdecomp demo{' --quick' if quick else ''}: {N_STAGES} stages, one line each; trained models are "
+              f"cached in {cache_dir()} ($WDECOMP_CACHE), so a second run is much faster", file=sys.stderr, flush=True)
+    elif report.stages == "bar":
+        report.bar = progress_bar(N_STAGES, desc="wdecomp demo", enabled=True)
+    try:
+        _modular_addition(report, quick, progress)
+        _superposition(report, quick, progress)
+        _char_ablation(report, quick, progress)
+    finally:
+        if report.bar is not None:
+            report.bar.close()
     atomic_write_text(folder / "report.md", report.markdown())
     atomic_write_text(folder / "results.json", json.dumps(report.results | {"timings": report.timings}, indent=2,
                                                      default=str))
@@ -96,10 +138,6 @@ def run_demo(out: str | Path = "wdecomp-report", *, quick: bool = False, progres
 
 # --------------------------------------------------------------------------- part 1
 def _modular_addition(report: DemoReport, quick: bool, progress: bool | None) -> None:
-    import wdecomp as wd
-    from wdecomp.fourier import fourier_concentration
-    from wdecomp.models import modular_addition
-
     folder = report.folder
     cfg = dict(p=59, train_fraction=0.6) if quick else dict(p=113)
     bundle = _timed(report, "train/load modular addition",
@@ -138,13 +176,14 @@ def _modular_addition(report: DemoReport, quick: bool, progress: bool | None) ->
         bases[method] = basis
         lb = basis["embed"]
         coords = lb.to_coordinates(E)
-        order = torch.argsort(lb.eigenvalues, descending=True)[:6]
+        order = [i for i in torch.argsort(lb.eigenvalues, descending=True).tolist()
+                 if lb.constant is None or i != 0][:6]  # the constant node (LIB/PCA as rib runs them) is no feature
         vals = [fourier_concentration(coords[:, int(i)]) for i in order]
         conc[method] = sum(v for v, _ in vals) / len(vals)
         cells = ", ".join(f"{c:.2f}@{w}" for c, w in vals)
         rows.append(f"| {method} | {lb.size} | {conc[method]:.3f} | {cells} |")
     report.headline["Fourier concentration LIB / PCA / neuron"] = " / ".join(f"{conc[m]:.2f}" for m in conc)
-    comps = wd.decompose(model, bases["lib"], data)
+    comps = _timed(report, "components (rewritten model checked)", lambda: wd.decompose(model, bases["lib"], data))
     err = comps.verify(model, data)
     comps.save(folder / "components.safetensors")
     report.headline["rewritten model max error"] = f"{err:.1e}"
@@ -173,16 +212,15 @@ def _modular_addition(report: DemoReport, quick: bool, progress: bool | None) ->
 
 # --------------------------------------------------------------------------- part 2
 def _superposition(report: DemoReport, quick: bool, progress: bool | None) -> None:
-    import wdecomp as wd
-    from wdecomp.models import toy_superposition
-
     bundle = _timed(report, "train/load toy superposition",
                     lambda: toy_superposition(progress=progress, dtype=torch.float64))
     model, data = bundle.model, bundle.data
     obj = wd.Objective(model, data[:2], loss=bundle.loss)
     results, text = {}, []
-    for name, op in (("Hessian", wd.hessian(obj)), ("GGN", wd.ggn(obj))):
-        r = wd.rank(op, method="dense", groups="parameter")
+    ops = (("Hessian", wd.hessian(obj)), ("GGN", wd.ggn(obj)))
+    ranks = _timed(report, "exact Hessian and GGN ranks",
+                   lambda: [wd.rank(op, method="dense", groups="parameter") for _, op in ops])
+    for (name, op), r in zip(ops, ranks, strict=True):
         results[name] = r.to_dict()
         text.append(_code(r))
         report.headline[f"toy superposition {name} rank"] = f"{r.rank} of {op.shape[0]}"
@@ -192,43 +230,50 @@ def _superposition(report: DemoReport, quick: bool, progress: bool | None) -> No
 
 # --------------------------------------------------------------------------- part 3
 def _char_ablation(report: DemoReport, quick: bool, progress: bool | None) -> None:
-    import wdecomp as wd
-    from wdecomp.models import char_scaling_sweep, char_transformer, sweep_points
-    from wdecomp.models.char import SWEEP_PRESETS
-
     # The quick sweep (9 runs, N = 5k-29k, D = 33k-131k tokens) trains in about a minute on 2 cores;
     # the "default" sweep (up to 1M tokens per run) takes tens of minutes and is for scripts.
     preset = "quick"
     points = _timed(report, "char scaling sweep", lambda: char_scaling_sweep(preset=preset, progress=progress))
-    fit = _timed(report, "scaling-law fit", lambda: wd.scaling.fit(sweep_points(points), n_bootstrap=20 if quick
-                                                                    else 100))
-    law = fit.law
+    guided = _timed(report, "scaling-law fit", lambda: wd.scaling.guided_fit(
+        sweep_points(points), n_bootstrap=20 if quick else 100, name="char (own fit)"))
+    fit = guided.fit  # refitted with a constrained form if the first fit was degenerate
+    if fit.degenerate:
+        report.headline["scaling-law fit"] = "DEGENERATE, equivalents unreliable: " + fit.diagnostics[0]
+    wd.scaling.plot_fit(fit, path=report.folder / "scaling_fit.png")
     report.add("Character transformer: its own scaling law",
-               _code(fit) + "\n\n| N | D | val. loss |\n|---|---|---|\n"
+               _code(guided) + "\n\n![scaling-law fit](scaling_fit.png)\n\n| N | D | val. loss |\n|---|---|---|\n"
                + "\n".join(f"| {p.n_params} | {p.n_tokens} | {p.loss:.4f} |" for p in points))
     pre = SWEEP_PRESETS[preset]
     d_model, n_layers, n_heads = pre["sizes"][-1]
-    bundle = char_transformer(d_model=d_model, n_layers=n_layers, n_heads=n_heads, context=pre["context"],
-                              tokens=pre["tokens"][-1], batch_size=pre["batch_size"], n_data_batches=2,
-                              progress=False)
+    bundle = _timed(report, "train/load char transformer", lambda: char_transformer(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, context=pre["context"], tokens=pre["tokens"][-1],
+        batch_size=pre["batch_size"], n_data_batches=2, progress=progress))
     model = bundle.model.double()
     data = [tuple(t.double() if t.is_floating_point() else t for t in b) for b in bundle.test[:2]]
     point = f"blocks.{n_layers - 1}"
-    basis = wd.interaction_basis(model, data, [point], method="pca")
+    basis = _timed(report, "PCA basis of the residual stream",
+                   lambda: wd.interaction_basis(model, data, [point], method="pca"))
     n = basis[point].size
     levels = sorted({round(i * n / 10) for i in range(11)})
     tokens = float(pre["tokens"][-1])
+    own = next((p.n_params for p in points if p.d_model == d_model and p.n_tokens == pre["tokens"][-1]), None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", wd.scaling.ExtrapolationWarning)
         result = _timed(report, "ablation sweep", lambda: wd.ablation_sweep(
-            model, basis[point], data, k=levels, method="mean", law=law, tokens=tokens, progress=progress))
+            model, basis[point], data, k=levels, method="mean", laws=[fit], tokens=tokens, n_params=own,
+            progress=progress))
     extrapolated = sorted({str(w.message) for w in caught if issubclass(w.category, wd.scaling.ExtrapolationWarning)})
     result.plot(report.folder / "ablation.png")
-    scored = [lv for lv in result.levels if lv.compute_equivalent is not None and lv.recovered_zero >= 0.8]
+    scored = [(i, lv) for i, lv in enumerate(result.levels)
+              if lv.compute_equivalent is not None and lv.compute_equivalent == lv.compute_equivalent
+              and lv.recovered_zero >= 0.8]
     if scored:  # the most damaged level that "loss recovered" still calls a success
-        lv = min(scored, key=lambda v: v.compute_equivalent)
+        i, lv = min(scored, key=lambda t: t[1].compute_equivalent)
+        row = result.equivalents.rows[3 + i]
         report.headline["ablation: loss recovered vs compute-equivalent"] = (
-            f"{lv.label}: {100 * lv.recovered_zero:.1f}% 'recovered', compute-equivalent {lv.compute_equivalent:.3g}")
+            f"{lv.label}: {100 * lv.recovered_zero:.1f}% 'recovered', compute-equivalent {lv.compute_equivalent:.3g} "
+            f"[95%: {row.frontier_low:.3g}, {row.frontier_high:.3g}], {row.training_fraction:.3g} of its own "
+            f"training compute" + (" (on a DEGENERATE fit)" if fit.degenerate else ""))
     caveat = ""
     if extrapolated:
         caveat = ("\n\nThe scaling law was fitted on a small sweep; these equivalents lie outside its fitted "
