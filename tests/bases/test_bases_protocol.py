@@ -65,7 +65,7 @@ class RankOne:
         return self.U.shape[1]
 
     def remove(self, weights, idx):
-        name = f"{self.module}.weight"
+        name = next(iter(self.parameters))
         return {name: weights[name] - self.U[:, idx] @ self.V[idx, :]}
 
 
