@@ -19,11 +19,16 @@ ablated outputs ``z'``:
 
   for cross-entropy losses (``p = softmax``); not defined for other losses.
 * **accuracy**: share of loss terms whose argmax equals the integer target (classification).
-* **compute-equivalent** ``C_eq(L') / C_eq(L)`` and **parameter-equivalent**
-  ``N_eq(L', D) / N_eq(L, D)`` on a scaling law (:mod:`wdecomp.scaling`): the fraction of the
-  training compute (or of the parameters, at ``D`` training tokens) at which a model on the law
-  reaches the degraded loss. 1.0 for an unchanged model; a model whose loss rises from 1.5 to
-  2.0 nats loses far more compute than one going from 4.5 to 5.0, which loss recovered hides.
+* **compute-equivalent** ``C_eq(L') / C_eq(L)`` (the *frontier* fraction: compute-optimal
+  compute reaching the degraded loss over compute-optimal compute reaching the original loss)
+  and **parameter-equivalent** ``N_eq(L', D) / N_eq(L, D)`` on a scaling law
+  (:mod:`wdecomp.scaling`). With the original model's training compute (``training_compute``,
+  or ``n_params`` and ``tokens``) also the **training fraction** ``C_eq(L') / C_train``, the
+  fraction of the model's own training compute (Gao et al. 2024's quantity; the frontier
+  fraction equals it only for a model on the law's frontier). 1.0 for an unchanged model; a
+  model whose loss rises from 1.5 to 2.0 nats loses far more compute than one going from 4.5 to
+  5.0, which loss recovered hides. With several laws (``laws=``) every law's numbers, with
+  intervals and per-level notes, are in :attr:`AblationResult.equivalents`.
 * **per-input degradation**: the ``top_n`` loss terms (inputs, or tokens with their position)
   whose loss rises most, ``l'_t - l_t`` (ties: the smallest example index, then position).
 

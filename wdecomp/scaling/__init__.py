@@ -1,16 +1,23 @@
-"""Scaling laws, a fitter for one's own sweep, and compute/parameter equivalents.
+"""Scaling laws, a fitter for one's own sweep, and compute/parameter equivalents with intervals.
 
-The yardstick of wdecomp's ablations: a degraded loss read off a scaling law as the fraction of
-training compute (or parameters) that reaches it (see :mod:`wdecomp.scaling.equivalents`).
+The yardstick of wdecomp's ablations: a degraded loss read off a scaling law as the compute (or
+parameters) that reaches it, relative to the original model's (see
+:mod:`wdecomp.scaling.table`).
 
-* Laws (:mod:`~wdecomp.scaling.laws`): :class:`ChinchillaLaw` ``E + A/N**alpha + B/D**beta``,
-  :class:`KaplanLaw`, :class:`ComputeLaw` ``E + A/C**alpha``, all following :class:`ScalingLaw`.
-* Published fits: :data:`CHINCHILLA` (Hoffmann et al. 2022, arXiv 2203.15556, as printed),
-  :data:`CHINCHILLA_TEX` (its unrounded exponents), :data:`EPOCH` (Besiroglu et al. 2024,
-  arXiv 2404.10102), :data:`KAPLAN` (Kaplan et al. 2020, arXiv 2001.08361).
-* :func:`fit`: Chinchilla approach 3 (Huber on log-loss residuals, L-BFGS from a grid) with
-  bootstrap intervals.
-* :func:`compute_equivalent`, :func:`parameter_equivalent`, :func:`plot_frontier`.
+* Laws: :class:`ChinchillaLaw` ``E + A/N**alpha + B/D**beta``, :class:`KaplanLaw` (explicit
+  critical-batch factor), :class:`ComputeLaw` ``E + A/C**alpha``, all following
+  :class:`ScalingLaw` (:mod:`~wdecomp.scaling.base`, :mod:`~wdecomp.scaling.forms`).
+* Published fits (:mod:`~wdecomp.scaling.published`): :data:`CHINCHILLA` (Hoffmann et al. 2022,
+  arXiv 2203.15556, as printed), :data:`CHINCHILLA_TEX` (unrounded exponents), :data:`EPOCH`
+  (Besiroglu et al. 2024, arXiv 2404.10102, with its standard errors), :data:`KAPLAN` (Kaplan et
+  al. 2020, arXiv 2001.08361).
+* :func:`fit`: Chinchilla approach 3 with bootstrap intervals and degenerate-fit diagnostics;
+  :func:`guided_fit`, :func:`write_fit_report`, :func:`plot_fit` for one's own model family.
+* :func:`equivalents_table`: per level and per law, the frontier fraction, the training fraction
+  (the fraction of the model's own training compute, Gao et al. 2024) and the parameter
+  fraction, each with an interval; :func:`check_reference` before a sweep.
+* :func:`compute_equivalent`, :func:`parameter_equivalent` (one law, point values),
+  :func:`plot_frontier`, :func:`convert_loss`.
 
 Example:
     >>> from wdecomp.scaling import CHINCHILLA, compute_equivalent

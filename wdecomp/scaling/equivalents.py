@@ -16,7 +16,11 @@ alpha beta / (alpha + beta), so it depends only on the reducible losses and not 
 
 Both functions return a frozen result that also carries the absolute equivalents, and,
 optionally, the fraction of a stated training compute (or model size) — the equivalent of the
-degraded model relative to what the original model actually used. They raise
+degraded model relative to what the original model actually used. ``training_fraction =
+C_eq(loss) / training_compute`` is the quantity of Gao et al. 2024 (arXiv 2406.04093: the
+fraction of the model's own pretraining compute); ``fraction`` is the frontier ratio, equal to it
+only for a model on the law's frontier. For several laws, intervals and per-level robustness,
+use :func:`wdecomp.scaling.equivalents_table`. They raise
 :class:`~wdecomp.errors.ScalingLawRangeError` for losses that no finite compute reaches and warn
 (:class:`~wdecomp.scaling.ExtrapolationWarning`) outside the law's fitted range.
 """
