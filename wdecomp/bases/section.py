@@ -327,6 +327,13 @@ def quadrature(steps: int, rule: str = "gauss-legendre") -> tuple[Tensor, Tensor
 
 
 # ----------------------------------------------------------------------------- memory
+def _human(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def available_memory() -> int:
     """Bytes of memory available now (``os.sysconf``; 4 GiB where the platform does not say)."""
     try:
@@ -356,12 +363,11 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
             raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
         if per_example > budget:
             raise DenseTooLargeError(
-                f"{what}: one example needs about {per_example / 2**30:.2f} GiB of Jacobians, over the memory "
-                f"budget of {budget / 2**30:.2f} GiB; raise max_memory= (CLI --max-memory) or choose fewer/smaller "
-                f"hook points")
+                f"{what}: one example needs about {_human(per_example)} of Jacobians, over the memory budget of "
+                f"{_human(budget)}; raise max_memory= (CLI --max-memory) or choose fewer/smaller hook points")
         size = max(1, min(4096, budget // max(per_example, 1)))
     if size * per_example > 1 << 30:
-        print(f"wdecomp: {what}: {size} examples per chunk, about {size * per_example / 2**30:.1f} GiB each "
+        print(f"wdecomp: {what}: {size} examples per chunk, about {_human(size * per_example)} each "
               f"(set chunk_size= / max_memory= to change)", file=sys.stderr)
     return size
 
