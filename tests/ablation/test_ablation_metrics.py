@@ -98,6 +98,10 @@ def test_result_table_json_csv_plot(tmp_path):
     assert res.column("n_ablated") == [0, 2, 4]
 
 
+@pytest.mark.refuses("ablation levels or indices out of range, repeated indices, unknown methods or orders, "
+                     "a basis of the wrong width, a splice of the wrong shape, an unknown hook, a model the "
+                     "components were not built for",
+                     "each is a typed wdecomp error naming the bad value and the allowed range")
 def test_bad_input_is_a_clear_error():
     model, data = _setup()
     B = neuron_basis(model, {"1": 8})
@@ -136,6 +140,8 @@ def test_bad_input_is_a_clear_error():
         ablate(model, "not components", [0], data=data)
 
 
+@pytest.mark.refuses("NaN, infinite or negative losses given to the compute-equivalent",
+                     "an equivalent of a loss that is not a finite non-negative number is meaningless")
 def test_equivalents_reject_bad_losses():
     law = object()  # never reached: the losses are checked first
     with pytest.raises(NonFiniteError):
