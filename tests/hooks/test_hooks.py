@@ -178,6 +178,16 @@ def test_edit_acts_under_functional_call_and_vmap(net_x):
     assert J.shape == (5, 2, 4)
     assert torch.allclose(J, expected.detach().expand(5, 2, 4), atol=1e-13)
 
+    # a weight edit whose new weight is batched by vmap: one model per scale, in one call
+    def scaled_out(s):
+        with edit(net, weights={"fc2.weight": net.fc2.weight.detach() * s}):
+            return net(x)
+
+    scales = torch.tensor([0.0, 1.0, 2.5], dtype=DT)
+    ys = vmap(scaled_out)(scales)
+    for s, y in zip(scales, ys):
+        assert torch.allclose(y, manual(net, x, w2=net.fc2.weight.detach() * s), atol=1e-13)
+
 
 def test_record_observe_run_and_order(net_x):
     net, x = net_x
