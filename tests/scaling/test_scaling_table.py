@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wdecomp.errors import DataError, NonFiniteError, ScalingLawRangeError
 from wdecomp.scaling import (
@@ -184,3 +186,28 @@ def test_bootstrap_interval_of_fraction_covers_truth():
         covered += r.frontier_low <= truth <= r.frontier_high
     print(f"covered {covered} of 20 (truth {truth:.4f})")
     assert covered >= 17
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(st.floats(1.0, 6.0), st.just(float("nan")), st.floats(0.1, 1.69)), min_size=1, max_size=6))
+def test_each_level_is_independent_of_the_others(levels):
+    # Property: a level's row is the same alone as in any sweep (robustness per level).
+    whole = equivalents_table(levels, 2.2, [CHINCHILLA, "kaplan"], D=1e11, training_compute=1e21, n_samples=50)
+    for i, v in enumerate(levels):
+        alone = equivalents_table([v], 2.2, [CHINCHILLA, "kaplan"], D=1e11, training_compute=1e21, n_samples=50)
+        for law in ("chinchilla", "kaplan"):
+            a, b = whole.for_law(law)[i], alone.for_law(law)[0]
+            for f in ("frontier_fraction", "training_fraction", "parameter_fraction"):
+                va, vb = getattr(a, f), getattr(b, f)
+                assert (math.isnan(va) and math.isnan(vb)) or va == vb
+            assert a.note == b.note
+
+
+def test_frontier_plot_draws_the_band(tmp_path):
+    from wdecomp.scaling import plot_frontier
+
+    fig = plot_frontier(EPOCH, {"ref": 2.0, "ablated": 2.1}, path=tmp_path / "f.png")
+    ax = fig.axes[0]
+    assert any("band" in (c.get_label() or "") for c in ax.collections)
+    fig2 = plot_frontier(CHINCHILLA, {"ref": 2.0})  # no published errors: no band
+    assert not any("band" in (c.get_label() or "") for c in fig2.axes[0].collections)
