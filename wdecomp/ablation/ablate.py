@@ -144,7 +144,10 @@ def ablation_sweep(
         loss: As for :func:`ablate`.
         law: As for :func:`ablate`.
         tokens: As for :func:`ablate`.
-        laws, training_compute, n_params, trivial_loss: As for :func:`ablate`.
+        laws: As for :func:`ablate`.
+        training_compute: As for :func:`ablate`.
+        n_params: As for :func:`ablate`.
+        trivial_loss: As for :func:`ablate`.
         seed: As for :func:`ablate`.
         top_n: As for :func:`ablate`.
         progress: As for :func:`ablate`.
