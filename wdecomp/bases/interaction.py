@@ -375,7 +375,7 @@ def interaction_basis(
             Every other axis is a position.
         chunk_size: Examples per vectorised Jacobian call; default from ``max_memory``.
         max_memory: Memory budget in bytes for one chunk's Jacobians (default a quarter of the
-            memory available).
+            memory available, at most 2 GiB).
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
         progress: Progress bar over layers.
         distributed: ``data`` is this rank's shard: Gram and interaction matrices are

@@ -347,7 +347,7 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
 
     ``chunk_size`` if given; else the most examples whose estimated working set,
     ``per_example`` bytes each, fits in ``max_memory`` (default: a quarter of the memory
-    available now). An estimate is printed to stderr when one chunk needs over 1 GiB.
+    available now, at most 2 GiB). An estimate is printed to stderr when one chunk needs over 1 GiB.
 
     Raises:
         ValueError: ``chunk_size < 1`` or ``max_memory <= 0``.
@@ -358,7 +358,7 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         size = chunk_size
     else:
-        budget = available_memory() // 4 if max_memory is None else int(max_memory)
+        budget = min(available_memory() // 4, 2 << 30) if max_memory is None else int(max_memory)
         if budget <= 0:
             raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
         if per_example > budget:

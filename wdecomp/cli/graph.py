@@ -7,7 +7,7 @@ import argparse
 from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, fraction, name_list
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
-from wdecomp.cli.basis import BASES, LAYERS_HELP
+from wdecomp.cli.basis import BASES, LAYERS_HELP, add_memory_options
 from wdecomp.graph import interaction_graph
 
 
@@ -21,13 +21,16 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="keep the strongest edges carrying this fraction of the attribution (default 0.9)")
     p.add_argument("--out", required=True, metavar="FILE", help="graph file: .graphml, .gexf, .json or .dot")
     p.add_argument("--plot", default=None, metavar="FILE", help="also draw the layered graph to FILE (.png, .svg)")
+    add_memory_options(p)
 
 
 def run(args: argparse.Namespace) -> None:
     check_outputs(args, files=("out", "plot"))
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
-    basis = interaction_basis(loaded.model, loaded.data, layers=layers(loaded, args.layers), method=args.basis)
-    graph = interaction_graph(loaded.model, loaded.data, basis, method=args.method, progress=args.progress)
+    memory = {"chunk_size": args.chunk_size, "max_memory": args.max_memory}
+    basis = interaction_basis(loaded.model, loaded.data, layers=layers(loaded, args.layers), method=args.basis,
+                              **memory)
+    graph = interaction_graph(loaded.model, loaded.data, basis, method=args.method, progress=args.progress, **memory)
     graph = graph.prune(fraction=args.keep)
     graph.save(args.out)
     wrote(args.out)

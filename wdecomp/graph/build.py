@@ -228,7 +228,8 @@ def interaction_graph(
         steps: Quadrature nodes for integrated gradients.
         rule: Quadrature rule for integrated gradients (:func:`quadrature`).
         chunk_size: Examples per vmapped Jacobian evaluation; default from ``max_memory``.
-        max_memory: Memory budget in bytes for one chunk (default a quarter of the available memory).
+        max_memory: Memory budget in bytes for one chunk (default a quarter of the available memory,
+            at most 2 GiB).
         layers: A subsequence of ``basis.layers`` to use (default: all of them).
         positions: ``"sum"`` (rib) or ``"separate"`` (module docstring).
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
