@@ -45,9 +45,11 @@ class HessianOperator(CachedProducts):
     copy of every parameter and buffer the loss reads (its own selected tensors, the model's
     others) and of each cached batch, builds the record on those copies, and on every product
     compares them, value for value, with the current ones (and the modules' train/eval flags);
-    any difference drops the records and builds new ones. So in-place updates of any kind
-    (``optimizer.step()``, ``p.add_()`` under ``no_grad``, ``load_state_dict``, writes through
-    ``p.data``, ``torch.nn.utils.vector_to_parameters``) never give a stale product. What the
+    any difference drops the records and builds new ones (this machinery,
+    :class:`wdecomp.curvature._cache.CachedProducts`, is shared with the GGN and Fisher). So
+    in-place updates of any kind (``optimizer.step()``, ``p.add_()`` under ``no_grad``,
+    ``load_state_dict``, writes through ``p.data``, ``torch.nn.utils.vector_to_parameters``) never
+    give a stale product. What the
     comparison cannot see is a change of the *function* itself (a new forward hook, a patched
     ``forward``, a loss with internal state): call :meth:`clear_cache` after such a change. A
     batch entry that is neither a tensor nor a plain value (number, string, ``None``) cannot be
