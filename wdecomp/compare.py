@@ -194,6 +194,7 @@ def compare_decompositions(
     lib_k: Sequence[int] = (),
     lib_layers: Sequence[str] | None = None,
     lib_data: Sequence[Any] | None = None,
+    lib_options: Mapping[str, Any] | None = None,
     others: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
     law: Any = None,
     tokens: float | None = None,
@@ -213,6 +214,8 @@ def compare_decompositions(
         lib_layers: The hook points LIB is built over (``hook`` first; default ``[hook,
             "unembed"]``).
         lib_data: Batches for building the PCA and LIB bases (default ``data``).
+        lib_options: Keyword options of :func:`wdecomp.bases.interaction_basis` for LIB
+            (``max_memory``, ``chunk_size``, ``variant``, ...).
         others: Label -> any other replacement ``x -> x_hat`` (L0 reported as NaN).
         law: Scaling law specification for :func:`wdecomp.scaling.equivalents_table` (a
             ``ScalingFit`` gives bootstrap intervals), or ``None``.
@@ -237,7 +240,8 @@ def compare_decompositions(
             reps[f"PCA-{k}"] = ("pca", truncation(pca, k), float(k))
     if lib_k:
         layers = list(lib_layers) if lib_layers is not None else [point, "unembed"]
-        lib = interaction_basis(model, lib_data or data, layers, method="lib", progress=progress)[point]
+        lib = interaction_basis(model, lib_data or data, layers, method="lib", progress=progress,
+                                **dict(lib_options or {}))[point]
         for k in lib_k:
             reps[f"LIB-{k}"] = ("lib", truncation(lib, k), float(k))
     for label, fn in (others or {}).items():

@@ -308,7 +308,7 @@ def evaluate_sae(
         else:
             kl_score = (kl_zero - kl_sae) / kl_zero if kl_zero > 0 else math.nan
     ce_eq = pe_eq = interval = law_name = None
-    notes = list(result.notes)
+    notes = [n for n in result.notes if law is None or "no scaling law given" not in n]
     if law is not None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
