@@ -233,7 +233,8 @@ def check_reference(
         laws: law specifications (see :func:`~wdecomp.scaling.uncertainty.law_samples`).
         trivial_loss: the loss of a trivial model of the data (uniform: ``log(vocab)``; unigram
             entropy), or None.
-        n_samples, seed: draws for laws with published standard errors.
+        n_samples: draws for laws with published standard errors.
+        seed: seeds those draws.
 
     Returns:
         The resolved :class:`LawSamples`, to pass on to :func:`equivalents_table` as ``laws``.
@@ -344,7 +345,8 @@ def equivalents_table(
         trivial_loss: loss of a trivial model of the data; levels at or above it are NaN with
             the note "no better than a trivial model".
         confidence: coverage of the percentile intervals.
-        n_samples, seed: draws for laws with published standard errors.
+        n_samples: draws for laws with published standard errors.
+        seed: seeds those draws.
         same_data: the losses are measured on the published laws' own data and tokenizer (turns
             off the comparability note and warning).
         loss_unit: the unit of ``losses``; a law in another unit is refused.

@@ -57,7 +57,8 @@ def convert_loss(
 
     Args:
         loss: loss(es), scalar or array.
-        from_unit, to_unit: one of :data:`LOSS_UNITS`.
+        from_unit: the unit of ``loss``, one of :data:`LOSS_UNITS`.
+        to_unit: the unit wanted, one of :data:`LOSS_UNITS`.
         bytes_per_token: average UTF-8 bytes per token of the evaluated text (for ``/byte``).
         chars_per_token: average characters per token (for ``/char``; 1 for a character model).
 
