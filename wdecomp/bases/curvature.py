@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from wdecomp.bases.protocol import ComponentModel, WeightComponents, model_signature
+from wdecomp.batch import as_batches, call, split
 from wdecomp.curvature import ggn, hessian
 from wdecomp.errors import DenseTooLargeError
 from wdecomp.objective import Objective, resolve_loss
@@ -61,10 +62,9 @@ def behavioural_objective(model: nn.Module, data: Iterable[Any]) -> Objective:
     ``theta*`` (computed once, detached)."""
     batches = []
     with torch.no_grad():
-        for batch in data:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-            out = model(inputs)
-            batches.append((inputs, out.detach().clone()))
+        for batch in as_batches(data, keep=False, what="behavioural_objective"):
+            inputs = split(batch)[0]
+            batches.append((inputs, call(model, inputs).detach().clone()))
     return Objective(model, batches, loss=_behavioural_loss)
 
 

@@ -41,16 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from wdecomp.activations import capture
+from wdecomp.batch import as_batches, split
 from wdecomp.errors import DataError, NonFiniteError, ShapeError
 from wdecomp.hooks import HookPoint
 from wdecomp.progress import progress_bar
 from wdecomp.sae.model import BindingSAE, SparseAutoencoder
 
 __all__ = ["SAETrainResult", "fit_sae", "hook_activations", "train_sae"]
-
-
-def _inputs(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
 
 
 def hook_activations(
@@ -85,12 +82,13 @@ def hook_activations(
         raise ValueError(f"buffer_batches must be >= 1, got {buffer_batches}")
     point = str(HookPoint.parse(hook))
     g = torch.Generator().manual_seed(int(seed))
+    batches = as_batches(data, keep=epochs != 1, what="hook_activations")
     epoch = 0
     while epochs is None or epoch < epochs:
         buf: list[Tensor] = []
         seen = 0
-        for batch in data:
-            act = capture(model, _inputs(batch), [point])[point]
+        for batch in batches:
+            act = capture(model, split(batch)[0], [point])[point]
             buf.append(act.reshape(-1, act.shape[-1]))
             seen += 1
             if len(buf) == buffer_batches:
