@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacfwd, jacrev, vmap
 
-from wdecomp.batch import add_example_axis, chunks, split
+from wdecomp.batch import add_example_axis, as_batches, chunks, split
 from wdecomp.errors import NonFiniteError
 from wdecomp.hooks import HookPoint, forward_order, resolve_module, run
 from wdecomp.objective import resolve_loss
@@ -168,7 +168,7 @@ def activation_jacobians(
 ) -> Iterator[tuple[Tensor, Any]]:
     """Stream :func:`activation_jacobian` over ``(inputs, targets)`` batches, ``chunk_size``
     examples at a time. Yields ``(jacobians, (inputs_chunk, targets_chunk))``."""
-    for batch in data:
+    for batch in as_batches(data, keep=False, what="activation_jacobians"):
         inputs, targets = split(batch)
         for chunk in chunks((inputs, targets) if targets is not None else (inputs,), chunk_size):
             x, y = chunk if targets is not None else (chunk[0], None)

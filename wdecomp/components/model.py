@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.curvature import CurvatureBasis
 from wdecomp.bases.protocol import ComponentModel
+from wdecomp.batch import as_batches, split
 from wdecomp.components.files import read_checked, weights_fingerprint, write_basis
 from wdecomp.errors import SelectionError, ShapeError
 from wdecomp.hooks import HookPoint, ModuleHook, call, edit, resolve_module
@@ -298,8 +299,8 @@ class Components(ComponentModel, Sequence[Component]):
         rewritten = self.rewrite(model)
         worst = 0.0
         with torch.no_grad():
-            for batch in data:
-                x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+            for batch in as_batches(data, keep=False, what="Components.verify"):
+                x = split(batch)[0]
                 worst = max(worst, float((call(rewritten, x) - call(model, x)).abs().max()))
         return worst
 
