@@ -36,14 +36,16 @@ def run(fast: bool = False) -> dict[str, Any]:
     for layer in ("hidden", "act"):
         c = basis[layer].to_coordinates(acts[layer].detach())  # (features, k)
         share = c.pow(2) / c.pow(2).sum(0, keepdim=True).clamp_min(1e-300)
-        tables[layer] = share.T  # (k, features)
+        first = 0 if basis[layer].constant is None else 1  # the constant node (biases) is no feature
+        tables[layer] = share.T[first:]  # (k, features)
     cb = curvature_basis(model, data, "W", kind="behavioural")
     V = cb.directions()["W"]  # (10, 2, 5)
     wshare = V.pow(2).sum(1)  # (10, 5): column shares (each eigenvector has unit norm)
     return {
         "column_norms": model.W.detach().norm(dim=0).tolist(),
         "activation_share": {k: v.tolist() for k, v in tables.items()},
-        "activation_importance": {k: basis[k].eigenvalues.tolist() for k in ("hidden", "act")},
+        "activation_importance": {k: basis[k].eigenvalues[0 if basis[k].constant is None else 1:].tolist()
+                                  for k in ("hidden", "act")},
         "weight_share": wshare.tolist(), "weight_eigenvalues": cb.eigenvalues.tolist(),
         "rewrite_error": comps.verify(model, data), "behavioural_rank": cb.rank,
     }
