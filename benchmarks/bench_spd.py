@@ -23,6 +23,7 @@ fairer measure.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
+from common import RESULTS, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
 
 import wdecomp.models.spd_targets as targets  # noqa: E402
 from wdecomp.decomposition import PAPER_SETTINGS, SPDModel, mmcs_ml2r, spd  # noqa: E402
@@ -163,17 +164,33 @@ def _masking_text(m: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tms_5_2", "tms_5_2_id"], choices=list(MODELS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--steps-40", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=0.0, help="0: the paper's")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0: the paper's 1e-3)")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--controls", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default="spd")
+    p.add_argument("--merge", nargs="+", default=None, metavar="NAME",
+                   help="combine earlier result files benchmarks/results/NAME.json (runs done in parallel) into --out")
     args = p.parse_args()
+    if args.merge:
+        parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge]
+        runs = [r for part in parts for r in part["runs"]]
+        models = list(dict.fromkeys(r["model"] for r in runs))
+        summary = {m: {"runs": sum(r["model"] == m for r in runs),
+                       "passed": sum(r["passed"] for r in runs if r["model"] == m)} for m in models}
+        payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "runs": runs, "summary": summary,
+                   "merged_from": args.merge}
+        for part in parts:
+            if "controls" in part:
+                payload["controls"] = part["controls"]
+        write_results(args.out, payload, markdown(payload))
+        print(markdown(payload))
+        return
     setup_threads(args.threads)
     runs = [run_one(m, s, args) for m in args.models for s in args.seeds]
     summary = {m: {"runs": sum(r["model"] == m for r in runs),

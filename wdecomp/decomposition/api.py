@@ -248,9 +248,11 @@ class SPDResult(ComponentModel):
         return self.importances(value * torch.eye(n, dtype=dtype))
 
     def hungarian(self, layer: str, tol: float = 0.1, max_errors: int = 1, value: float = 0.75) -> HungarianResult:
-        """:func:`~wdecomp.decomposition.metrics.hungarian_identity` of ``layer``'s one-hot importances."""
+        """:func:`~wdecomp.decomposition.metrics.hungarian_identity` of ``layer``'s one-hot importances,
+        clipped to ``[0, 1]`` as in the paper's importance plots (Fig. 8: ``sigma_lower`` is ``0.01 z``
+        below 0, so an unimportant piece may read slightly negative)."""
         self._check_layer(layer)
-        return hungarian_identity(self.one_hot_importances(value=value)[layer], tol, max_errors)
+        return hungarian_identity(self.one_hot_importances(value=value)[layer].clamp(0.0, 1.0), tol, max_errors)
 
     def ground_truth(self, layer: str, W: Tensor | None = None) -> GroundTruth:
         """MMCS and ML2R of ``layer``'s subcomponents against ``W`` (default: the layer's own weight)."""
