@@ -119,7 +119,8 @@ def split(batch: Batch) -> tuple[Any, Any]:
             return batch[0], None
         raise DataError(
             f"a batch of {len(batch)} entries: {_HOW}; for a model with several positional inputs "
-            "write ((a, b, c), targets)"
+            "write ((a, b, c), targets) (a BatchLoss that reads a batch structure of its own takes a "
+            "list of such batches, [(a, b, c), ...])"
         )
     raise DataError(f"a batch cannot be a {type(batch).__name__}: {_HOW}")
 

@@ -453,7 +453,7 @@ class Objective:
             value = self.loss.fn(self.model_fn(state), batch)
             if isinstance(value, tuple):
                 return value[0], int(value[1])
-            n = batching.num_examples(batching.split(batch)[0])
+            n = batching.num_examples(batch[0] if isinstance(batch, (tuple, list)) else batch)
             return value * n, n
         inputs, targets = self.inputs_targets(batch)
         outputs = batching.call(self.model, inputs, state)

@@ -240,3 +240,16 @@ def test_float16_loss_of_a_large_batch_does_not_overflow():
     half = wd.Objective(model.half(), (x, y)).value()
     assert ref > 65504 / n  # the summed loss really is beyond float16's range
     assert half == pytest.approx(ref, rel=2e-3)
+
+
+def test_a_batch_loss_reads_batches_of_its_own_structure():
+    """A BatchLoss may take (inputs, mask, labels) batches, given as a list; counted by batch[0]."""
+    model = _mlp()
+    x, y = _xy()
+    mask = torch.ones(8, dtype=DT)
+    loss = wd.BatchLoss(lambda f, b: F.cross_entropy(f(b[0]) * b[1][:, None], b[2]))
+    obj = wd.Objective(model, [(x, mask, y)], loss=loss)
+    assert obj.counts == [8]
+    assert obj.value() == pytest.approx(wd.Objective(model, (x, y)).value(), rel=1e-14)
+    with pytest.raises(DataError, match=r"a list of such batches"):
+        wd.Objective(model, (x, mask, y), loss=loss)
