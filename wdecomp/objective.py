@@ -323,7 +323,8 @@ class Objective:
                     raise DataError(
                         f"batch {i} differs from the first pass over the data; curvature needs the "
                         "same data on every pass (turn off shuffling and augmentation, fix the seed, "
-                        "or do not modify the tensors in place)"
+                        "or do not modify the tensors in place; check_deterministic=False turns the "
+                        "check off)"
                     )
             batch = batching.to(raw, self.device, self.dtype)
             if i == 0:
