@@ -266,3 +266,93 @@ def test_selective_mode_is_bounded_on_a_float32_hessian():
     assert sel.matvecs <= 2 * full.matvecs, (sel.matvecs, full.matvecs)
     rel = (sel.eigenvalues - full.eigenvalues).abs().max() / full.eigenvalues.abs().max()
     assert rel < 1e-4, rel
+
+
+# ---------------------------------------------------------------- refusals and honest flags
+
+
+@pytest.mark.refuses("a float16 or bfloat16 operator given to eigh",
+                     "iterated in float32 and never marked converged above the requested tolerance (its "
+                     "products cannot resolve less than ~10 eps of its dtype)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_operators_are_iterated_in_float32_and_flagged_honestly(dtype):
+    A = torch.diag(torch.arange(1.0, 51.0)).to(dtype)
+    r = eigh(A, k=3)  # was [48.9, 46.0, 44.6] (float16) and [34.3, 27.9, 23.8] (bfloat16), all "converged"
+    eps = torch.finfo(dtype).eps
+    assert r.eigenvalues.dtype == torch.float32 and r.tol == pytest.approx(4 * eps)
+    err = (r.eigenvalues - torch.tensor([50.0, 49.0, 48.0])).abs().double()
+    # never converged above the requested tolerance (relative to max(|lambda|, min(1, 100 eps / tol) ||A||))
+    thr = torch.clamp(r.tol * r.eigenvalues.abs().double(), min=min(100 * eps, r.tol) * 50)
+    assert bool((r.residuals[r.converged] <= thr[r.converged]).all())
+    # and a converged eigenvalue lies within its residual (plus the products' own round-off)
+    assert bool((err[r.converged] <= r.residuals[r.converged] + eps * 50).all()), (r.eigenvalues, r.residuals)
+    assert r.all_converged and err.max() < (0.05 if dtype == torch.float16 else 1.0)
+    strict = eigh(A, k=3, tol=1e-6)  # below what the products can resolve: honest "not converged"
+    assert not strict.all_converged
+
+
+@pytest.mark.refuses("eigh with tol <= 0 or NaN, block_size <= 0, basis_size <= 0 or max_matvecs <= 0",
+                     "each setting is checked and named in the error with its valid range")
+@pytest.mark.parametrize("kw", [{"tol": -1e-6}, {"tol": float("nan")}, {"tol": 0.0}, {"block_size": 0},
+                                {"block_size": -3}, {"basis_size": 0}, {"max_matvecs": 0}, {"asymmetry": "maybe"}])
+def test_bad_settings_are_refused(kw):
+    from wdecomp.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=next(iter(kw))):
+        eigh(with_spectrum(torch.linspace(1, 2, 30, dtype=F64)), k=2, **kw)
+
+
+@pytest.mark.refuses("a non-symmetric operator given to eigh",
+                     "a free probe compares u^T A v with v^T A u on the Lanczos vectors; raise (default), warn "
+                     "or ignore per asymmetry=")
+@pytest.mark.parametrize("reorth", ["full", "selective"])
+def test_non_symmetric_operator_is_caught_for_free(reorth):
+    import warnings
+
+    from wdecomp.errors import NotSymmetricError
+
+    g = torch.Generator().manual_seed(7)
+    A = with_spectrum(torch.linspace(1, 2, 60, dtype=F64))
+    N = A + 1e-3 * torch.randn(60, 60, generator=g, dtype=F64)  # 0.1% asymmetric
+    with pytest.raises(NotSymmetricError, match="not symmetric"):
+        eigh(N, k=2, reorth=reorth)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eigh(N, k=2, reorth=reorth, asymmetry="warn")
+    assert any("not symmetric" in str(w.message) for w in caught)
+    ok = eigh(A, k=2, reorth=reorth)  # round-off asymmetry (1e-16) passes, no extra products
+    assert ok.all_converged
+    declared = aslinop(lambda V: A @ V, shape=(60, 60))
+    declared.symmetric = False
+    with pytest.raises(NotSymmetricError, match="declares"):
+        eigh(declared, k=2)
+
+
+@pytest.mark.refuses("an operator with NaN or inf entries given to eigh",
+                     "the product check names the non-finite product instead of LinAlgError 'ill-conditioned'")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_operator_raises_a_wdecomp_error(bad):
+    from wdecomp.errors import NonFiniteError
+
+    A = with_spectrum(torch.linspace(1, 2, 30, dtype=F64))
+    A[2, 5] = A[5, 2] = bad
+    with pytest.raises(NonFiniteError, match="not finite"):
+        eigh(A, k=2)
+
+
+@pytest.mark.refuses("a start block v0 of the wrong length, complex or with NaN",
+                     "v0 must be (p,) or (p, n), real and finite")
+def test_bad_start_blocks_are_refused():
+    from wdecomp.errors import DtypeError, NonFiniteError, ShapeError
+
+    A = with_spectrum(torch.linspace(1, 2, 30, dtype=F64))
+    with pytest.raises(ShapeError, match=r"v0 must have shape \(30,\)"):
+        eigh(A, k=2, v0=torch.ones(31, dtype=F64))
+    with pytest.raises(ShapeError, match="v0"):
+        eigh(A, k=2, v0=torch.ones(60, dtype=F64))  # was silently read as a (30, 2) block
+    with pytest.raises(DtypeError, match="complex"):
+        eigh(A, k=2, v0=torch.ones(30, dtype=torch.complex128))
+    v = torch.ones(30, dtype=F64)
+    v[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="v0"):
+        eigh(A, k=2, v0=v)
