@@ -93,3 +93,22 @@ def test_constant_node_rewrites_exactly():
         lb = basis[point]
         out, _ = hooks.run(model, x, write={point: lambda f, lb=lb: lb.from_coordinates(lb.to_coordinates(f))})
         assert float((out - ref).abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_components_of_the_default_basis_rewrite_exactly(seq):
+    """Components built on a basis with a constant node compute the same function (1e-10)."""
+    from wdecomp.components import decompose
+
+    if seq:
+        model = SeqMix().to(DT).eval()
+        x = torch.randint(0, 7, (16, 3), generator=torch.Generator().manual_seed(2))
+        layers = ["embed", "act", "lin2"]
+    else:
+        model = tanh_mlp()
+        x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+        layers = ["1", "3", "4"]
+    basis = interaction_basis(model, x, layers, drop_noninteracting=False)
+    assert basis[layers[0]].constant is not None
+    comps = decompose(model, basis, [(x, None)])
+    assert comps.verify(model, [(x, None)]) < 1e-10
