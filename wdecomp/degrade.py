@@ -29,7 +29,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,19 @@ class GenerationComparison:
             "<table><tr><th>prompt</th><th>mode</th><th>seed</th><th>diverges at</th><th>original</th>"
             f"<th>edited</th></tr>{''.join(rows)}</table>{deg}</body></html>\n"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the continuations (token ids and text) and the degradation groups."""
+        out: dict[str, Any] = {"label": self.label, "identical": self.identical,
+                               "continuations": [asdict(c) for c in self.continuations]}
+        if self.degradation is not None:
+            deg = self.degradation
+            out["degradation"] = {
+                "original": deg.original, "edited": deg.edited, "n_tokens": deg.n_tokens,
+                "groups": {k: [asdict(r) for r in rows] for k, rows in deg.groups.items()},
+                "worst_inputs": [list(w) for w in deg.worst_inputs],
+            }
+        return out
 
     def save(self, directory: str | os.PathLike, stem: str = "generations") -> tuple[Path, Path]:
         """Write ``<stem>.md`` and ``<stem>.html`` (atomically); returns both paths."""

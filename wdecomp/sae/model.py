@@ -169,8 +169,10 @@ class SparseAutoencoder(nn.Module):
         return f @ self.decoder().T + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        """The reconstruction ``x_hat`` (same shape as ``x``); usable as a splice replacement."""
-        return self.decode(self.encode(x))
+        """The reconstruction ``x_hat`` (same shape and dtype as ``x``; computed in the SAE's dtype);
+        usable as a splice replacement."""
+        dtype = self.W_enc.dtype
+        return self.decode(self.encode(x if x.dtype == dtype else x.to(dtype))).to(x.dtype)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
