@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "demo": "decompose small models end to end and write a report folder",
     "decompose": "parameter decomposition (SPD) of linear layers into rank-one subcomponents; saves them",
     "scaling": "fit your own scaling law to a sweep; read losses as compute-equivalents with intervals",
+    "degrade": "talk to a degraded model: side-by-side generations and where the loss rises, per token class",
 }
 
 _DESCRIPTION = __doc__.split("\n", 2)[2]
