@@ -12,6 +12,7 @@ from wdecomp.scaling import (
     ComputeLaw,
     ScalingFit,
     checkpoint_points,
+    envelope_points,
     guided_fit,
     law_from_dict,
     load_points,
@@ -110,3 +111,31 @@ def test_cli_scaling_reference_below_e_exits_1(capsys):
 def test_cli_scaling_fit_missing_file(tmp_path, capsys):
     assert main(["scaling", "fit", str(tmp_path / "nope.json")]) == 1
     assert "cannot read the sweep file" in capsys.readouterr().err
+
+
+# The library's quick char-transformer sweep (wdecomp.models.char_scaling_sweep(preset="quick"),
+# measured here): 3 sizes x 3 token budgets, losses in nats per character.
+CHAR_QUICK = [
+    [5063, 32768, 3.385859], [5063, 65536, 2.974508], [5063, 131072, 2.535749],
+    [9847, 32768, 3.123091], [9847, 65536, 2.748965], [9847, 131072, 2.378773],
+    [28871, 32768, 3.014133], [28871, 65536, 2.653484], [28871, 131072, 2.341751],
+]
+
+
+def test_envelope_points_keep_the_best_loss_at_each_compute():
+    env = envelope_points(CHAR_QUICK)
+    c = [6.0 * n * d for n, d, _ in CHAR_QUICK]
+    assert np.all(np.diff(env[:, 0]) > 0) and np.all(np.diff(env[:, 1]) < 0)
+    for (cc, loss) in env:  # no run of smaller or equal compute is better
+        assert all(l >= loss for (n, d, l), ci in zip(CHAR_QUICK, c) if ci <= cc)
+    assert len(env) == 7
+
+
+def test_guided_fit_of_the_quick_char_sweep_ends_on_a_supported_form():
+    g = guided_fit(CHAR_QUICK, n_starts=8, n_bootstrap=20, seed=0)
+    assert g.attempts[0][1].degenerate  # the 5-parameter form is not identifiable from this grid
+    assert g.kind == "envelope" and isinstance(g.fit.law, ComputeLaw)
+    assert not g.fit.degenerate
+    for k, (lo, hi) in g.fit.ci.items():
+        if k not in g.fit.fixed:
+            assert np.isfinite(lo) and np.isfinite(hi) and lo <= g.fit.estimates[k] <= hi

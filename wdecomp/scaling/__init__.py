@@ -43,7 +43,14 @@ from wdecomp.scaling.equivalents import (
 )
 from wdecomp.scaling.fit import ScalingFit, default_grid, fit, huber
 from wdecomp.scaling.forms import ChinchillaLaw, ComputeLaw, KaplanLaw
-from wdecomp.scaling.own import GuidedFit, checkpoint_points, guided_fit, load_points, write_fit_report
+from wdecomp.scaling.own import (
+    GuidedFit,
+    checkpoint_points,
+    envelope_points,
+    guided_fit,
+    load_points,
+    write_fit_report,
+)
 from wdecomp.scaling.plot import plot_fit, plot_frontier
 from wdecomp.scaling.published import (
     CHINCHILLA,
@@ -66,6 +73,7 @@ from wdecomp.scaling.units import LOSS_UNITS, convert_loss
 __all__ = [
     "GuidedFit",
     "checkpoint_points",
+    "envelope_points",
     "guided_fit",
     "load_points",
     "plot_fit",

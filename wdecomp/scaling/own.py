@@ -11,7 +11,9 @@ compute-equivalent is only meaningful on a law of its own family. :func:`guided_
   is an upper envelope: say so when you report numbers on it,
 
 fits, and when the fit is degenerate (:attr:`~wdecomp.scaling.ScalingFit.diagnostics`) refits with
-the suggested constrained form, keeping every attempt. :func:`load_points` reads the JSON forms
+the suggested constrained form (``fix_E``, the residual bootstrap), and as a last resort fits the
+compute-only form ``E + A/C**alpha`` to the sweep's lower envelope (:func:`envelope_points`),
+keeping every attempt. :func:`load_points` reads the JSON forms
 the CLI accepts (``wdecomp scaling fit SWEEP.json``).
 """
 
@@ -31,7 +33,7 @@ from wdecomp.io import atomic_write, atomic_write_text, check_writable
 from wdecomp.scaling.fit import ScalingFit, fit
 from wdecomp.scaling.plot import plot_fit
 
-__all__ = ["GuidedFit", "checkpoint_points", "guided_fit", "load_points", "write_fit_report"]
+__all__ = ["GuidedFit", "checkpoint_points", "envelope_points", "guided_fit", "load_points", "write_fit_report"]
 
 _N_KEYS = ("n", "n_params", "params", "parameters")
 _D_KEYS = ("d", "n_tokens", "tokens")
@@ -136,7 +138,9 @@ class GuidedFit:
     Attributes:
         fit: the fit to use (the last attempt).
         attempts: every ``(keyword arguments, fit)`` tried, in order.
-        kind: ``"sweep"`` (Chinchilla form) or ``"checkpoints"`` (compute form, one run).
+        kind: ``"sweep"`` (Chinchilla form), ``"envelope"`` (compute form on the sweep's lower
+            envelope, the last resort for a sweep that cannot separate N and D) or
+            ``"checkpoints"`` (compute form, one run).
     """
 
     fit: ScalingFit
@@ -190,16 +194,49 @@ def guided_fit(points: Any, *, checkpoints: bool = False, max_attempts: int = 3,
         raise DataError("checkpoints=True needs (C, loss) rows; build them with checkpoint_points(N, tokens, losses)")
     kw = dict(kwargs)
     attempts: list[tuple[dict[str, Any], ScalingFit]] = []
+    pts = arr
     while True:
-        res = fit(arr, **kw)
+        res = fit(pts, **kw)
         attempts.append((dict(kw), res))
-        if not res.degenerate or not res.suggestion or len(attempts) >= max_attempts:
+        if not res.degenerate or len(attempts) >= max_attempts:
             break
-        new = {**kw, **res.suggestion}
-        if new == kw:
-            break
-        kw = new
-    return GuidedFit(attempts[-1][1], tuple(attempts), "checkpoints" if arr.shape[1] == 2 else "sweep")
+        if res.suggestion and {**kw, **res.suggestion} != kw:
+            kw = {**kw, **res.suggestion}
+            continue
+        env = envelope_points(arr) if arr.shape[1] == 3 and pts is arr else None
+        if env is None or len(env) <= 3 - (kw.get("fix_E") is not None):
+            break  # nothing this sweep supports: the last fit stays flagged
+        pts = env  # the compute-only form on the sweep's lower envelope
+        kw = {k: v for k, v in kw.items() if k != "bootstrap"}
+        kw["form"] = "compute"
+    kind = "checkpoints" if arr.shape[1] == 2 else ("envelope" if pts is not arr else "sweep")
+    return GuidedFit(attempts[-1][1], tuple(attempts), kind)
+
+
+def envelope_points(points: Any) -> np.ndarray:
+    """The lower envelope of a sweep in (compute, loss): ``(C, loss)`` rows, ``C = 6 N D``.
+
+    A run is on the envelope when no run of smaller or equal compute reached a lower loss: the
+    sweep's best loss at each compute, the empirical compute-optimal frontier a
+    :class:`~wdecomp.scaling.ComputeLaw` describes.
+
+    Args:
+        points: ``(n, 3)`` rows ``(N, D, loss)`` (anything :func:`load_points` accepts).
+
+    Returns:
+        ``(m, 2)`` rows, increasing compute and decreasing loss.
+    """
+    arr = np.asarray(points, dtype=float) if isinstance(points, np.ndarray) else load_points(points)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise DataError("the envelope needs (N, D, loss) rows")
+    c = 6.0 * arr[:, 0] * arr[:, 1]
+    order = np.lexsort((arr[:, 2], c))
+    rows, best = [], math.inf
+    for i in order:
+        if arr[i, 2] < best:
+            best = arr[i, 2]
+            rows.append((c[i], arr[i, 2]))
+    return np.asarray(rows, dtype=float)
 
 
 def write_fit_report(result: GuidedFit | ScalingFit, folder: str | os.PathLike[str]) -> dict[str, str]:
