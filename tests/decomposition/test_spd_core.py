@@ -212,3 +212,13 @@ def test_same_seed_same_first_50_losses() -> None:
     other = train_spd(model, sample, ["linear1", "linear2"], SPDConfig(C=6, steps=5, batch_size=32, gate_hidden=4,
                                                                       seed=6), progress=False)[1].history
     assert other["total"][:5] != runs[0]["total"][:5]
+
+
+def test_schedules_and_p_annealing() -> None:
+    cfg = SPDConfig(steps=101, lr=1e-3)
+    assert cfg.lr_at(0) == pytest.approx(1e-3) and cfg.lr_at(100) == pytest.approx(0.0, abs=1e-18)
+    assert cfg.lr_at(50) == pytest.approx(1e-3 * math.cos(math.pi / 4))
+    assert SPDConfig(steps=101, lr_schedule="constant").lr_at(77) == pytest.approx(1e-3)
+    ann = SPDConfig(steps=100, p=2.0, p_final=1.0, p_anneal_start=0.5)
+    assert [ann.p_at(s) for s in (0, 50, 75, 100)] == pytest.approx([2.0, 2.0, 1.5, 1.0])
+    assert SPDConfig(p=1.0).p_at(10_000) == 1.0
