@@ -616,8 +616,10 @@ def eigh(
             ``max(2k + 2b, k + 8b, 40)``, at most ``p``).
         reorth: ``"full"`` or ``"selective"`` (see the module docstring).
         seed: Seed of the random start block.
-        v0: Start block ``(p,)`` or ``(p, n)`` instead of a random one (for instance the
-            eigenvectors of a previous checkpoint: a warm start).
+        v0: Start block ``(p,)`` or ``(p, n)`` instead of a random one. With ``n`` above the
+            block size ``b`` (for instance the ``k`` eigenvectors of a previous checkpoint: a warm
+            start) the start block is a seeded random mix ``v0 @ G``, ``G`` ``(n, b)`` Gaussian,
+            of that subspace.
         verify: Recompute every returned pair's residual ``||A v - lambda v||`` from a product
             (``k`` more matvecs, in blocks of ``b`` columns). ``False`` reports the Ritz
             estimates instead, which full reorthogonalisation keeps equal to the true residuals
@@ -656,6 +658,8 @@ def eigh(
     gen = torch.Generator().manual_seed(seed)
     if v0 is not None:
         X = _start_block(v0, A.shape[0], dtype, device)
+        if X.shape[1] > b:  # a start subspace wider than a block (a previous run's eigenvectors): mix it
+            X = X @ torch.randn(X.shape[1], b, generator=gen, dtype=dtype).to(device)
     else:
         X = torch.randn(A.shape[0], b, generator=gen, dtype=dtype).to(device)
     run = _BlockLanczos(A, k, which, tol, max_matvecs, b, m, reorth, gen, X, progress, asymmetry)
