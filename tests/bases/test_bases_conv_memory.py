@@ -44,6 +44,7 @@ def test_chunk_from_memory_budget_and_estimate():
     per = 200_000  # bytes of Jacobians per example
     assert plan_chunk(per, None, 2_000_000, "test") == 10  # the old default of 32 would need 6.4 MB
     assert plan_chunk(per, 7, None, "test") == 7
+    assert plan_chunk(per, None, 2_000_000, "test", examples=4) == 4  # never more than the batch
     with pytest.raises(DenseTooLargeError, match="max_memory"):
         plan_chunk(per, None, 100_000, "test")
 

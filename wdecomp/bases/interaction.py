@@ -228,7 +228,7 @@ def interaction_jacobians(
             first = next(iter(chunks(inputs, 1)))
             pair = _pair(model, first, src, tgt, lb, False, {src: feature_dim})
             size = plan_chunk(_per_example_bytes(model, first, src, tgt, None if T is None else T.shape[0], 1),
-                              chunk_size, max_memory, f"Jacobians {src} -> {tgt}")
+                              chunk_size, max_memory, f"Jacobians {src} -> {tgt}", num_examples(inputs))
         for x in chunks(inputs, size):
             with memory_guard(f"Jacobians {src} -> {tgt}", size):
                 acts = hooks.run(model, x, read=[src, tgt])[1]
@@ -466,7 +466,7 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
             pair = _pair(model, probe, source, target, target_basis, opts.constant, {source: axes[source],
                                                                                      target: axes[target]})
             size = plan_chunk(_per_example_bytes(model, probe, source, target, target_basis.size, 1),
-                              chunk_size, max_memory, what)
+                              chunk_size, max_memory, what, num_examples(inputs))
         for x in chunks(inputs, size):
             with memory_guard(what, size):
                 acts = hooks.run(model, x, read=[source, target])[1]

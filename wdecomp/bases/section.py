@@ -342,12 +342,14 @@ def available_memory() -> int:
         return 4 << 30
 
 
-def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None, what: str) -> int:
+def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None, what: str,
+               examples: int | None = None) -> int:
     """Examples per vectorised Jacobian call.
 
     ``chunk_size`` if given; else the most examples whose estimated working set,
     ``per_example`` bytes each, fits in ``max_memory`` (default: a quarter of the memory
-    available now, at most 2 GiB). An estimate is printed to stderr when one chunk needs over 1 GiB.
+    available now, at most 2 GiB), and at most ``examples`` (the batch size). An estimate is
+    printed to stderr when one chunk needs over 1 GiB.
 
     Raises:
         ValueError: ``chunk_size < 1`` or ``max_memory <= 0``.
@@ -366,6 +368,8 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
                 f"{what}: one example needs about {_human(per_example)} of Jacobians, over the memory budget of "
                 f"{_human(budget)}; raise max_memory= (CLI --max-memory) or choose fewer/smaller hook points")
         size = max(1, min(4096, budget // max(per_example, 1)))
+    if examples is not None:  # a batch never yields a larger chunk than itself
+        size = max(1, min(size, examples))
     if size * per_example > 1 << 30:
         print(f"wdecomp: {what}: {size} examples per chunk, about {_human(size * per_example)} each "
               f"(set chunk_size= / max_memory= to change)", file=sys.stderr)

@@ -294,7 +294,7 @@ def interaction_graph(
                                                    feature_dims=axes), torch.zeros(t.size, s.size, dtype=torch.float64))
                          for s, t in zip(bases[:-1], bases[1:])]
                 per = max(_bytes(model, probe, e, len(nodes_q)) for e in edges)
-                size = plan_chunk(per, chunk_size, max_memory, "interaction_graph")
+                size = plan_chunk(per, chunk_size, max_memory, "interaction_graph", num_examples(inputs))
             for x in chunks(inputs, size):
                 with memory_guard("interaction_graph", size), torch.no_grad():
                     acts = hooks.run(model, x, read=names)[1]
