@@ -85,7 +85,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, **over: Any) -> dict
     settings = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr if args.lr else cfg.lr, seed=seed,
                     faithfulness_warmup_steps=args.warmup)
     if name == "tms_40_10":
-        settings["steps"] = args.steps_40
+        settings["steps"], settings["batch_size"] = args.steps_40, args.batch_size_40
     settings.update(over)
     t0, c0 = time.perf_counter(), time.process_time()
     res = spd(bundle.model, bundle.extra["sample"], modules=layers_of(name), config=cfg, progress=args.progress,
@@ -123,8 +123,9 @@ def controls(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(payload: dict[str, Any]) -> str:
     a = payload["args"]
     lines = ["# SPD on toy models of superposition (issue 17)", "",
-             f"Settings: paper coefficients, C, p and lr; {a['steps']} steps (40-10: {a['steps_40']}) of batch "
-             f"{a['batch_size']} (paper: 40,000 of 4096); faithfulness warm-up {a['warmup']} steps. "
+             f"Settings: the paper's loss coefficients, C and p; peak lr {a['lr']} (paper 1e-3, cosine decay); "
+             f"{a['steps']} steps of batch {a['batch_size']} (40-10: {a['steps_40']} of {a.get('batch_size_40')}; "
+             f"paper: 40,000 of 4096) after a {a['warmup']}-step faithfulness warm-up (lr 0.01, weight decay 0.1). "
              f"Threads {a['threads']}. Machine: {payload['machine']}. The machine was shared by other jobs, so "
              "wall times are upper bounds; CPU seconds are this process's.", "",
              "| model | seed | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 | passed | wall s "
@@ -165,10 +166,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tms_5_2", "tms_5_2_id"], choices=list(MODELS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--steps-40", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (0: the paper's 1e-3)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps-40", type=int, default=5000)
+    p.add_argument("--batch-size-40", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (0: the paper's 1e-3)")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--controls", action="store_true")
     p.add_argument("--threads", type=int, default=1)
