@@ -231,6 +231,7 @@ def binding_report(
     R_true: Tensor | None = None,
     threshold: float = 1.5,
     eval_source: Source | None = None,
+    init: BindingSAE | None = None,
     progress: bool | None = None,
     **kwargs: Any,
 ) -> BindingReport:
@@ -250,6 +251,8 @@ def binding_report(
         R_true: A planted ``R*`` to report the recovery error against.
         threshold: Fit-ratio flag level.
         eval_source: Activations for the FVU (default: ``source``).
+        init: A binding SAE to start from (trained further in place; its ``n_free``, ``slots``
+            and ``k`` must match), e.g. a warm start; default a fresh seeded one.
         progress: Progress bars.
         **kwargs: Passed to :func:`~wdecomp.sae.train.fit_sae`.
     """
@@ -259,7 +262,10 @@ def binding_report(
     def stream() -> Tensor | Iterable[Tensor]:
         return source if isinstance(source, Tensor) else source()
 
-    bind = BindingSAE(d, n_free, slots=slots, k=k, seed=seed)
+    bind = init if init is not None else BindingSAE(d, n_free, slots=slots, k=k, seed=seed)
+    if (bind.n_free, bind.slots, bind.k, bind.d_in) != (n_free, slots, k, d):
+        raise ShapeError(f"init has n_free={bind.n_free}, slots={bind.slots}, k={bind.k}, d={bind.d_in}; "
+                         f"expected {n_free}, {slots}, {k}, {d}")
     fit_sae(bind, stream(), steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress, **kwargs)
     plain = SparseAutoencoder(d, slots * n_free, k=k, seed=seed)
     fit_sae(plain, stream(), steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress, **kwargs)
