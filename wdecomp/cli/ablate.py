@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from wdecomp import scaling
-from wdecomp.ablation import ablation_sweep
+from wdecomp.ablation import METHODS, ablation_sweep
 from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, int_list, name_list, positive_float
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
@@ -24,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at", default=None, metavar="LAYER",
                    help="the layer (one of --layers) whose components are ablated (default: the middle one)")
     p.add_argument("--basis", default="lib", choices=BASES, help="basis whose components are ablated (default lib)")
-    p.add_argument("--method", default="zero", choices=["zero", "mean", "resample"],
+    p.add_argument("--method", default="zero", choices=list(METHODS),
                    help="what an ablated component is replaced by (default zero)")
     p.add_argument("--order", default="least_important", choices=["least_important", "most_important"],
                    help="which components go first (default least_important)")
