@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 
 import networkx as nx
 import pytest
 
 from wdecomp.cli import main
+from wdecomp.demo import N_STAGES
 
 
 @pytest.mark.slow
 def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "headline numbers" in printed
+    # not a terminal: one line per stage with its time, and the total so far
+    stage = re.compile(r"wdecomp demo: .+: [\d.]+ s \(CPU [\d.]+ s\)")
+    stage_lines = [ln for ln in captured.err.splitlines() if stage.match(ln)]
+    assert len(stage_lines) == N_STAGES, captured.err
+    assert "$WDECOMP_CACHE" in captured.err
     for name in ("report.md", "results.json", "graph.graphml", "graph.json", "graph.png", "hessian_density.png",
-                 "ablation.png", "components.safetensors"):
+                 "ablation.png", "components.safetensors", "scaling_fit.png"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
+    assert len(results["timings"]) == N_STAGES and len(results["cpu_timings"]) == N_STAGES
     mod = results["modular_addition"]
     assert mod["metrics"]["test_accuracy"] == 1.0
     assert max(mod["eigen"]["relative_residuals"]) < 1e-5
@@ -31,5 +40,12 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     assert levels[-1]["compute_equivalent"] < 1.0
     graph = nx.read_graphml(out / "graph.graphml")
     assert graph.number_of_edges() > 0
+    assert nx.is_directed_acyclic_graph(graph)
     report = (out / "report.md").read_text()
     assert "compute-equivalent" in report.lower() and "![interaction graph](graph.png)" in report
+    # only fields that apply: an acyclic graph has no "strongly connected" count, no margin reads "inf"
+    assert "strongly connected" not in report
+    assert not re.search(r"\binf\b", report.split("## Timings")[0])
+    fit = results["scaling_fit"]
+    if fit["diagnostics"]:  # a degenerate fit is flagged first in the headline, never silently used
+        assert printed.split("headline numbers", 1)[1].lstrip("-\n ").startswith("WARNING")
