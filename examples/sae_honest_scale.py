@@ -22,8 +22,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import wdecomp.models as wm
 from wdecomp import scaling
 from wdecomp.compare import compare_decompositions
@@ -42,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep (no compute-equivalent)")
     parser.add_argument("--hook", default="blocks.0", help="residual hook point (default blocks.0)")
     parser.add_argument("--steps", type=int, default=None, help="SAE training steps")
+    parser.add_argument("--val-batches", type=int, default=None, help="validation batches (default: all)")
     parser.add_argument("--out", default="sae_out", help="output directory")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     bundle = (wm.char_transformer(d_model=32, n_layers=1, n_heads=2, context=32, tokens=32_768, batch_size=16,
                                   n_data_batches=4) if fast else wm.char_transformer(n_data_batches=None))
     model, data = bundle
-    val = bundle.test[:2] if fast else bundle.test
+    val = bundle.test[:2] if fast else bundle.test[: args.val_batches]
     corpus = bundle.extra["corpus"]
     hook = args.hook
     steps = args.steps or (60 if fast else 1500)
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         label = f"TopK n={width} k={k}" if act == "topk" else f"ReLU n={width}"
         res = train_sae(model, data, hook, width=width, activation=act, k=k, steps=steps, batch_size=batch,
                         l1=3e-3, seed=0)
-        print(label, res)
+        print(label, res, flush=True)
         res.sae.save(out / f"sae_{act}_{width}_{k}.safetensors")
         saes[label] = res.sae
 
@@ -111,5 +110,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()

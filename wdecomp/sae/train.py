@@ -234,8 +234,9 @@ def fit_sae(
         lr: Adam learning rate.
         l1: L1 coefficient ``lambda`` (ReLU SAEs only).
         seed: Seeds the minibatch order of a tensor source and the resampling draws.
-        dead_window: Activations without firing after which a latent counts as dead (default
-            ``10 * batch_size * max(1, steps // 100)`` capped at a quarter of the run).
+        dead_window: Activations without firing after which a latent counts as dead (default: a
+            quarter of the run's activations, at most 1000 minibatches, SAELens'
+            ``dead_feature_window`` default).
         resample_every: Resample dead latents every this many steps (``None``: a quarter of
             ``steps``; ``0``: never).
         resample_until: Stop resampling after this fraction of the run.
@@ -268,8 +269,7 @@ def fit_sae(
     else:
         stream = iter(source)
     total_tokens = steps * batch_size
-    window = dead_window if dead_window is not None else min(10 * batch_size * max(1, steps // 100),
-                                                              max(batch_size, total_tokens // 4))
+    window = dead_window if dead_window is not None else max(batch_size, min(total_tokens // 4, 1000 * batch_size))
     every = max(1, steps // 4) if resample_every is None else resample_every
     g = torch.Generator().manual_seed(int(seed) + 1)
     dtype = sae.W_enc.dtype
