@@ -24,18 +24,22 @@ from wdecomp.objective import Objective
 from wdecomp.params import select_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threads only add contention (50x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mlp(seed: int = 0, d_in: int = 5, hidden: int = 8, classes: int = 3) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, classes)).double().eval()
+
+
+class _Seq(nn.Module):
+    """A token model: embedding ``V -> d``, one hidden layer ``mlp`` with ``act``, logits ``d -> V``."""
+
+    def __init__(self, V: int, d: int, act: nn.Module):
+        super().__init__()
+        self.emb = nn.Embedding(V, d)
+        self.mlp = nn.Sequential(nn.Linear(d, d), act)
+        self.out = nn.Linear(d, V)
+
+    def forward(self, x):
+        return self.out(self.mlp(self.emb(x)))
 
 
 def _data(seed: int = 0, n: int = 50, d_in: int = 5, classes: int = 3, sizes=(20, 20, 10)):
@@ -218,17 +222,7 @@ def test_sequence_model_kl_accuracy_and_token_degradation():
     torch.manual_seed(0)
     V, T, d = 7, 5, 6
 
-    class Seq(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(V, d)
-            self.mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU())
-            self.out = nn.Linear(d, V)
-
-        def forward(self, x):
-            return self.out(self.mlp(self.emb(x)))
-
-    model = Seq().double().eval()
+    model = _Seq(V, d, nn.ReLU()).double().eval()
     x = torch.randint(0, V, (6, T))
     y = torch.randint(0, V, (6, T))
     data = [(x[:4], y[:4]), (x[4:], y[4:])]
@@ -282,17 +276,7 @@ def test_float32_sequence_model_empty_level_is_exact_and_fused_edit_matches():
     torch.manual_seed(1)
     V, T, d = 11, 7, 6
 
-    class Seq(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(V, d)
-            self.mlp = nn.Sequential(nn.Linear(d, d), nn.Tanh())
-            self.out = nn.Linear(d, V)
-
-        def forward(self, x):
-            return self.out(self.mlp(self.emb(x)))
-
-    model = Seq().float().eval()
+    model = _Seq(V, d, nn.Tanh()).float().eval()
     x = torch.randint(0, V, (10, T))
     y = torch.randint(0, V, (10, T))
     data = [(x[:4], y[:4]), (x[4:], y[4:])]

@@ -23,14 +23,6 @@ from wdecomp.errors import ModelMismatchError, NonFiniteError, SelectionError, S
 from wdecomp.params import select_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(seed=0, hidden=8):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(5, hidden), nn.Tanh(), nn.Linear(hidden, 3)).double().eval()
