@@ -14,6 +14,7 @@ from wdecomp.decomposition import PAPER_SETTINGS, SPDModel, mmcs_ml2r, spd
 from wdecomp.models.spd_targets import tms
 
 STEPS, BATCH, LR = 2000, 256, 1e-2
+pytestmark = pytest.mark.slow  # about 30 CPU seconds in all
 
 
 @pytest.fixture(scope="module")
