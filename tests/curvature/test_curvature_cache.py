@@ -36,18 +36,26 @@ def _close(a, b, scale=None):
     torch.testing.assert_close(a, b, rtol=RTOL, atol=RTOL * max(scale, 1e-300))
 
 
-@pytest.fixture
-def count_builds(monkeypatch):
-    """Count the ``vjp`` calls that record a gradient graph (one per build of a pullback)."""
+def _count_calls(monkeypatch, name, *modules):
+    """Replace the function ``name`` (one and the same in every module) by a wrapper that counts
+    its calls; the list of calls, one entry each."""
     calls = []
-    real = hessian_module.vjp
+    real = getattr(importlib.import_module(modules[0]), name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hessian_module, "vjp", counting)
+    for module in modules:
+        assert getattr(importlib.import_module(module), name) is real
+        monkeypatch.setattr(importlib.import_module(module), name, counting)
     return calls
+
+
+@pytest.fixture
+def count_builds(monkeypatch):
+    """Count the ``vjp`` calls that record a gradient graph (one per build of a pullback)."""
+    return _count_calls(monkeypatch, "vjp", "wdecomp.curvature.hessian")
 
 
 # (case, cache setting that makes it cache): one-batch cases cache under "auto", multi-batch need True
@@ -297,9 +305,6 @@ def test_float32_cached_passes_its_self_check():
 
 
 # ----------------------------------------------------------------------------- GGN and Fisher
-cache_module = importlib.import_module("wdecomp.curvature._cache")
-
-
 def _empirical_fisher(case):
     G = per_example_gradients(case)
     return G.T @ G / total_count(case)
@@ -316,16 +321,7 @@ OUTPUT_KINDS = {
 @pytest.fixture
 def count_records(monkeypatch):
     """Count the Jacobian records built (one per batch and cache build)."""
-    calls = []
-    real = cache_module.jacobian_maps
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    for module in ("wdecomp.curvature.ggn", "wdecomp.curvature.fisher"):
-        monkeypatch.setattr(importlib.import_module(module), "jacobian_maps", counting)
-    return calls
+    return _count_calls(monkeypatch, "jacobian_maps", "wdecomp.curvature.ggn", "wdecomp.curvature.fisher")
 
 
 @pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
