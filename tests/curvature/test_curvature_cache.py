@@ -259,16 +259,22 @@ def test_batch_changed_in_place_is_never_stale():
     assert (new - old).abs().max() > 1e-6 * old.abs().max()
 
 
+def _resampled_fresh(A, obj, uncached):
+    """``A`` (caching) makes a product, then ``R = A.resample([1, 1, 0])``: ``R`` starts with an
+    empty cache of its own and its product equals ``uncached`` on that subset; ``(R, v)``."""
+    v = torch.randn(A.shape[0], dtype=DT)
+    A @ v
+    R = A.resample([1, 1, 0])
+    assert R._entries == {} and R._entries is not A._entries
+    _close(R @ v, uncached(obj.subset([1, 1, 0])) @ v)
+    return R, v
+
+
 def test_resample_and_restrict_get_their_own_fresh_caches():
     case = _case("attention_seq")
     obj = _objective(case)
     H = wd.hessian(obj, cache=True, chunk_size=3)
-    v = torch.randn(H.shape[0], dtype=DT)
-    H @ v
-    R = H.resample([1, 1, 0])
-    assert R._entries == {} and R._entries is not H._entries
-    ref = wd.hessian(obj.subset([1, 1, 0]), method="forward-over-reverse")
-    _close(R @ v, ref @ v)
+    R, v = _resampled_fresh(H, obj, lambda sub: wd.hessian(sub, method="forward-over-reverse"))
     assert len(R._entries) == 3 and len(H._entries) == 2
     names = ["q.weight", "unembed.weight"]
     S = H.restrict(names)
@@ -393,11 +399,7 @@ def test_ggn_restrict_and_resample_get_fresh_caches():
     case = _case("attention_seq")
     obj = _objective(case)
     G = wd.ggn(obj, cache=True, chunk_size=3)
-    v = torch.randn(G.shape[0], dtype=DT)
-    G @ v
-    R = G.resample([1, 1, 0])
-    assert R._entries == {} and R._entries is not G._entries
-    _close(R @ v, wd.ggn(obj.subset([1, 1, 0]), cache=False) @ v)
+    _, v = _resampled_fresh(G, obj, lambda sub: wd.ggn(sub, cache=False))
     G.clear_cache()
     assert G._entries == {}
     _close(G @ v, dense_ggn(case) @ v)
