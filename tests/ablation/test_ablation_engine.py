@@ -42,6 +42,16 @@ class _Seq(nn.Module):
         return self.out(self.mlp(self.emb(x)))
 
 
+def _token_setup(seed: int, V: int, T: int, d: int, n: int, act: nn.Module, dtype: torch.dtype):
+    """A seeded :class:`_Seq` in ``dtype`` and ``n`` random token sequences of length ``T`` with
+    token targets, split into two batches (the first 4 and the rest): ``model, x, y, data``."""
+    torch.manual_seed(seed)
+    model = _Seq(V, d, act).to(dtype).eval()
+    x = torch.randint(0, V, (n, T))
+    y = torch.randint(0, V, (n, T))
+    return model, x, y, [(x[:4], y[:4]), (x[4:], y[4:])]
+
+
 def _data(seed: int = 0, n: int = 50, d_in: int = 5, classes: int = 3, sizes=(20, 20, 10)):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d_in, generator=g, dtype=torch.float64)
@@ -219,13 +229,8 @@ def test_nested_weight_ablation_is_monotone_on_a_linear_model():
 
 
 def test_sequence_model_kl_accuracy_and_token_degradation():
-    torch.manual_seed(0)
     V, T, d = 7, 5, 6
-
-    model = _Seq(V, d, nn.ReLU()).double().eval()
-    x = torch.randint(0, V, (6, T))
-    y = torch.randint(0, V, (6, T))
-    data = [(x[:4], y[:4]), (x[4:], y[4:])]
+    model, x, y, data = _token_setup(0, V, T, d, 6, nn.ReLU(), torch.float64)
     B = neuron_basis(model, {"mlp": d})
     res = ablate(model, B, [0, 2], data=data, top_n=3)
     mask = torch.ones(d, dtype=torch.float64)
@@ -273,13 +278,8 @@ def test_float32_sequence_model_empty_level_is_exact_and_fused_edit_matches():
     """The cached-reference metric path (float32, tokens x vocab logits): ablating nothing gives
     Objective.value bit for bit and KL exactly 0; the fused (I - A) edit used for many
     components matches the two-product edit used for few."""
-    torch.manual_seed(1)
     V, T, d = 11, 7, 6
-
-    model = _Seq(V, d, nn.Tanh()).float().eval()
-    x = torch.randint(0, V, (10, T))
-    y = torch.randint(0, V, (10, T))
-    data = [(x[:4], y[:4]), (x[4:], y[4:])]
+    model, x, y, data = _token_setup(1, V, T, d, 10, nn.Tanh(), torch.float32)
     B = _random_basis("mlp", d, 7)
     ref = Objective(model, data).value()
     res = ablation_sweep(model, B, data, k=[0, 1, 5, 6], method="mean", top_n=4)
