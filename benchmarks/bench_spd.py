@@ -128,14 +128,16 @@ def markdown(payload: dict[str, Any]) -> str:
              f"paper: 40,000 of 4096) after a {a['warmup']}-step faithfulness warm-up (lr 0.01, weight decay 0.1). "
              f"Threads {a['threads']}. Machine: {payload['machine']}. The machine was shared by other jobs, so "
              "wall times are upper bounds; CPU seconds are this process's.", "",
-             "| model | seed | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 | passed | wall s "
-             "| CPU s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | seed | steps x batch | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 "
+             "| passed | wall s | CPU s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["runs"]:
         h = ", ".join("pass" if v["passed"] else f"fail ({v['errors']})" for v in r["hungarian"].values())
-        lines.append(f"| {r['model']} | {r['seed']} | {r['mmcs']:.4f} | {r['ml2r']:.4f} | {r['alive']} | {h} | "
+        st = r["settings"]
+        lines.append(f"| {r['model']} | {r['seed']} | {st['steps']} x {st['batch_size']} | {r['mmcs']:.4f} | "
+                     f"{r['ml2r']:.4f} | {r['alive']} | {h} | "
                      f"{r['ci_l0']['linear1']:.3f} | {r['passed']} | {r['wall_seconds']:.0f} | "
                      f"{r['cpu_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
-    lines += ["", "Per model: seeds passing all checks (need >= 2 of 3):"]
+    lines += ["", "Per model and setting: seeds passing all checks (need >= 2 of 3):"]
     for m, v in payload["summary"].items():
         lines.append(f"- {m}: {v['passed']} of {v['runs']}")
     if "controls" in payload:
@@ -162,6 +164,10 @@ def _masking_text(m: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _key(run: dict[str, Any]) -> str:
+    return f"{run['model']} ({run['settings']['steps']} x {run['settings']['batch_size']})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["tms_5_2", "tms_5_2_id"], choices=list(MODELS))
@@ -182,9 +188,9 @@ def main() -> None:
     if args.merge:
         parts = [json.loads((RESULTS / f"{n}.json").read_text()) for n in args.merge]
         runs = [r for part in parts for r in part["runs"]]
-        models = list(dict.fromkeys(r["model"] for r in runs))
-        summary = {m: {"runs": sum(r["model"] == m for r in runs),
-                       "passed": sum(r["passed"] for r in runs if r["model"] == m)} for m in models}
+        keys = list(dict.fromkeys(_key(r) for r in runs))
+        summary = {k: {"runs": sum(_key(r) == k for r in runs),
+                       "passed": sum(r["passed"] for r in runs if _key(r) == k)} for k in keys}
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "runs": runs, "summary": summary,
                    "merged_from": args.merge}
         for part in parts:
