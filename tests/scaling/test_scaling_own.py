@@ -93,7 +93,7 @@ def test_cli_scaling_fit_and_equivalents(tmp_path, capsys):
     assert main(["scaling", "fit", str(sweep), "--n-bootstrap", "10", "--out", str(out)]) == 0
     assert "Scaling-law fit" in capsys.readouterr().out
     code = main(["scaling", "equivalents", "--reference", "1.5", "--losses", "1.55,1.6", "--laws",
-                 f"{out / 'law.json'}", "--params", "1e7", "--tokens", "1e9", "--json", "-"])
+                 f"{out / 'law.json'}", "--n-params", "1e7", "--tokens", "1e9", "--json", "-"])
     assert code == 0
     table = json.loads(capsys.readouterr().out)
     assert table["laws"] == ["own"] and table["training_compute"] == pytest.approx(6e16)
@@ -139,3 +139,34 @@ def test_guided_fit_of_the_quick_char_sweep_ends_on_a_supported_form():
     for k, (lo, hi) in g.fit.ci.items():
         if k not in g.fit.fixed:
             assert np.isfinite(lo) and np.isfinite(hi) and lo <= g.fit.estimates[k] <= hi
+
+
+def tiny_factory():
+    """A factory as users write them: a small classifier and its data."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("hidden", nn.Linear(3, 6))
+    model.add_module("act", nn.Tanh())
+    model.add_module("out", nn.Linear(6, 3))
+    x = torch.randn(24, 3)
+    y = torch.randint(0, 3, (24,))
+    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
+
+
+def test_cli_ablate_with_laws_and_training_compute(tmp_path, capsys):
+    law = ChinchillaLaw(E=0.2, A=40.0, B=30.0, alpha=0.5, beta=0.45, name="own")
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(law.to_dict()))
+    out = tmp_path / "a.json"
+    code = main(["ablate", "--model", f"{__name__}:tiny_factory", "--layers", "hidden,act,out", "--at", "act",
+                 "--basis", "pca", "--levels", "0,2,4", "--laws", f"{path},kaplan", "--n-params", "1e4",
+                 "--tokens", "1e6", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["equivalents"]["laws"] == ["own", "kaplan"]
+    assert res["equivalents"]["training_compute"] == pytest.approx(6e10)
+    assert res["levels"][0]["compute_equivalent"] == 1.0 and res["levels"][0]["training_fraction"] is not None
+    assert "training fraction (Gao)" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, int_list, name_list, positive_float
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
 from wdecomp.cli.basis import BASES, LAYERS_HELP
+from wdecomp.cli.scaling import LAWS_HELP, load_laws
 from wdecomp.errors import DataError, SelectionError, WdecompError
 
 NAMED_LAWS = {"chinchilla": scaling.CHINCHILLA, "epoch": scaling.EPOCH, "kaplan": scaling.KAPLAN}
@@ -35,6 +36,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "fitted law (default: none)")
     p.add_argument("--tokens", type=positive_float, default=None,
                    help="training tokens D, for the parameter-equivalent (default: not reported)")
+    p.add_argument("--laws", type=name_list, default=None, metavar="LAWS",
+                   help=LAWS_HELP + "; each gets its own rows with intervals (a 'which law' column)")
+    p.add_argument("--training-compute", type=positive_float, default=None, metavar="FLOPS",
+                   help="the model's own training compute: adds the fraction of it (Gao et al. 2024)")
+    p.add_argument("--n-params", type=positive_float, default=None, metavar="N",
+                   help="the model's parameters; with --tokens the training compute is 6ND (default: none)")
+    p.add_argument("--trivial-loss", type=positive_float, default=None, metavar="L0",
+                   help="loss of a trivial model (log vocabulary size): levels at or above it are flagged")
     p.add_argument("--plot", default=None, metavar="FILE", help="also plot the sweep to FILE (.png, .svg)")
 
 
@@ -65,6 +74,7 @@ def load_law(name: str | None) -> Any:
 def run(args: argparse.Namespace) -> None:
     check_outputs(args, files=("plot",))
     law = load_law(args.law)
+    laws = load_laws(args.laws) or None
     if args.at is not None and args.layers and args.at not in args.layers:
         raise SelectionError(f"--at '{args.at}' is not one of --layers {','.join(args.layers)}; pick one of them")
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
@@ -78,7 +88,9 @@ def run(args: argparse.Namespace) -> None:
         raise SelectionError(f"--levels asks to ablate {max(args.levels)} components, but the layer has {n}")
     levels = args.levels if args.levels is not None else sorted({round(i * n / 10) for i in range(11)})
     result = ablation_sweep(loaded.model, target, loaded.data, k=levels, order=args.order, method=args.method,
-                            loss=loaded.loss, law=law, tokens=args.tokens, progress=args.progress)
+                            loss=loaded.loss, law=law, tokens=args.tokens, progress=args.progress, laws=laws,
+                            training_compute=args.training_compute, n_params=args.n_params,
+                            trivial_loss=args.trivial_loss)
     if args.plot:
         result.plot(args.plot)
         wrote(args.plot)

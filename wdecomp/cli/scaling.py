@@ -82,7 +82,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=LAWS_HELP + " (default chinchilla,epoch,kaplan)")
     e.add_argument("--training-compute", type=positive_float, default=None, metavar="FLOPS",
                    help="the original model's training compute, for the training fraction (Gao et al. 2024)")
-    e.add_argument("--params", type=positive_float, default=None, metavar="N",
+    e.add_argument("--n-params", type=positive_float, default=None, metavar="N",
                    help="the original model's parameters (with --tokens: training compute 6ND)")
     e.add_argument("--tokens", type=positive_float, default=None, metavar="D",
                    help="the original model's training tokens, for the parameter fraction")
@@ -140,6 +140,6 @@ def run(args: argparse.Namespace) -> None:
         return
     check_outputs(args)
     table = scaling.equivalents_table(args.losses, args.reference, load_laws(args.laws),
-                                      training_compute=args.training_compute, N=args.params, D=args.tokens,
+                                      training_compute=args.training_compute, N=args.n_params, D=args.tokens,
                                       trivial_loss=args.trivial_loss, same_data=args.same_data)
     emit(table, args)
