@@ -186,7 +186,7 @@ def compute_equivalent(
     """Compute-equivalent of a degraded loss relative to a reference loss, on ``law``'s frontier.
 
     ``fraction = C_eq(loss) / C_eq(reference_loss)`` with ``C_eq`` = ``law.compute_for_loss``
-    (the compute-optimal frontier; see :mod:`wdecomp.scaling.laws`). Strictly decreasing in
+    (the compute-optimal frontier; see :mod:`wdecomp.scaling.base`). Strictly decreasing in
     ``loss``; exactly 1.0 where ``loss == reference_loss``. Computed as ``exp`` of a difference of
     logs, so ratios below 1e-300 underflow to 0 rather than producing ``inf / inf``.
 
