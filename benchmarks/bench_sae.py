@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(runs[-1], flush=True)
     lines = ["# SAE training: wdecomp.sae.fit_sae vs a plain PyTorch loop", "",
              f"char transformer residual stream (d=128), TopK k={args.k}, batch {args.batch}, {steps} steps, "
-             f"{repeat} interleaved repeats, {args.threads} threads; {machine()}",
+             f"{repeat} interleaved repeats, {args.threads} threads; {machine() | {'threads': args.threads}}",
              "", "| width | wdecomp act/s | plain act/s | overhead | peak MiB wdecomp | peak MiB plain |",
              "|---|---|---|---|---|---|"]
     table = {}
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         table[width] = {"rate": rate, "overhead": overhead, "peak_mb": peak}
         lines.append(f"| {width} | {rate['wdecomp']:.3g} | {rate['plain']:.3g} | {100 * overhead:+.1f}% | "
                      f"{peak['wdecomp']:.0f} | {peak['plain']:.0f} |")
-    payload = {"machine": machine(), "steps": steps, "repeat": repeat, "runs": runs, "table": table,
-               "quick": args.quick}
+    payload = {"machine": {**machine(), "threads": args.threads}, "steps": steps, "repeat": repeat, "runs": runs,
+               "table": table, "quick": args.quick}
     write_results("sae_quick" if args.quick else "sae", payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return payload
