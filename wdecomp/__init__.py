@@ -60,11 +60,13 @@ _EXPORTS: dict[str, str] = {
     # graph and ablation
     "InteractionGraph": "wdecomp.graph",
     "interaction_graph": "wdecomp.graph",
+    "find_modules": "wdecomp.graph",
     "load_graph": "wdecomp.graph",
     "save_graph": "wdecomp.graph",
     "AblationResult": "wdecomp.ablation",
     "ablate": "wdecomp.ablation",
     "ablation_sweep": "wdecomp.ablation",
+    "edge_ablation": "wdecomp.ablation",
     "score_splice": "wdecomp.ablation",
     "splice": "wdecomp.ablation",
     # scaling

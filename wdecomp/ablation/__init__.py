@@ -15,6 +15,7 @@ Modules: ``ablate`` (the two public studies) -> ``engine`` (passes, plans, scori
 """
 
 from wdecomp.ablation.ablate import ablate, ablation_sweep
+from wdecomp.ablation.edges import EdgeAblationResult, edge_ablation
 from wdecomp.ablation.methods import METHODS, AblationMethod
 from wdecomp.ablation.methods import register as register_method
 from wdecomp.ablation.metrics import Degradation, equivalents, loss_recovered
@@ -29,11 +30,13 @@ __all__ = [
     "ActivationComponents",
     "ComponentSet",
     "Degradation",
+    "EdgeAblationResult",
     "LevelMetrics",
     "Splice",
     "WeightComponents",
     "ablate",
     "ablation_sweep",
+    "edge_ablation",
     "as_component_set",
     "equivalents",
     "loss_recovered",

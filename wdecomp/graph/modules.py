@@ -68,8 +68,9 @@ class Modules:
     def plot(self, path: str | Path | None = None, partition: ModulePartition | None = None, **kwargs: Any) -> Any:
         """The pruned graph with each module in one colour (:func:`~wdecomp.graph.plot.plot_graph`)."""
         part = partition or self.best
-        title = kwargs.pop("title", f"{len(part.modules)} modules (resolution {part.resolution:g}, "
-                                    f"modularity {part.modularity:.3f})")
+        n = sum(len(m) > 1 for m in part.modules)
+        title = kwargs.pop("title", f"{n} modules of more than one node (resolution {part.resolution:g}, "
+                                    f"modularity {part.modularity:.3f}; constant node left out)")
         return plot_graph(self.graph, path, groups=[list(m) for m in part.modules if len(m) > 1], title=title,
                           **kwargs)
 
