@@ -30,16 +30,23 @@ def main() -> None:
     parser.add_argument("--p", type=int, default=113)
     parser.add_argument("--top", type=int, default=6, help="top LIB directions checked for Fourier concentration")
     parser.add_argument("--plot", default=None, help="write the module plot here (.png)")
+    parser.add_argument("--arch", default="mlp", choices=["mlp", "transformer"],
+                        help="wdecomp's modular MLP, or its one-layer ReLU transformer (rib's node layers: "
+                             "resid_pre, resid_mid, resid_post, logits)")
+    parser.add_argument("--skip-ablation", action="store_true", help="basis and Fourier checks only")
     args = parser.parse_args()
     t0 = time.perf_counter()
 
     def stage(name: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f} s] {name}", flush=True)
 
-    bundle = modular_addition(p=args.p, dtype=torch.float64, progress=False)
+    bundle = modular_addition(p=args.p, arch=args.arch, dtype=torch.float64, progress=False)
     model, data, test = bundle.model, bundle.data, bundle.test
     stage(f"model: test accuracy {bundle.metrics['test_accuracy']:.4f} (from cache: {bundle.from_cache})")
-    layers = ["embed", "mlp.act", "unembed"]
+    if args.arch == "mlp":
+        layers = ["embed", "mlp.act", "unembed"]
+    else:  # rib's ln1.0, ln2.0, unembed, output
+        layers = ["blocks.0.ln1", "blocks.0.ln2", "ln_f", "unembed"]
     basis = interaction_basis(model, data, layers)
     stage("LIB basis (rib's paper configuration)")
     for point in layers[:-1]:
@@ -47,12 +54,16 @@ def main() -> None:
         lam = lb.eigenvalues
         print(f"  {point}: {lb.size} directions; constant node Lambda {float(lam[0]):.4g}, largest other "
               f"{float(lam[1:].max()):.4g}; constant largest: {bool(lam[0] >= lam[1:].max())}")
-    lb = basis["embed"]
+    lb = basis[layers[0]]
     E = model.embed.weight.detach()[: args.p]
+    if args.arch == "transformer":  # the residual stream at the position of a, as a function of a
+        E = E + model.pos_embed.W_pos.detach()[0]
     coords = lb.to_coordinates(E)
     conc = [fourier_concentration(coords[:, i]) for i in range(1, min(args.top + 1, lb.size))]
-    print("  embed top directions, concentration@frequency: " + ", ".join(f"{c:.4f}@{w}" for c, w in conc))
+    print(f"  {layers[0]} top directions, concentration@frequency: " + ", ".join(f"{c:.4f}@{w}" for c, w in conc))
     print(f"  min concentration {min(c for c, _ in conc):.4f} (target >= 0.99)")
+    if args.skip_ablation:
+        return
     graph = interaction_graph(model, data, basis)
     stage(f"interaction graph: {graph.nx.number_of_nodes()} nodes, {graph.nx.number_of_edges()} edges")
     result = edge_ablation(model, test, basis, graph, metric="accuracy", tolerance=0.01, curve_points=6)
