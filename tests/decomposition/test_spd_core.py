@@ -162,10 +162,10 @@ def test_reconstruction_losses_normalised_over_samples_and_layers() -> None:
     for _ in range(2):
         masks = {n: stochastic_masks(g[n], twin) for n in layers}
         with swapped(model, sm, masks, biases):
-            stoch.append(float(((model(x) - y) ** 2).mean()))
+            stoch.append(float(((model(x) - y) ** 2).mean().detach()))
         for n in layers:
             with swapped(model, sm, {n: stochastic_masks(g[n], twin)}, biases):
-                layer.append(float(((model(x) - y) ** 2).mean()))
+                layer.append(float(((model(x) - y) ** 2).mean().detach()))
     assert float(got.terms["stochastic_recon"]) == pytest.approx(sum(stoch) / 2, rel=1e-12)
     assert float(got.terms["layerwise_recon"]) == pytest.approx(sum(layer) / 4, rel=1e-12)
     assert float(got.terms["faithfulness"]) < 1e-28
