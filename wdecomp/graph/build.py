@@ -164,7 +164,7 @@ def _accumulate(edge: _Edge, x: Any, c: Tensor, residual: Tensor, nodes: Tensor,
             assert h1 is not None
             with torch.no_grad():
                 diff = h1 - vmap(edge.h)(alpha * c, x)  # (B, P_t, k_t)
-            part = 2 * w * torch.einsum("bti,btipj,bpj->ij", diff, J, c)
+            part = 2 * w * torch.einsum("bti,btipj,bpj->ij", diff.double(), J.double(), c.double())
             total = part if total is None else total + part
     assert total is not None
     if not torch.isfinite(total).all():
@@ -172,14 +172,14 @@ def _accumulate(edge: _Edge, x: Any, c: Tensor, residual: Tensor, nodes: Tensor,
     if formula == "functional":
         edge.sums += total.double().cpu()
         return
-    attr = total * c[:, None, None]  # (B, P_t, k_t, P_s, k_s)
+    attr = (total * c[:, None, None]).double()  # (B, P_t, k_t, P_s, k_s), squared and summed in float64
     red = attr.sum(3).square().sum((0, 1)) if positions == "sum" else attr.square().sum((0, 1, 3))
     edge.sums += red.double().cpu()
     if complete:
         assert h1 is not None
         with torch.no_grad():
             change = h1 - vmap(edge.h)(torch.zeros_like(c), x)
-        error = attr.sum((3, 4)) - change
+        error = attr.sum((3, 4)) - change.double()
         edge.err_max = max(edge.err_max, float(error.abs().max()))
         edge.err_sq += float(error.double().square().sum())
         edge.err_count += error.numel()
