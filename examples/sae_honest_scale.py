@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     law = None
     if not args.no_sweep:
         points = wm.char_scaling_sweep(preset="quick" if fast else "default")
-        fitted = scaling.fit(wm.sweep_points(points), n_bootstrap=20 if fast else 100, seed=0)
-        print(fitted)
-        law = fitted
+        guided = scaling.guided_fit(points, n_bootstrap=20 if fast else 100, seed=0)  # refits a degenerate fit
+        print(guided)
+        law = guided.fit
     m = bundle.metrics
     rows = [evaluate_sae(model, sae, val, label=label, law=law, tokens=m["n_tokens"], n_params=m["n_params"])
             for label, sae in saes.items()]
