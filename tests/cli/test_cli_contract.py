@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -235,13 +236,25 @@ def _dense_top(k: int) -> list[float]:
     return sorted(torch.linalg.eigvalsh(torch.stack(rows)).tolist(), reverse=True)[:k]
 
 
+def _parsers(parser, prog):
+    """``(prog, parser)`` for ``parser`` and every nested subcommand parser (``wdecomp scaling fit``)."""
+    yield prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{prog} {name}")
+
+
 def test_every_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
-    for name, p in sub.choices.items():
+    checked = 0
+    for prog, p in _parsers(parser, "wdecomp"):
         for action in p._actions:
-            assert action.help and action.help.strip(), f"wdecomp {name} {action.option_strings} has no help"
+            assert action.help and action.help.strip(), f"{prog} {action.option_strings or action.dest} has no help"
+            checked += 1
+    assert checked > 100
 
 
 def test_help_is_plain_text_and_loads_nothing_heavy():
