@@ -7,7 +7,8 @@ random tokens: the cost of a product does not depend on the weights' values; ite
 (eigh matvecs) do, and are those of an untrained network. float32, 2 torch threads.
 
 Data: ``seqs`` sequences of 64 tokens, one batch (default 8 x 64 = 512 tokens for the size curve);
-the data curve runs the ``--data-size`` model at ``--data-seqs`` sequences (2x apart).
+the data curve runs the ``--data-size`` model at ``--data-seqs`` sequences (2x apart), wdecomp
+stages only (``--data-stages``).
 
 Stages (each a fresh subprocess, so its peak memory is its own):
 
@@ -35,7 +36,11 @@ peers' interpreter (``--peers-python``; a separate environment, see ``common.py`
 ``python -m venv --system-site-packages /tmp/peers && /tmp/peers/bin/pip install
 curvlinops-for-pytorch`` it sees this environment's torch and editable wdecomp.
 
-**Wall time** is ``time.perf_counter`` around the call(s). **Peak memory** is ``ru_maxrss`` (the
+**Wall time** is ``time.perf_counter`` around the call(s). **CPU time** is ``time.process_time``
+(this process, both threads) around the same calls: with passive OpenMP waiting it counts the
+work, not the time spent waiting for a core, so it is the steadier number on a loaded machine
+(the pip step above reinstalls torch in the venv; uninstall it there so the pinned torch is used);
+both are fitted. **Peak memory** is ``ru_maxrss`` (the
 process's resident high-water mark): ``peak_mb`` after the stage and ``growth_mb`` = that minus the
 high-water mark after building the model and data and one no-grad forward (``base_mb``), i.e. how
 far the stage (warm-up and operator set-up included) pushed resident memory above the loaded
@@ -119,22 +124,27 @@ class Flat(nn.Module):
         return out.reshape(-1, out.shape[-1])
 
 
-def repeat_time(fn: Any, budget: float, repeat: int = 5) -> tuple[float, float, int]:
-    """Median and minimum seconds over up to ``repeat`` calls after one warm-up (stops past ``budget`` s)."""
+def repeat_time(fn: Any, budget: float, repeat: int = 5) -> tuple[float, float, float, int]:
+    """Median and minimum wall seconds and median CPU seconds over up to ``repeat`` calls after one
+    warm-up (stops once the calls pass ``budget`` wall seconds)."""
     fn()
     times: list[float] = []
+    cpu: list[float] = []
     while len(times) < repeat and sum(times) < budget:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     times.sort()
-    return times[len(times) // 2], times[0], len(times)
+    cpu.sort()
+    return times[len(times) // 2], times[0], cpu[len(cpu) // 2], len(times)
 
 
-def once(fn: Any) -> tuple[float, Any]:
-    t0 = time.perf_counter()
+def once(fn: Any) -> tuple[float, float, Any]:
+    """Wall and CPU seconds of one call, and its result."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> dict[str, Any]:
@@ -166,7 +176,7 @@ def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> di
             "hvp_block16": lambda: HessianLinearOperator(flat, loss_func, params, data, **kw) @ V,
             "ggn": lambda: GGNLinearOperator(flat, loss_func, params, data, **kw) @ v,
         }
-        seconds, fastest, n = repeat_time(fns[stage], budget)
+        seconds, fastest, cpu, n = repeat_time(fns[stage], budget)
         extra |= {"repeats": n, "min_seconds": fastest / per}
     else:
         obj = wd.Objective(model, [batch], loss="cross_entropy")
@@ -174,33 +184,33 @@ def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> di
             H, Hc, G = wd.hessian(obj, cache=False), wd.hessian(obj), wd.ggn(obj)
             fns = {"gradient": obj.gradient, "hvp": lambda: H @ v, "hvp_cached": lambda: Hc @ v,
                    "hvp_block16": lambda: Hc @ V, "ggn": lambda: G @ v}
-            seconds, fastest, n = repeat_time(fns[stage], budget)
+            seconds, fastest, cpu, n = repeat_time(fns[stage], budget)
             extra |= {"repeats": n, "min_seconds": fastest / per}
         elif stage == "eigh20":
             H = wd.hessian(obj)
-            seconds, r = once(lambda: wd.eigh(H, k=20, tol=1e-3, verify=False, progress=False))
+            seconds, cpu, r = once(lambda: wd.eigh(H, k=20, tol=1e-3, verify=False, progress=False))
             extra |= {"matvecs": r.matvecs, "converged": bool(r.all_converged),
                       "top_eigenvalue": float(r.eigenvalues[0])}
         elif stage == "rank":
             H = wd.hessian(obj)
-            seconds, r = once(lambda: wd.rank(H, method="density", rtol=1e-3, steps=30, num_starts=4,
+            seconds, cpu, r = once(lambda: wd.rank(H, method="density", rtol=1e-3, steps=30, num_starts=4,
                                               progress=False))
             extra |= {"rank": r.rank, "interval": [float(a) for a in r.interval], "estimable": bool(r.estimable),
                       "threshold": float(r.threshold), "matvecs": 120}
         elif stage == "lib":
-            seconds, basis = once(lambda: wd.interaction_basis(model, [batch], LIB_LAYERS, "lib", progress=False))
+            seconds, cpu, basis = once(lambda: wd.interaction_basis(model, [batch], LIB_LAYERS, "lib", progress=False))
             extra["basis_dims"] = {k: int(basis[k].eigenvalues.numel()) for k in LIB_LAYERS}
         elif stage == "ablation":
             n_comp = comps.size
             ks = sorted({round(i * n_comp / 9) for i in range(10)})
-            seconds, _ = once(lambda: wd.ablation_sweep(model, comps, [batch], k=ks, method="mean",
+            seconds, cpu, _ = once(lambda: wd.ablation_sweep(model, comps, [batch], k=ks, method="mean",
                                                         progress=False))
             extra["levels"] = len(ks)
         else:
             raise ValueError(f"unknown stage {stage!r}")
     peak = peak_rss_mb()
-    return {"seconds": seconds / per, "params": p, "tokens": seqs * CONTEXT, "base_mb": round(base, 1),
-            "peak_mb": round(peak, 1), "growth_mb": round(peak - base, 1), **extra}
+    return {"seconds": seconds / per, "cpu_seconds": cpu / per, "params": p, "tokens": seqs * CONTEXT,
+            "base_mb": round(base, 1), "peak_mb": round(peak, 1), "growth_mb": round(peak - base, 1), **extra}
 
 
 def run_one(python: str, library: str, size: str, seqs: int, stage: str, timeout: float, budget: float,
@@ -241,13 +251,13 @@ def fit(xs: list[float], ys: list[float]) -> dict[str, Any] | None:
             "note": "2 points: residuals are 0 by construction" if dof == 0 else f"{dof} degrees of freedom"}
 
 
-def fits(rows: list[dict], xkey: str, select: Any) -> dict[str, dict]:
+def fits(rows: list[dict], xkey: str, select: Any, ykey: str = "seconds") -> dict[str, dict]:
+    """Per ``library:stage``, the fit of ``ykey`` (wall or CPU seconds) against ``xkey`` over the selected rows."""
     out = {}
     for library in ("wdecomp", "curvlinops"):
         for stage in STAGES:
-            pts = sorted((r[xkey], r["seconds"]) for r in rows
-                         if select(r) and r["library"] == library and r["stage"] == stage and "seconds" in r
-                         and r["seconds"] > 0)
+            pts = sorted((r[xkey], r[ykey]) for r in rows
+                         if select(r) and r["library"] == library and r["stage"] == stage and r.get(ykey, 0) > 0)
             f = fit([p[0] for p in pts], [p[1] for p in pts])
             if f is not None:
                 out[f"{library}:{stage}"] = f | {"x": [p[0] for p in pts]}
@@ -302,7 +312,10 @@ def markdown(payload: dict) -> str:
              "`ru_maxrss` growth over the loaded model + one forward (resident high-water mark, MiB).", "",
              f"**Shared machine**: {payload['machine'].get('cores')} cores shared by several engineers; load "
              f"average (1 min) {payload['load_start']} at the start, {payload.get('load_end', '?')} at the end "
-             "(per row below). Wall times are inflated and noisy: read exponents, not absolute times.", ""]
+             "(per row below). Wall times are inflated and noisy (a 2-thread process waits for its second thread's "
+             "time slice): read exponents, not absolute times. CPU time (`time.process_time`, both threads, passive "
+             "OpenMP waiting) is also recorded and fitted: it counts only time on a core, so it is far less "
+             "sensitive to the load.", ""]
     lines += ["## Measurements", "",
               "| library | size | params | tokens | stage | seconds | x gradient | peak MiB | growth MiB "
               "| load | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -314,12 +327,16 @@ def markdown(payload: dict) -> str:
                 notes += f" {key}={r[key]}"
         if "min_seconds" in r:
             notes += f" min={r['min_seconds']:.4g}s"
+        if "cpu_seconds" in r:
+            notes += f" cpu={r['cpu_seconds']:.4g}s"
         sec = f"{r['seconds']:.4g}" if "seconds" in r else "—"
         lines.append(f"| {r['library']} | {r['size']} | {r.get('params', '')} | {r.get('tokens', r['seqs'] * CONTEXT)} "
                      f"| {r['stage']} | {sec} | {f'{rat:.2f}' if rat else '—'} | {r.get('peak_mb', '—')} "
                      f"| {r.get('growth_mb', '—')} | {r['load_before']}→{r.get('load_after', '?')} | {notes.strip()} |")
-    for title, key in (("Fitted exponents vs parameters (fixed data)", "fits_params"),
-                       ("Fitted exponents vs tokens (fixed model)", "fits_tokens")):
+    for title, key in (("Fitted exponents vs parameters (fixed data), wall time", "fits_params"),
+                       ("Fitted exponents vs tokens (fixed model), wall time", "fits_tokens"),
+                       ("Fitted exponents vs parameters (fixed data), CPU time", "fits_params_cpu"),
+                       ("Fitted exponents vs tokens (fixed model), CPU time", "fits_tokens_cpu")):
         lines += ["", f"## {title}", "", "`seconds ~ x^b`, least squares in log10-log10; residuals in log10 units "
                   "(0.1 = a factor 1.26).", "", "| library:stage | b | points | RMS residual | residuals | note |",
                   "|---|---|---|---|---|---|"]
@@ -377,6 +394,8 @@ def summarise(payload: dict, previous: dict | None, products: dict | None, seqs:
     payload["load_end"] = load1()
     payload["fits_params"] = fits(rows, "params", lambda r: r["seqs"] == seqs)
     payload["fits_tokens"] = fits(rows, "tokens", lambda r: r["size"] == data_size)
+    payload["fits_params_cpu"] = fits(rows, "params", lambda r: r["seqs"] == seqs, "cpu_seconds")
+    payload["fits_tokens_cpu"] = fits(rows, "tokens", lambda r: r["size"] == data_size, "cpu_seconds")
     payload["regressions"] = regressions(rows, seqs, previous, products)
     write_results(name, payload, markdown(payload))
 
@@ -419,9 +438,8 @@ def main() -> None:
         "plot": f"{name}.png"}
     plan = [(lib, size, args.seqs, stage) for size in sizes for lib in ("wdecomp", "curvlinops")
             for stage in (stages if lib == "wdecomp" else [s for s in PEER_STAGES if s in stages])]
-    plan += [(lib, data_size, int(s), stage) for s in args.data_seqs.split(",") if int(s) != args.seqs
-             for lib in ("wdecomp", "curvlinops")
-             for stage in args.data_stages.split(",") if lib == "wdecomp" or stage in PEER_STAGES]
+    plan += [("wdecomp", data_size, int(s), stage) for s in args.data_seqs.split(",") if int(s) != args.seqs
+             for stage in args.data_stages.split(",")]
     # Cheap measurements first at every size, so a bounded run still yields whole curves.
     order = {stage: i for i, stage in enumerate((*PRODUCTS, "ablation", "eigh20", "rank", "lib"))}
     plan.sort(key=lambda m: (order[m[3]] if m[2] == args.seqs else order["ablation"] + 0.5, m[2],
