@@ -29,6 +29,7 @@ from wdecomp.degrade import compare_generations
 from wdecomp.io import atomic_write_text
 from wdecomp.sae.binding import binding_report
 from wdecomp.sae.metrics import evaluate_sae
+from wdecomp.sae.model import load_sae
 from wdecomp.sae.train import hook_activations, train_sae
 
 PROMPTS = ["The list ", "def f(x):\n    return ", "An exception is raised when ", "for i in range("]
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-sweep", action="store_true", help="skip the scaling sweep (no compute-equivalent)")
     parser.add_argument("--hook", default="blocks.0", help="residual hook point (default blocks.0)")
     parser.add_argument("--steps", type=int, default=None, help="SAE training steps")
+    parser.add_argument("--resume", action="store_true", help="load SAEs already saved in --out instead of training")
     parser.add_argument("--val-batches", type=int, default=None, help="validation batches (default: all)")
     parser.add_argument("--out", default="sae_out", help="output directory")
     args = parser.parse_args(argv)
@@ -60,10 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     saes = {}
     for act, width, k in configs:
         label = f"TopK n={width} k={k}" if act == "topk" else f"ReLU n={width}"
+        path = out / f"sae_{act}_{width}_{k}.safetensors"
+        if args.resume and path.is_file():
+            saes[label] = load_sae(path)
+            continue
         res = train_sae(model, data, hook, width=width, activation=act, k=k, steps=steps, batch_size=batch,
                         l1=3e-3, seed=0)
         print(label, res, flush=True)
-        res.sae.save(out / f"sae_{act}_{width}_{k}.safetensors")
+        res.sae.save(path)
         saes[label] = res.sae
 
     law = None
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ks = (4, 16) if fast else (8, 32, 64)
     table = compare_decompositions(model, val, hook, saes=saes, pca_k=ks, lib_k=ks, lib_data=data[:1],
-                                   lib_layers=[hook, "unembed"], lib_options={"max_memory": 1 << 30}, law=law,
+                                   lib_layers=[hook, "unembed"], lib_options={"max_memory": 4 << 30}, law=law,
                                    tokens=m["n_tokens"], n_params=m["n_params"])
     print(table)
     atomic_write_text(out / "table.md", table.to_markdown())
