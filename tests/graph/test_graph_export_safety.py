@@ -12,7 +12,7 @@ import torch
 
 from wdecomp.bases import neuron_basis
 from wdecomp.errors import DataError, NonFiniteError, OutputPathError
-from wdecomp.graph import InteractionGraph, interaction_graph, load_graph, read_nx, save_graph
+from wdecomp.graph import InteractionGraph, interaction_graph, layered_layout, load_graph, read_nx, save_graph
 
 
 def graph(layer0: str = "0") -> InteractionGraph:
@@ -80,6 +80,8 @@ def test_foreign_graph_refused(tmp_path):
     foreign.add_edge("a", "b", weight=1.0)
     with pytest.raises(DataError, match="layer_index"):
         InteractionGraph.from_full(foreign, ["x", "y"])
+    with pytest.raises(DataError, match="not made by wdecomp"):
+        layered_layout(foreign)
     nx.write_graphml(foreign, tmp_path / "foreign.graphml")
     with pytest.raises(DataError, match="not made by wdecomp"):
         load_graph(tmp_path / "foreign.graphml")

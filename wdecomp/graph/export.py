@@ -35,6 +35,20 @@ _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _STR_KEYS = {"layer", "label"}
 
 
+def check_wdecomp_graph(g: nx.DiGraph, n_layers: int | None = None) -> None:
+    """Raise :class:`DataError` unless every node has the integer ``layer_index`` and ``index`` a
+    wdecomp interaction graph carries (in range when ``n_layers`` is given)."""
+    for n, d in g.nodes(data=True):
+        for key in ("layer_index", "index"):
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise DataError(
+                    f"node {n!r} has no integer '{key}' (got {v!r}): this graph was not made by wdecomp's "
+                    f"interaction_graph; wrap only graphs whose nodes carry 'layer', 'layer_index' and 'index'")
+        if n_layers is not None and not 0 <= int(d["layer_index"]) < n_layers:
+            raise DataError(f"node {n!r} has layer_index {d['layer_index']} outside the {n_layers} layers")
+
+
 def _plain(value: Any) -> Any:
     """A Python scalar for ``value`` (``None`` stays ``None``, to be dropped)."""
     if value is None or isinstance(value, (bool, int, float, str)):

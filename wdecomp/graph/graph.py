@@ -21,27 +21,13 @@ import networkx as nx
 import numpy as np
 
 from wdecomp.errors import DataError
-from wdecomp.graph.export import read_nx, save_graph
+from wdecomp.graph.export import check_wdecomp_graph, read_nx, save_graph
 from wdecomp.graph.plot import plot_graph
 
 
 def edge_weight(data: Mapping[str, Any]) -> float:
     """An edge's weight: ``weight``, else ``attribution`` (graphs saved before ``weight``), else 0."""
     return float(data.get("weight", data.get("attribution", 0.0)))
-
-
-def check_wdecomp_graph(g: nx.DiGraph, n_layers: int | None = None) -> None:
-    """Raise :class:`DataError` unless every node has the integer ``layer_index`` and ``index`` a
-    wdecomp interaction graph carries (in range when ``n_layers`` is given)."""
-    for n, d in g.nodes(data=True):
-        for key in ("layer_index", "index"):
-            v = d.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise DataError(
-                    f"node {n!r} has no integer '{key}' (got {v!r}): this graph was not made by wdecomp's "
-                    f"interaction_graph; wrap only graphs whose nodes carry 'layer', 'layer_index' and 'index'")
-        if n_layers is not None and not 0 <= int(d["layer_index"]) < n_layers:
-            raise DataError(f"node {n!r} has layer_index {d['layer_index']} outside the {n_layers} layers")
 
 
 def node_id(layer_index: int, index: int) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from wdecomp.graph.export import check_wdecomp_graph
 from wdecomp.io import atomic_write
 
 _FORMATS = (".png", ".svg", ".pdf")
@@ -38,6 +39,7 @@ def layered_layout(graph: Any, order: str = "barycenter") -> dict[str, tuple[flo
     if order not in ("index", "barycenter"):
         raise ValueError(f"order must be 'index' or 'barycenter', not '{order}'")
     g = graph.nx if hasattr(graph, "nx") else graph
+    check_wdecomp_graph(g)
     columns: dict[int, list[str]] = defaultdict(list)
     for n, d in g.nodes(data=True):
         columns[int(d["layer_index"])].append(n)
