@@ -284,7 +284,8 @@ def _second_moment(J: Tensor, sequence: str) -> tuple[Tensor, int]:
     if sequence == "summed":
         S = J.sum(3).reshape(-1, J.shape[-1])
         return S.T @ S, J.shape[3]
-    return torch.einsum("btkpi,btkpj->ij", J, J), J.shape[3]
+    rows = J.reshape(-1, J.shape[-1])  # (b, t, k, p) flattened: one GEMM
+    return rows.T @ rows, J.shape[3]
 
 
 # ----------------------------------------------------------------------------- the basis
