@@ -344,7 +344,12 @@ def markdown(payload: dict) -> str:
             res = ", ".join(f"{v:+.3f}" for v in f["residuals_log10"])
             lines.append(f"| {name} | {f['exponent']:.2f} | {f['points']} | {f['rms_log10']:.3f} | {res} "
                          f"| {f['note']} |")
-    lines += ["", "## Ratio check (more than 20% growth of a committed ratio is a regression)", ""]
+    lines += ["", "## Ratio check (more than 20% growth of a committed ratio is a regression)", "",
+              "Ratios are stage / gradient wall time of the same library and size. `products.json` rows are "
+              "`bench_products.py`'s `transformer_1m` (`common.FlatTransformer`: 939,360 parameters, 8 x 64 "
+              "tokens, ReLU, fused qkv), compared with this file's `1e6` model (`wdecomp.models.Transformer`: "
+              "the same 939,360 parameters and tokens, GELU, separate q/k/v); `costs` rows compare with the "
+              "previous results file of the same name.", ""]
     if payload["regressions"]:
         lines += ["| ratio | previous | now | change | |", "|---|---|---|---|---|", *payload["regressions"]]
         flagged = [r for r in payload["regressions"] if "REGRESSION" in r]
@@ -391,7 +396,7 @@ def summarise(payload: dict, previous: dict | None, products: dict | None, seqs:
               name: str) -> None:
     """Fits and ratio checks of the rows so far, written to the results files (after every row)."""
     rows = payload["rows"]
-    payload["load_end"] = load1()
+    payload["load_end"] = rows[-1].get("load_after", load1()) if rows else load1()
     payload["fits_params"] = fits(rows, "params", lambda r: r["seqs"] == seqs)
     payload["fits_tokens"] = fits(rows, "tokens", lambda r: r["size"] == data_size)
     payload["fits_params_cpu"] = fits(rows, "params", lambda r: r["seqs"] == seqs, "cpu_seconds")
@@ -415,6 +420,9 @@ def main() -> None:
     ap.add_argument("--repeat-budget", type=float, default=30.0, help="stop repeating a product past this")
     ap.add_argument("--peers-python", default="/tmp/peers/bin/python")
     ap.add_argument("--resume", action="store_true", help="keep rows already in the output file")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="rebuild markdown, fits and plot from the output file (same flags as the run); "
+                         "planned measurements missing from it are listed as not run")
     args = ap.parse_args()
     if args.single:
         library, size, seqs, stage = args.single
@@ -446,6 +454,16 @@ def main() -> None:
                              sizes.index(m[1]) if m[1] in sizes else 0))
     if not peers:
         payload["skipped"].append(f"curvlinops: no peers interpreter at {args.peers_python}")
+    if args.summarise_only:
+        payload |= {k: previous[k] for k in ("machine", "load_start", "rows", "skipped") if previous and k in previous}
+        have = {(r["library"], r["size"], r["seqs"], r["stage"]) for r in payload["rows"]}
+        for lib, size, seqs, stage in plan:
+            what = f"{lib} {stage} at {size} ({seqs}x{CONTEXT} tokens)"
+            if (lib, size, seqs, stage) not in have and not any(s.startswith(what) for s in payload["skipped"]):
+                payload["skipped"].append(f"{what}: not run, the run was stopped (session time)")
+        summarise(payload, None, products, args.seqs, data_size, name)
+        plot(payload, RESULTS / f"{name}.png")
+        return
     failed: set[tuple[str, str, int]] = set()
     for lib, size, seqs, stage in plan:
         if (lib, size, seqs, stage) in done or (lib == "curvlinops" and not peers):
