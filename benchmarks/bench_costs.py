@@ -383,7 +383,8 @@ def plot(payload: dict, path: Path) -> None:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds (per vector for blocks)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+        if payload[key]:
+            ax.legend(fontsize=6, ncol=2)
     axes[0].set_title(f"vs model size ({payload['settings']['seqs']} x {CONTEXT} tokens)")
     axes[1].set_title(f"vs data ({payload['settings']['data_size']} model)")
     fig.suptitle(f"bench_costs: 2 threads, load {payload['load_start']}-{payload.get('load_end', '?')}", fontsize=9)
