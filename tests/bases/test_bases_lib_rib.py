@@ -112,3 +112,19 @@ def test_components_of_the_default_basis_rewrite_exactly(seq):
     assert basis[layers[0]].constant is not None
     comps = decompose(model, basis, [(x, None)])
     assert comps.verify(model, [(x, None)]) < 1e-10
+
+
+def test_stochastic_sources_exact_without_positions_and_close_with_them():
+    """rib's stochastic sources: exact when the target has one position (phi^2 = 1), an unbiased
+    estimate otherwise (512 sources on 3 positions: within 10% here)."""
+    model = tanh_mlp()
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    exact = interaction_basis(model, x, ["1", "3", "4"])
+    est = interaction_basis(model, x, ["1", "3", "4"], stochastic_sources=3)
+    for p in ("1", "3"):
+        assert torch.allclose(est[p].eigenvalues, exact[p].eigenvalues, rtol=1e-10)
+    seq = SeqMix().to(DT).eval()
+    t = torch.randint(0, 7, (20, 3), generator=torch.Generator().manual_seed(2))
+    exact = interaction_basis(seq, t, ["embed", "act", "lin2"])["embed"].eigenvalues
+    est = interaction_basis(seq, t, ["embed", "act", "lin2"], stochastic_sources=512)["embed"].eigenvalues
+    assert float((est - exact).abs().max() / exact.max()) < 0.1

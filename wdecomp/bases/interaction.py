@@ -95,7 +95,7 @@ from wdecomp.bases.section import (
     quadrature,
     to_rows,
 )
-from wdecomp.batch import as_batches, chunks, num_examples, split
+from wdecomp.batch import as_batches, chunks, num_examples, slice_examples, split
 from wdecomp.distributed import all_reduce_sum_many
 from wdecomp.errors import DataError, NonFiniteError, SelectionError
 from wdecomp.progress import progress_bar
@@ -122,6 +122,11 @@ class LibOptions:
         sequence: ``"per-position"`` (rib) or ``"summed"`` (wdecomp before).
         rotate_final: Rotate the last hook point to PCA (rib's ``rotate_final_node_layer``).
         truncation: ``"relative"`` (thresholds times the largest eigenvalue) or ``"absolute"`` (rib).
+        stochastic_sources: ``R`` random +-1 combinations of the target positions instead of every
+            target position (rib's ``n_stochastic_sources_basis_pos``): an unbiased estimate of ``M'``,
+            ``1/(N P R) sum_x sum_r sum_p J_{rp}^T J_{rp}`` with ``J_{rp} = sum_t phi_{rt} J_{tp}``,
+            at ``R/P_t`` of the cost; exact without positions. ``None``: exact.
+        seed: Seed of the random signs.
     """
 
     center: bool = True
@@ -132,6 +137,8 @@ class LibOptions:
     sequence: str = "per-position"
     rotate_final: bool = False
     truncation: str = "relative"
+    stochastic_sources: int | None = None
+    seed: int = 0
 
 
 VARIANTS: dict[str, LibOptions] = {
@@ -155,6 +162,9 @@ def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
     if opts.constant and not opts.center:
         raise ValueError("constant=True needs center=True (rib's uncentred mode mixes the constant into every "
                          "direction, which wdecomp does not offer)")
+    if opts.stochastic_sources is not None and (opts.stochastic_sources < 1 or opts.formula != "jacobian"
+                                                or opts.sequence != "per-position"):
+        raise ValueError("stochastic_sources must be >= 1 and needs formula='jacobian', sequence='per-position'")
     if opts.formula != "jacobian" and opts.sequence != "per-position":
         raise ValueError(f"formula '{opts.formula}' is defined per position only (sequence='per-position')")
     quadrature(opts.steps, opts.integration)  # validates the rule and steps
@@ -173,6 +183,11 @@ class _Pair:
     def fn(self, a: Tensor, x: Any) -> Tensor:
         rows, s = self.section(a, x)
         return self.target(rows, s)
+
+    def projected(self, a: Tensor, xp: tuple[Any, Tensor]) -> Tensor:
+        """``(R, k)``: the target coordinates combined over positions by signs ``phi`` ``(R, P_t)``."""
+        x, phi = xp
+        return phi @ self.fn(a, x)
 
     def rows(self, acts: dict[str, Tensor]) -> Tensor:
         """Source rows ``(B, P, d [+1])`` (the constant column appended when folded)."""
@@ -338,6 +353,8 @@ def interaction_basis(
     sequence: str | None = None,
     rotate_final: bool | None = None,
     truncation: str | None = None,
+    stochastic_sources: int | None = None,
+    seed: int = 0,
     gram_threshold: float = 1e-10,
     interaction_threshold: float = 1e-10,
     drop_noninteracting: bool = True,
@@ -367,6 +384,9 @@ def interaction_basis(
         sequence: ``"per-position"`` (rib) or ``"summed"``.
         rotate_final: Rotate the last hook point to its PCA basis.
         truncation: ``"relative"`` or ``"absolute"`` (rib's ``truncation_threshold``).
+        stochastic_sources: Estimate ``M'`` with this many random sign combinations of the target
+            positions (rib's ``n_stochastic_sources_basis_pos``; :class:`LibOptions`), or exactly (``None``).
+        seed: Seed of those signs.
         gram_threshold: Covariance (Gram) eigenvalues at or below it are null directions, dropped.
         interaction_threshold: ``Lambda`` at or below it: non-interacting directions.
         drop_noninteracting: Drop those (rib) or keep them unscaled (then the basis stays
@@ -395,7 +415,8 @@ def interaction_basis(
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {METHODS}")
     opts = _options(variant, dict(center=center, constant=constant, formula=formula, integration=integration,
-                                  steps=steps, sequence=sequence, rotate_final=rotate_final, truncation=truncation))
+                                  steps=steps, sequence=sequence, rotate_final=rotate_final, truncation=truncation,
+                                  stochastic_sources=stochastic_sources, seed=seed))
     if method == "neuron" or (method == "jacobian" and constant is None):
         opts = LibOptions(**{**opts.__dict__, "constant": False})
     batches = as_batches(data, what="interaction_basis")
@@ -460,6 +481,8 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
     pair = None
     size = 1
     what = f"LIB {source} -> {target}"
+    R = opts.stochastic_sources
+    gen = torch.Generator().manual_seed(opts.seed)
     for batch in batches:
         inputs = split(batch)[0]
         if pair is None:
@@ -476,8 +499,13 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
                 if opts.formula != "jacobian":
                     with torch.no_grad():
                         h1 = vmap(pair.fn)(a, x)
+                fn, xs = pair.fn, x
+                if R is not None:  # rib's stochastic sources over target positions
+                    p_t = vmap(pair.fn)(a[:1], slice_examples(x, 0, 1)).shape[1]
+                    phi = (torch.randint(0, 2, (a.shape[0], R, p_t), generator=gen) * 2 - 1).to(a.dtype)
+                    fn, xs = pair.projected, (x, phi)
                 for alpha, w, J in zip(nodes.tolist(), weights.tolist(),
-                                       batched_jacobians(pair.fn, a, x, nodes, mode)):
+                                       batched_jacobians(fn, a, xs, nodes, mode)):
                     J = J.to(torch.float64)
                     if opts.formula == "jacobian":
                         grads = w * J if grads is None else grads + w * J
@@ -508,7 +536,7 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
         reduced = all_reduce_sum_many([M, torch.tensor([float(count)], dtype=torch.float64), *extra])
         M, count = reduced[0], int(reduced[1][0])
         Lam = reduced[2] if Lam is not None else None
-    norm = count * (positions if opts.sequence == "per-position" else 1)
+    norm = count * (positions if opts.sequence == "per-position" else 1) * (R or 1)
     M = M / norm
     return _Moments((M + M.T) / 2, None if Lam is None else Lam / norm)
 
