@@ -44,7 +44,9 @@ both are fitted. **Peak memory** is ``ru_maxrss`` (the
 process's resident high-water mark): ``peak_mb`` after the stage and ``growth_mb`` = that minus the
 high-water mark after building the model and data and one no-grad forward (``base_mb``), i.e. how
 far the stage (warm-up and operator set-up included) pushed resident memory above the loaded
-model. It is resident memory, not allocations: freed-and-reused memory is not double-counted.
+model. It is resident memory, not allocations: freed-and-reused memory is not double-counted. Each
+measurement's address space is capped (``WDECOMP_BENCH_MEM_GB``, default 8 GiB) so that a stage too
+large for a shared machine fails with a recorded out-of-memory error.
 
 Fits: for each stage, least squares of ``log10 seconds`` on ``log10 parameters`` (``log10 tokens``
 for the data curve); the exponent (slope), and each point's residual in log10 units with their RMS.
@@ -63,6 +65,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -145,6 +148,13 @@ def once(fn: Any) -> tuple[float, float, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def cap_memory() -> None:
+    """Cap this process's address space (``WDECOMP_BENCH_MEM_GB``, default 8 GiB): on a shared machine a
+    stage that needs more fails with an out-of-memory error (recorded) instead of waking the OOM killer."""
+    limit = int(float(os.environ.get("WDECOMP_BENCH_MEM_GB", "8")) * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> dict[str, Any]:
@@ -309,7 +319,8 @@ def markdown(payload: dict) -> str:
              "`wdecomp.models.Transformer` (2 layers, context 64, vocabulary 96), random tokens, float32, "
              "2 torch threads, one subprocess per measurement. Products: median of up to 5 calls after a "
              "warm-up (minimum in notes), `hvp_block16` per vector; other stages: one call. Memory: "
-             "`ru_maxrss` growth over the loaded model + one forward (resident high-water mark, MiB).", "",
+             "`ru_maxrss` growth over the loaded model + one forward (resident high-water mark, MiB); each "
+             "measurement's address space capped at 8 GiB (`WDECOMP_BENCH_MEM_GB`; the machine is shared).", "",
              f"**Shared machine**: {payload['machine'].get('cores')} cores shared by several engineers; load "
              f"average (1 min) {payload['load_start']} at the start, {payload.get('load_end', '?')} at the end "
              "(per row below). Wall times are inflated and noisy (a 2-thread process waits for its second thread's "
@@ -427,6 +438,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.single:
         library, size, seqs, stage = args.single
+        cap_memory()
         print(json.dumps(measure(library, size, int(seqs), stage, args.repeat_budget)))
         return
     if args.quick:  # wdecomp stages in this process (no per-stage memory); curvlinops still a subprocess
