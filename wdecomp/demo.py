@@ -185,7 +185,9 @@ def _modular_addition(report: DemoReport, quick: bool, progress: bool | None) ->
     lo, hi = rank.interval
     report.headline["Hessian eigenvalues above threshold (modular)"] = (
         f"{rank.estimate:.0f} of {H.shape[0]} (95% [{lo:.0f}, {hi:.0f}]; |eigenvalue| > {rank.threshold:.2g}, "
-        "density estimate)" + ("" if rank.estimable else ", NOT estimable at this size"))
+        "density estimate)" if rank.estimable else
+        f"not estimable by the density method at p = {H.shape[0]} (see the report; an exact count needs "
+        "wd.rank(H, method='dense') and memory for a dense p x p matrix)")
     report.add(
         f"Modular addition: Hessian spectrum (p = {p}, {H.shape[0]} weights, {batching.num_examples(sub[0])} of "
         f"{n_total} training examples)",
