@@ -17,6 +17,7 @@ Optional capabilities (``restrict``, ``resample``, ``num_batches``, ``factor_chu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -121,7 +122,9 @@ class LinOp:
                 f"{self._name()} returned shape {tuple(out.shape)} for an input of shape {tuple(V.shape)}; "
                 f"expected ({rows}, {V.shape[1]})"
             )
-        if not bool(torch.isfinite(out).all()):
+        # one reduction: a NaN or inf entry makes the sum non-finite, so a finite sum clears the
+        # product; only a non-finite sum (or an overflowing one) pays for the entrywise check
+        if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
             raise NonFiniteError(
                 f"{self._name()} product is not finite (NaN or inf): check what defines the operator "
                 "(the loss and the weights, or the matrix entries) for NaN/inf"
