@@ -15,6 +15,7 @@ SCRIPT = ROOT / "docs" / "gen_refusals.py"
 def _generator():
     spec = importlib.util.spec_from_file_location("gen_refusals", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gen_refusals"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
