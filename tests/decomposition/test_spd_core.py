@@ -155,6 +155,8 @@ def test_reconstruction_losses_normalised_over_samples_and_layers() -> None:
     gen = torch.Generator().manual_seed(3)
     twin = torch.Generator().manual_seed(3)
     got = compute_losses(target, sm, cfg, x, "mse", gen)
+    got.terms = {k: v.detach() for k, v in got.terms.items()}
+    got.total = got.total.detach()
     y, acts = target.run(x)
     g = {n: lower_leaky_hard_sigmoid(sm.importance_logits(n, acts[n])).detach() for n in layers}
     biases = {n: target.bias(n) for n in layers}
