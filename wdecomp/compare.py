@@ -213,7 +213,9 @@ def compare_decompositions(
         lib_k: Ranks of the LIB truncations.
         lib_layers: The hook points LIB is built over (``hook`` first; default ``[hook,
             "unembed"]``).
-        lib_data: Batches for building the PCA and LIB bases (default ``data``).
+        lib_data: Batches for building the LIB basis (default ``data``; LIB's per-position
+            Jacobians cost about ``T^2`` per window, so a few short windows may be all it can
+            afford). PCA is always built on ``data``.
         lib_options: Keyword options of :func:`wdecomp.bases.interaction_basis` for LIB
             (``max_memory``, ``chunk_size``, ``variant``, ...).
         others: Label -> any other replacement ``x -> x_hat`` (L0 reported as NaN).
@@ -235,7 +237,7 @@ def compare_decompositions(
     for label, sae in (saes or {}).items():
         reps[label] = ("sae", sae, None)
     if pca_k:
-        pca = interaction_basis(model, lib_data or data, [point], method="pca", progress=progress)[point]
+        pca = interaction_basis(model, data, [point], method="pca", progress=progress)[point]
         for k in pca_k:
             reps[f"PCA-{k}"] = ("pca", truncation(pca, k), float(k))
     if lib_k:
