@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "ArgumentError": "wdecomp.errors",
     "DataError": "wdecomp.errors",
     "DenseTooLargeError": "wdecomp.errors",
+    "DtypeError": "wdecomp.errors",
+    "FileFormatError": "wdecomp.errors",
+    "NotSymmetricError": "wdecomp.errors",
     "ModelMismatchError": "wdecomp.errors",
     "ModelStateError": "wdecomp.errors",
     "NonFiniteError": "wdecomp.errors",
@@ -76,7 +79,8 @@ _EXPORTS: dict[str, str] = {
 
 # subpackages reachable as attributes (``wd.scaling.fit``, ``wd.models.load``) without an import
 _SUBMODULES = ("scaling", "models", "spectral", "curvature", "bases", "graph", "ablation", "components",
-               "interop", "distributed", "fourier", "io", "progress", "errors", "params", "objective")
+               "interop", "distributed", "fourier", "io", "progress", "errors", "params", "objective",
+               "activations", "batch", "hooks", "linop", "sae", "decomposition", "degrade", "compare", "threads")
 
 __all__ = sorted([*_EXPORTS, "scaling"])
 
