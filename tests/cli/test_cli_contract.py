@@ -281,3 +281,13 @@ def test_import_wdecomp_is_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "[]"
+
+
+def test_every_public_name_resolves():
+    import wdecomp
+
+    missing = [name for name in wdecomp.__all__ if getattr(wdecomp, name, None) is None]
+    assert not missing
+    assert issubclass(wdecomp.OutputPathError, wdecomp.WdecompError)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        wdecomp.no_such_name  # noqa: B018
