@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import wdecomp as wd
 from wdecomp.interop import INSTALL, LogitsModule, logits_module, require
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
@@ -134,3 +135,18 @@ def test_import_wdecomp_stays_light():
             "print(sorted(m for m in ('transformers', 'transformer_lens') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_paper_lib_folds_gpt2_conv1d_biases_and_rewrites_exactly():
+    """rib's default (constant node first) folds the bias of Hugging Face's ``Conv1D`` (GPT-2's
+    ``x @ W + b``) like an ``nn.Linear``'s; the components of that basis rewrite the model exactly."""
+    _need("transformers")
+    example = _load("huggingface_interop")
+    torch.manual_seed(0)
+    model = example.build(8)
+    x = torch.randint(0, model.model.config.vocab_size, (6, 8))
+    data = [(x, x.reshape(-1))]
+    basis = wd.interaction_basis(model, data, example.LAYERS, drop_noninteracting=False)
+    for layer in basis.layers:
+        assert basis[layer].constant is not None  # the constant node is there, first
+    assert wd.decompose(model, basis, data).verify(model, data) < 1e-10

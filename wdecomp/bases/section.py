@@ -16,7 +16,7 @@ too (the path of rib's integrated gradients, whose baseline is the all-zero inpu
 **Which biases.** The direct ``bias`` parameters of the modules whose forward pass ends after the
 source activation is produced and no later than the target (their call order in one forward
 pass), for the module types whose bias is added to the output (``Linear``, ``Conv1d/2d/3d``,
-``LayerNorm``, ``GroupNorm``, ``BatchNorm``): at an output position ``p`` (every axis but the
+``LayerNorm``, ``GroupNorm``, ``BatchNorm``, Hugging Face's ``Conv1D``): at an output position ``p`` (every axis but the
 batch axis and the module's channel axis) the bias is scaled by ``s_p``, ``p`` counted like the
 source's positions; a module with one position uses the mean of ``s`` over source positions.
 Any other parameter named ``*bias`` inside the section (e.g. ``nn.MultiheadAttention``'s
@@ -59,6 +59,17 @@ _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.
                    nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd, nn.GroupNorm,
                    nn.modules.instancenorm._InstanceNorm)
 _BIAS_LAST = (nn.Linear, nn.LayerNorm)
+
+
+def _bias_last(module: nn.Module) -> bool:
+    """Whether ``module`` adds its bias along the output's last axis: ``nn.Linear``, ``nn.LayerNorm``,
+    and Hugging Face's ``Conv1D`` (GPT-2's linear layer, ``x @ W + b`` with ``b`` of size ``nf``),
+    recognised by its name and ``nf`` attribute since transformers is an optional dependency."""
+    if isinstance(module, _BIAS_LAST):
+        return True
+    bias = getattr(module, "bias", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(bias, torch.Tensor)
+            and bias.shape == (getattr(module, "nf", -1),))
 _BIAS_CHANNEL = (nn.modules.conv._ConvNd, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
@@ -153,7 +164,7 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
         own = [p for p, _ in module.named_parameters(recurse=False) if "bias" in p]
         if not own:
             continue
-        if own == ["bias"] and isinstance(module, _BIAS_LAST + _BIAS_CHANNEL):
+        if own == ["bias"] and (_bias_last(module) or isinstance(module, _BIAS_CHANNEL)):
             found.append(name)
         else:
             raise SelectionError(
@@ -191,7 +202,7 @@ class Section:
         """Forward hook adding ``(s_p - 1) b`` at each output position ``p`` (``s``: ``(B, P_s)``)."""
 
         def hook(module: nn.Module, _a: tuple, _k: dict, out: Tensor) -> Tensor:
-            channel = out.dim() - 1 if isinstance(module, _BIAS_LAST) else 1
+            channel = out.dim() - 1 if _bias_last(module) else 1
             shape = [1] * out.dim()
             shape[channel] = out.shape[channel]
             bias = module.bias.reshape(shape)
