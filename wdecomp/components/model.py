@@ -91,8 +91,23 @@ def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str
                 if o is t and isinstance(modules[name], (nn.Linear, nn.Embedding)):
                     producer = name
             consumers = [n for n, i in seen_in.items() if i is t and isinstance(modules[n], nn.Linear)]
-        adj[p] = {"producer": producer, "consumers": consumers}
+        adj[p] = {"producer": producer, "consumers": consumers, "ndim": None if t is None else t.dim()}
     return adj
+
+
+def _check_feature_axes(basis: Basis, adjacency: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a basis over a feature axis that is not the activation's last (conv channels): the
+    components below fold ``C`` into ``Linear`` weights and wrap modules along the last axis."""
+    axes = basis.info.get("feature_axes", {}) if isinstance(basis.info, Mapping) else {}
+    for point, axis in axes.items():
+        ndim = adjacency.get(point, {}).get("ndim")
+        if ndim is not None and ndim > 2 and axis % ndim != ndim - 1:
+            raise ShapeError(
+                f"the basis at '{point}' is over axis {axis} of a {ndim}-axis activation (channels of a conv "
+                "output); components fold the basis along the last axis only, so they cannot rewrite this "
+                "model. Graph or edge-ablate the basis directly (wd.interaction_graph and wd.edge_ablation read "
+                "the axis), "
+                "or build it with feature_dim=-1")
 
 
 def _static_adjacency(model: nn.Module, points: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -439,6 +454,7 @@ def decompose(
             adjacency = _adjacency(model, list(basis.layers), inputs)
         else:
             adjacency = _static_adjacency(model, list(basis.layers))
+    _check_feature_axes(basis, adjacency)
     adjacency = {k: {"producer": v.get("producer"), "consumers": list(v.get("consumers", []))}
                  for k, v in adjacency.items()}
     for point in basis.layers:
