@@ -198,8 +198,10 @@ def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> di
             extra |= {"repeats": n, "min_seconds": fastest / per}
         elif stage == "eigh20":
             H = wd.hessian(obj)
-            seconds, cpu, r = once(lambda: wd.eigh(H, k=20, tol=1e-3, verify=False, progress=False))
-            extra |= {"matvecs": r.matvecs, "converged": bool(r.all_converged),
+            asym = os.environ.get("WDECOMP_BENCH_ASYMMETRY", "raise")  # eigh's own default is "raise"
+            seconds, cpu, r = once(lambda: wd.eigh(H, k=20, tol=1e-3, verify=False, progress=False,
+                                                   asymmetry=asym))
+            extra |= {"asymmetry": asym, "matvecs": r.matvecs, "converged": bool(r.all_converged),
                       "top_eigenvalue": float(r.eigenvalues[0])}
         elif stage == "rank":
             H = wd.hessian(obj)
@@ -333,7 +335,8 @@ def markdown(payload: dict) -> str:
     for r in rows:
         rat = ratios(rows, r["size"], r["seqs"], r["library"]).get(r["stage"])
         notes = r.get("error", "")
-        for key in ("matvecs", "converged", "rank", "interval", "estimable", "basis_dims", "levels", "repeats"):
+        for key in ("matvecs", "converged", "asymmetry", "rank", "interval", "estimable", "basis_dims", "levels",
+                    "repeats"):
             if key in r:
                 notes += f" {key}={r[key]}"
         if "min_seconds" in r:
@@ -369,6 +372,15 @@ def markdown(payload: dict) -> str:
                      "on an idle machine before acting on them." if flagged else "")]
     else:
         lines.append("No earlier result holds the same quantity.")
+    if payload.get("replicates"):
+        lines += ["", "## Replicates (the same measurement in another run; not used in the fits)", "",
+                  "| library | size | tokens | stage | seconds | CPU s | load | run |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in payload["replicates"]:
+            sec = f"{r['seconds']:.4g}" if "seconds" in r else r.get("error", "")[:80]
+            cpu = f"{r['cpu_seconds']:.4g}" if "cpu_seconds" in r else "—"
+            lines.append(f"| {r['library']} | {r['size']} | {r['seqs'] * CONTEXT} | {r['stage']} | {sec} | {cpu} "
+                         f"| {r['load_before']}→{r.get('load_after', '?')} | {r.get('run', '')} |")
     if payload.get("skipped"):
         lines += ["", "## Not run", "", *[f"- {s}" for s in payload["skipped"]]]
     lines += ["", "![cost curves](" + payload["plot"] + ")", ""]
@@ -468,7 +480,8 @@ def main() -> None:
     if not peers:
         payload["skipped"].append(f"curvlinops: no peers interpreter at {args.peers_python}")
     if args.summarise_only:
-        payload |= {k: previous[k] for k in ("machine", "load_start", "rows", "skipped") if previous and k in previous}
+        payload |= {k: previous[k] for k in ("machine", "load_start", "rows", "skipped", "replicates", "runs")
+                    if previous and k in previous}
         have = {(r["library"], r["size"], r["seqs"], r["stage"]) for r in payload["rows"]}
         for lib, size, seqs, stage in plan:
             what = f"{lib} {stage} at {size} ({seqs}x{CONTEXT} tokens)"
