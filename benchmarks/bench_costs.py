@@ -328,7 +328,8 @@ def markdown(payload: dict) -> str:
              "(per row below). Wall times are inflated and noisy (a 2-thread process waits for its second thread's "
              "time slice): read exponents, not absolute times. CPU time (`time.process_time`, both threads, passive "
              "OpenMP waiting) is also recorded and fitted: it counts only time on a core, so it is far less "
-             "sensitive to the load.", ""]
+             "sensitive to the load. Where the load changed during the run (the load column), wall-time exponents "
+             "mix size with load: read the CPU-time fits. A stage with one point (no fit) is in the table only.", ""]
     lines += ["## Measurements", "",
               "| library | size | params | tokens | stage | seconds | x gradient | peak MiB | growth MiB "
               "| load | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -393,8 +394,11 @@ def plot(payload: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, xlabel in ((axes[0], "fits_params", "parameters"), (axes[1], "fits_tokens", "tokens")):
+    fig, grid = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [(grid[i, j], f"fits_{x}{suffix}", xlabel, kind)
+              for i, (suffix, kind) in enumerate((("", "wall"), ("_cpu", "CPU")))
+              for j, (x, xlabel) in enumerate((("params", "parameters"), ("tokens", "tokens")))]
+    for ax, key, xlabel, kind in panels:
         for name, f in payload[key].items():
             library, stage = name.split(":")
             xs = f["x"]
@@ -404,15 +408,17 @@ def plot(payload: dict, path: Path) -> None:
             ax.loglog(xs, ys, style, ms=4, lw=1, label=f"{'cl ' if library == 'curvlinops' else ''}{stage} "
                       f"b={f['exponent']:.2f}")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("seconds (per vector for blocks)")
+        ax.set_ylabel(f"{kind} seconds (per vector for blocks)")
         ax.grid(True, which="both", alpha=0.3)
         if payload[key]:
             ax.legend(fontsize=6, ncol=2)
-    axes[0].set_title(f"vs model size ({payload['settings']['seqs']} x {CONTEXT} tokens)")
-    axes[1].set_title(f"vs data ({payload['settings']['data_size']} model)")
+    for ax, _, _, kind in panels[0::2]:
+        ax.set_title(f"{kind} time vs model size ({payload['settings']['seqs']} x {CONTEXT} tokens)", fontsize=9)
+    for ax, _, _, kind in panels[1::2]:
+        ax.set_title(f"{kind} time vs data ({payload['settings']['data_size']} model)", fontsize=9)
     fig.suptitle(f"bench_costs: 2 threads, load {payload['load_start']}-{payload.get('load_end', '?')}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=70)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
 
 
