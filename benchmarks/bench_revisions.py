@@ -9,7 +9,8 @@ the same seeded models with one torch thread:
 * ``gradient``: ``Objective.gradient`` (the loss gradient over the data);
 * ``hvp``: one cached Hessian-vector product (operator built once, graph warmed);
 * ``hvp16``: a block of 16 Hessian-vector products, per vector;
-* ``eigh20``: ``wd.eigh(H, k=20, tol=1e-4)`` from a cold operator, with its product count.
+* ``eigh20``: ``wd.eigh(H, k=20, tol=1e-4)`` from a cold operator, with its product count (every
+  module is imported by a tiny warm-up call first: ``import wdecomp`` is lazy in newer revisions).
 
 Each subprocess reports the median of ``--reps`` repetitions per operation; the result is the
 median over ``--rounds`` rounds of the per-round ratio new/base (ratios of interleaved neighbours
@@ -70,6 +71,9 @@ def models():
     yield "transformer_50k", Tiny().eval(), [(tok[:, :-1], tok[:, 1:].reshape(-1))]
 
 reps = int(sys.argv[1])
+# import everything a call will need before any clock starts (a lazy `import wdecomp` would otherwise
+# charge its first eigh with the imports)
+wd.eigh(wd.hessian(wd.Objective(nn.Linear(3, 2), [(torch.randn(4, 3), torch.randint(0, 2, (4,)))])), k=1)
 res = {}
 for name, model, data in models():
     obj = wd.Objective(model, data)
