@@ -98,10 +98,12 @@ def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str
 def _check_feature_axes(basis: Basis, adjacency: Mapping[str, Mapping[str, Any]]) -> None:
     """Refuse a basis over a feature axis that is not the activation's last (conv channels): the
     components below fold ``C`` into ``Linear`` weights and wrap modules along the last axis."""
-    axes = basis.info.get("feature_axes", {}) if isinstance(basis.info, Mapping) else {}
+    axes = basis.info.get("feature_axes") if isinstance(basis.info, Mapping) else None
+    if not isinstance(axes, Mapping):
+        return
     for point, axis in axes.items():
         ndim = adjacency.get(point, {}).get("ndim")
-        if ndim is not None and ndim > 2 and axis % ndim != ndim - 1:
+        if isinstance(axis, int) and isinstance(ndim, int) and ndim > 2 and axis % ndim != ndim - 1:
             raise ShapeError(
                 f"the basis at '{point}' is over axis {axis} of a {ndim}-axis activation (channels of a conv "
                 "output); components fold the basis along the last axis only, so they cannot rewrite this "
