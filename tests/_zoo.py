@@ -72,6 +72,20 @@ class TokenPairNet(nn.Module):
         return self.out(self.act(self.hidden(self.embed(t).flatten(1))))
 
 
+def cli_classifier(sizes: tuple[int, ...] = (16, 8)) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """A factory as users write them for ``wdecomp ... --model module:function``: the float32
+    classifier ``hidden`` (3 -> 6), ``act`` (tanh), ``out`` (6 -> 3), 45 parameters, from
+    ``torch.manual_seed(0)``, and 24 examples in batches of ``sizes``."""
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("hidden", nn.Linear(3, 6))
+    model.add_module("act", nn.Tanh())
+    model.add_module("out", nn.Linear(6, 3))
+    x = torch.randn(24, 3)
+    y = torch.randint(0, 3, (24,))
+    return model, list(zip(x.split(list(sizes)), y.split(list(sizes))))
+
+
 def token_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """All 49 token pairs of :class:`TokenPairNet` in two batches, with class-0 targets."""
     t = torch.stack(torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij"), -1).reshape(-1, 2)

@@ -5,25 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from torch import nn
+from _zoo import cli_classifier
 
 from wdecomp.cli import build_parser, main
 
-
-def tiny_factory():
-    """A factory as users write them: returns (model, data)."""
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("hidden", nn.Linear(3, 6))
-    model.add_module("act", nn.Tanh())
-    model.add_module("out", nn.Linear(6, 3))
-    x = torch.randn(24, 3)
-    y = torch.randint(0, 3, (24,))
-    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
-
-
-FACTORY = f"{__name__}:tiny_factory"
+FACTORY = "_zoo:cli_classifier"
 
 
 def test_help_everywhere(capsys):
@@ -46,7 +32,7 @@ def test_spectrum_json_matches_library(capsys):
     payload = json.loads(capsys.readouterr().out)
     import wdecomp as wd
 
-    model, data = tiny_factory()
+    model, data = cli_classifier()
     ref = wd.eigh(wd.hessian(wd.Objective(model.double(), data)), k=3)
     assert payload["eigenvalues"] == pytest.approx(ref.eigenvalues.tolist(), rel=1e-8)
 
@@ -58,7 +44,7 @@ def test_spectrum_block_size_and_ritz_residuals(capsys):
     assert payload["block_size"] == 1 and payload["residual_kind"] == "ritz"
     import wdecomp as wd
 
-    model, data = tiny_factory()
+    model, data = cli_classifier()
     ref = wd.eigh(wd.hessian(wd.Objective(model.double(), data)), k=3)
     assert payload["eigenvalues"] == pytest.approx(ref.eigenvalues.tolist(), rel=1e-8)
     assert max(payload["relative_residuals"]) <= 2e-10

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _zoo import cli_classifier
 from torch import nn
 
 from wdecomp.cli import COMMANDS, build_parser, main
@@ -21,16 +22,9 @@ NOT_A_FACTORY = 3
 
 
 def counted_factory():
-    """A tiny classifier (45 parameters, two batches); counts its calls."""
+    """The tiny classifier (45 parameters, two batches); counts its calls."""
     CALLS.append(1)
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("hidden", nn.Linear(3, 6))
-    model.add_module("act", nn.Tanh())
-    model.add_module("out", nn.Linear(6, 3))
-    x = torch.randn(24, 3)
-    y = torch.randint(0, 3, (24,))
-    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
+    return cli_classifier()
 
 
 FACTORY = f"{__name__}:counted_factory"

@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from _zoo import cli_classifier
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -21,19 +22,7 @@ from wdecomp.cli import main
 N_BATCHES = 2
 
 
-def tiny_factory():
-    """3 -> 6 (tanh) -> 3 classifier, 45 parameters, two batches of 16 and 8 examples."""
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("hidden", nn.Linear(3, 6))
-    model.add_module("act", nn.Tanh())
-    model.add_module("out", nn.Linear(6, 3))
-    x = torch.randn(24, 3)
-    y = torch.randint(0, 3, (24,))
-    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
-
-
-FACTORY = f"{__name__}:tiny_factory"
+FACTORY = "_zoo:cli_classifier"  # 3 -> 6 (tanh) -> 3, 45 parameters, two batches of 16 and 8 examples
 
 # option -> (values that must be accepted, values that must be refused)
 SPECTRUM = {
@@ -80,7 +69,7 @@ def _option(argv, name, default=None):
 
 def _dense(operator: str, params: str | None, max_batches: int) -> torch.Tensor:
     """The operator as a dense float64 matrix, computed without wdecomp (double backward, Jacobians)."""
-    model, data = tiny_factory()
+    model, data = cli_classifier()
     model = model.double()
     names = [n for n, _ in model.named_parameters()]
     wanted = names if params is None else [n for n in names if any(n == s or n.startswith(s + ".")

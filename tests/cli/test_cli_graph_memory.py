@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from torch import nn
+from _zoo import cli_classifier
 
 from wdecomp.cli import build_parser, main
 from wdecomp.cli.basis import memory_size
 
 
 def tiny_factory():
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("hidden", nn.Linear(3, 6))
-    model.add_module("act", nn.Tanh())
-    model.add_module("out", nn.Linear(6, 3))
-    x = torch.randn(24, 3)
-    return model, [(x, torch.randint(0, 3, (24,)))]
+    """The tiny classifier with its 24 examples in one batch."""
+    return cli_classifier(sizes=(24,))
 
 
 FACTORY = f"{__name__}:tiny_factory"

@@ -141,27 +141,12 @@ def test_guided_fit_of_the_quick_char_sweep_ends_on_a_supported_form():
             assert np.isfinite(lo) and np.isfinite(hi) and lo <= g.fit.estimates[k] <= hi
 
 
-def tiny_factory():
-    """A factory as users write them: a small classifier and its data."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("hidden", nn.Linear(3, 6))
-    model.add_module("act", nn.Tanh())
-    model.add_module("out", nn.Linear(6, 3))
-    x = torch.randn(24, 3)
-    y = torch.randint(0, 3, (24,))
-    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
-
-
 def test_cli_ablate_with_laws_and_training_compute(tmp_path, capsys):
     law = ChinchillaLaw(E=0.2, A=40.0, B=30.0, alpha=0.5, beta=0.45, name="own")
     path = tmp_path / "law.json"
     path.write_text(json.dumps(law.to_dict()))
     out = tmp_path / "a.json"
-    code = main(["ablate", "--model", f"{__name__}:tiny_factory", "--layers", "hidden,act,out", "--at", "act",
+    code = main(["ablate", "--model", "_zoo:cli_classifier", "--layers", "hidden,act,out", "--at", "act",
                  "--basis", "pca", "--levels", "0,2,4", "--laws", f"{path},kaplan", "--n-params", "1e4",
                  "--tokens", "1e6", "--json", str(out)])
     assert code == 0, capsys.readouterr().err
