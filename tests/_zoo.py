@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wdecomp.sae.model import SparseAutoencoder
+
 DT = torch.float64
 
 
@@ -84,6 +86,42 @@ def cli_classifier(sizes: tuple[int, ...] = (16, 8)) -> tuple[nn.Module, list[tu
     x = torch.randn(24, 3)
     y = torch.randint(0, 3, (24,))
     return model, list(zip(x.split(list(sizes)), y.split(list(sizes))))
+
+
+class TinyLM(nn.Module):
+    """Embedding -> a named residual point -> unembedding (activations (B, T, d)), the
+    SAE and compare tests' language model."""
+
+    def __init__(self, vocab: int = 7, d: int = 5, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, d)
+        self.resid = nn.Identity()
+        self.mix = nn.Linear(d, d)
+        self.unembed = nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.resid(self.embed(tokens))
+        return self.unembed(h + torch.tanh(self.mix(h)))
+
+
+def token_batches(n: int = 3, b: int = 4, t: int = 6, vocab: int = 7, seed: int = 0) -> list:
+    """``n`` batches of random ``(tokens (b, t), targets (b, t))`` over ``vocab``."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, (b, t), generator=g), torch.randint(0, vocab, (b, t), generator=g))
+            for _ in range(n)]
+
+
+def identity_sae(d: int) -> SparseAutoencoder:
+    """Width 2d, W_enc = [I; -I], W_dec = [I, -I]: relu(x) - relu(-x) = x exactly."""
+    sae = SparseAutoencoder(d, 2 * d, activation="relu", dtype=DT, hook="resid")
+    eye = torch.eye(d, dtype=DT)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye]))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
 
 
 def token_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:

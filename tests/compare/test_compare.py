@@ -10,50 +10,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from _zoo import TinyLM, identity_sae
 
 from wdecomp.ablation import splice
 from wdecomp.bases import interaction_basis
 from wdecomp.compare import compare_decompositions, truncation
 from wdecomp.errors import SelectionError
-from wdecomp.sae.model import SparseAutoencoder
 from wdecomp.scaling import ChinchillaLaw, fit
 
 DT = torch.float64
 
 
-class Tiny(nn.Module):
-    def __init__(self, vocab: int = 7, d: int = 5) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(vocab, d)
-        self.resid = nn.Identity()
-        self.mix = nn.Linear(d, d)
-        self.unembed = nn.Linear(d, vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.resid(self.embed(tokens))
-        return self.unembed(h + torch.tanh(self.mix(h)))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    model = Tiny().to(DT).eval()
+    model = TinyLM().to(DT).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         data = [(x, model(x).argmax(-1)) for x in (torch.randint(0, 7, (4, 6), generator=g) for _ in range(3))]
     return model, data
-
-
-def _identity_sae(d: int) -> SparseAutoencoder:
-    sae = SparseAutoencoder(d, 2 * d, activation="relu", dtype=DT, hook="resid")
-    eye = torch.eye(d, dtype=DT)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def _ce(model, data) -> float:
@@ -64,7 +38,7 @@ def _ce(model, data) -> float:
 
 def test_rows_against_direct_computations(setup, tmp_path) -> None:
     model, data = setup
-    t = compare_decompositions(model, data, "resid", saes={"identity": _identity_sae(5)}, pca_k=(1, 2, 5),
+    t = compare_decompositions(model, data, "resid", saes={"identity": identity_sae(5)}, pca_k=(1, 2, 5),
                                lib_k=(2,), lib_layers=["resid", "unembed"])
     assert [r.label for r in t.rows] == ["identity", "PCA-1", "PCA-2", "PCA-5", "LIB-2"]
     rows = {r.label: r for r in t.rows}
@@ -99,7 +73,7 @@ def test_equivalents_with_interval(setup, tmp_path) -> None:
     pts = np.array([(n, d, float(law.loss(n, d)) * math.exp(0.01 * rng.standard_normal()))
                     for n in (1e4, 1e5, 1e6, 1e7) for d in (1e6, 1e7, 1e8, 1e9)])
     fitted = fit(pts, n_bootstrap=20, n_starts=8, seed=0)
-    t = compare_decompositions(model, data, "resid", saes={"identity": _identity_sae(5)}, pca_k=(2,), law=fitted)
+    t = compare_decompositions(model, data, "resid", saes={"identity": identity_sae(5)}, pca_k=(2,), law=fitted)
     ident, pca = t.rows
     assert ident.compute_equivalent == 1.0 and ident.ce_low <= 1.0 <= ident.ce_high
     assert pca.ce_low <= pca.compute_equivalent <= pca.ce_high and pca.compute_equivalent < 1

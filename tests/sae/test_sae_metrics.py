@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_sae_train import TinyLM, _batches
+from _zoo import TinyLM, identity_sae, token_batches
 
 from wdecomp.errors import SelectionError, ShapeError
 from wdecomp.sae.metrics import evaluate_sae
@@ -21,7 +21,7 @@ LAW = ChinchillaLaw(E=0.5, A=40.0, B=60.0, alpha=0.34, beta=0.28, name="test-law
 def _setup(seed: int = 0):
     model = TinyLM(vocab=7, d=5, seed=seed).to(DT).eval()
     with torch.no_grad():  # targets the clean model predicts: ablating the hook must hurt
-        data = [(x, model(x).argmax(-1)) for x, _ in _batches(n=2, b=3, t=4, vocab=7, seed=seed)]
+        data = [(x, model(x).argmax(-1)) for x, _ in token_batches(n=2, b=3, t=4, vocab=7, seed=seed)]
     sae = SparseAutoencoder(5, 9, activation="relu", dtype=DT, seed=seed, hook="resid")
     g = torch.Generator().manual_seed(seed + 10)
     with torch.no_grad():
@@ -86,21 +86,9 @@ def test_metrics_equal_direct_computations() -> None:
     assert f"CE_clean {ce_clean:.4f}" in text and f"CE_zero {ce_zero:.4f}" in text
 
 
-def _identity_sae(d: int) -> SparseAutoencoder:
-    """Width 2d, W_enc = [I; -I], W_dec = [I, -I]: relu(x) - relu(-x) = x exactly."""
-    sae = SparseAutoencoder(d, 2 * d, activation="relu", dtype=DT, hook="resid")
-    eye = torch.eye(d, dtype=DT)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye]))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
 def test_identity_sae_scores_exactly_one() -> None:
     model, data, _ = _setup(1)
-    m = evaluate_sae(model, _identity_sae(5), data, law=LAW, tokens=1e9)
+    m = evaluate_sae(model, identity_sae(5), data, law=LAW, tokens=1e9)
     assert m.ce_sae == m.ce_clean
     assert m.ce_loss_score == 1.0 and m.explained_variance == 1.0 and m.compute_equivalent == 1.0
     assert m.parameter_equivalent == 1.0 and m.kl_sae == 0.0 and m.kl_div_score == 1.0

@@ -4,33 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from _zoo import TinyLM, token_batches
 
 from wdecomp.errors import NonFiniteError, SelectionError
 from wdecomp.sae.model import BindingSAE, SparseAutoencoder
 from wdecomp.sae.train import fit_sae, hook_activations, train_sae
-
-
-class TinyLM(nn.Module):
-    """Embedding -> a named residual point -> unembedding (activations (B, T, d))."""
-
-    def __init__(self, vocab: int = 7, d: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(vocab, d)
-        self.resid = nn.Identity()
-        self.mix = nn.Linear(d, d)
-        self.unembed = nn.Linear(d, vocab)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.resid(self.embed(tokens))
-        return self.unembed(h + torch.tanh(self.mix(h)))
-
-
-def _batches(n: int = 3, b: int = 4, t: int = 6, vocab: int = 7, seed: int = 0) -> list:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, vocab, (b, t), generator=g), torch.randint(0, vocab, (b, t), generator=g))
-            for _ in range(n)]
 
 
 @pytest.mark.parametrize("make", [
@@ -76,7 +54,7 @@ def test_resampling_revives_dead_latents() -> None:
 
 
 def test_streaming_holds_only_the_buffer_and_sees_every_activation() -> None:
-    model, data = TinyLM(), _batches(n=5)
+    model, data = TinyLM(), token_batches(n=5)
     chunks = list(hook_activations(model, data, "resid", buffer_batches=2, epochs=1))
     assert [c.shape[0] for c in chunks] == [48, 48, 24]  # two batches of 4 x 6 activations at most
     direct = torch.cat([model.embed(x).reshape(-1, 5) for x, _ in data]).detach()
@@ -85,7 +63,7 @@ def test_streaming_holds_only_the_buffer_and_sees_every_activation() -> None:
 
 
 def test_train_sae_on_model_is_seeded() -> None:
-    model, data = TinyLM(), _batches()
+    model, data = TinyLM(), token_batches()
     a = train_sae(model, data, "resid", width=8, k=2, steps=12, batch_size=16, seed=4)
     b = train_sae(model, data, "resid", width=8, k=2, steps=12, batch_size=16, seed=4)
     assert a.sae.hook == "resid" and a.tokens == 12 * 16
@@ -97,7 +75,7 @@ def test_train_sae_on_model_is_seeded() -> None:
                      "names the module and suggests near names; pick one of the model's hook points")
 def test_missing_hook_refused() -> None:
     with pytest.raises(SelectionError, match="no module named 'resdi'.*resid"):
-        train_sae(TinyLM(), _batches(), "resdi", width=8, k=2, steps=2)
+        train_sae(TinyLM(), token_batches(), "resdi", width=8, k=2, steps=2)
 
 
 @pytest.mark.refuses("NaN or infinite activations to train or evaluate an SAE on",
