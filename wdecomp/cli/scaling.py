@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from wdecomp import scaling
-from wdecomp.cli._args import add_common, name_list, nonnegative_int, positive_float
+from wdecomp.cli._args import add_common, name_list, nonnegative_float, nonnegative_int, positive_float
 from wdecomp.cli._common import check_outputs, emit, wrote
 from wdecomp.errors import DataError, SelectionError
 
@@ -36,16 +36,6 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return value
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     add_common(p, model=False)
     sub = p.add_subparsers(dest="scaling_command", required=True, metavar="ACTION",
@@ -56,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="JSON list of points with N, D, loss (or n_params, n_tokens, loss; or C, loss)")
     f.add_argument("--checkpoints", action="store_true",
                    help="the points are one run's (C, loss) checkpoints: fit L(C) = E + A/C^alpha")
-    f.add_argument("--fix-e", type=_nonnegative_float, default=None, metavar="E",
+    f.add_argument("--fix-e", type=nonnegative_float, default=None, metavar="E",
                    help="hold the irreducible loss E at this value (0 drops the term)")
     f.add_argument("--bootstrap", choices=["cases", "residuals"], default="cases",
                    help="resample points (cases, default) or log-residuals at fixed (N, D) (small grids)")
