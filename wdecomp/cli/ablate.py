@@ -13,7 +13,7 @@ from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, int_list, name_list, positive_float
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
 from wdecomp.cli.basis import BASES, LAYERS_HELP
-from wdecomp.cli.scaling import LAWS_HELP, load_laws
+from wdecomp.cli.scaling import LAWS_HELP, add_original_model_options, load_laws
 from wdecomp.errors import DataError, SelectionError, WdecompError
 
 NAMED_LAWS = {"chinchilla": scaling.CHINCHILLA, "epoch": scaling.EPOCH, "kaplan": scaling.KAPLAN}
@@ -38,12 +38,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="training tokens D, for the parameter-equivalent (default: not reported)")
     p.add_argument("--laws", type=name_list, default=None, metavar="LAWS",
                    help=LAWS_HELP + "; each gets its own rows with intervals (a 'which law' column)")
-    p.add_argument("--training-compute", type=positive_float, default=None, metavar="FLOPS",
-                   help="the model's own training compute: adds the fraction of it (Gao et al. 2024)")
-    p.add_argument("--n-params", type=positive_float, default=None, metavar="N",
-                   help="the model's parameters; with --tokens the training compute is 6ND (default: none)")
-    p.add_argument("--trivial-loss", type=positive_float, default=None, metavar="L0",
-                   help="loss of a trivial model (log vocabulary size): levels at or above it are flagged")
+    add_original_model_options(p)
     p.add_argument("--plot", default=None, metavar="FILE", help="also plot the sweep to FILE (.png, .svg)")
 
 

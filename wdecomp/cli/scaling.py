@@ -36,6 +36,22 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+#: Options an equivalents table needs of the original model besides its training tokens, each a
+#: positive number (default: not given): (option, metavar, help).
+ORIGINAL_MODEL_OPTIONS = (
+    ("--training-compute", "FLOPS", "the original model's training compute: adds the fraction of it (Gao et al. 2024)"),
+    ("--n-params", "N", "the original model's parameters; with --tokens the training compute is 6ND"),
+    ("--trivial-loss", "L0", "loss of a trivial model (log vocabulary size, or the unigram entropy): levels at or "
+                             "above it are flagged"),
+)
+
+
+def add_original_model_options(p: argparse.ArgumentParser) -> None:
+    """``--training-compute``, ``--n-params`` and ``--trivial-loss`` (:data:`ORIGINAL_MODEL_OPTIONS`)."""
+    for option, metavar, text in ORIGINAL_MODEL_OPTIONS:
+        p.add_argument(option, type=positive_float, default=None, metavar=metavar, help=text)
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     add_common(p, model=False)
     sub = p.add_subparsers(dest="scaling_command", required=True, metavar="ACTION",
@@ -70,15 +86,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="comma-separated degraded losses")
     e.add_argument("--laws", type=name_list, default=["chinchilla", "epoch", "kaplan"], metavar="LAWS",
                    help=LAWS_HELP + " (default chinchilla,epoch,kaplan)")
-    e.add_argument("--training-compute", type=positive_float, default=None, metavar="FLOPS",
-                   help="the original model's training compute, for the training fraction (Gao et al. 2024)")
-    e.add_argument("--n-params", type=positive_float, default=None, metavar="N",
-                   help="the original model's parameters (with --tokens: training compute 6ND)")
     e.add_argument("--tokens", type=positive_float, default=None, metavar="D",
                    help="the original model's training tokens, for the parameter fraction")
-    e.add_argument("--trivial-loss", type=positive_float, default=None, metavar="L0",
-                   help="loss of a trivial model (log vocabulary size, or the unigram entropy): levels at or "
-                        "above it are flagged")
+    add_original_model_options(e)
     e.add_argument("--same-data", action="store_true",
                    help="the losses are measured on the published laws' own data and tokenizer")
     e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON to FILE ('-': stdout)")
