@@ -168,12 +168,7 @@ class _PairEval:
     loss: OutputLoss
 
     def point(self, c: Tensor) -> Tensor:
-        f = self.src.from_coordinates(c)
-        if self.section.constant:
-            s = self.src.scale_of(c)
-            assert s is not None
-            f = torch.cat([f, s], dim=-1)
-        return f
+        return self.section.source_rows(self.src, c)
 
     def replaced(self, x: Any, mask: np.ndarray | None) -> Tensor:
         """Layer ``l+1``'s activation with only the edges in ``mask`` (``None``: none kept)."""

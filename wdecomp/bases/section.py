@@ -228,6 +228,17 @@ class Section:
         s_t = None if s is None else _position_scale(s, rows.shape[1], f"target '{self.target}'")
         return rows, s_t
 
+    def source_rows(self, basis: LayerBasis, c: Tensor) -> Tensor:
+        """The input ``(..., P_s, d_s [+ 1])`` of the section at coordinates ``c`` of the source's
+        ``basis``: ``f = basis.from_coordinates(c)``, with the constant ``s`` appended as the last
+        column when ``constant``."""
+        f = basis.from_coordinates(c)
+        if self.constant:
+            s = basis.scale_of(c)
+            assert s is not None
+            f = torch.cat([f, s], dim=-1)
+        return f
+
     def __call__(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
         """One example: ``(P_s, d_s [+ 1]) -> ((P_t, d_t), (P_t,) or None)``; ``x`` without a batch axis
         (for :func:`torch.func.vmap`). The last column of ``a`` is ``s`` when ``constant``."""

@@ -121,12 +121,7 @@ class _Edge:
 
     def point(self, c: Tensor) -> Tensor:
         """The source rows ``(..., P_s, d_s [+ 1])`` of coordinates ``c`` (the constant appended)."""
-        f = self.src.from_coordinates(c)
-        if self.section.constant:
-            s = self.src.scale_of(c)
-            assert s is not None
-            f = torch.cat([f, s], dim=-1)
-        return f
+        return self.section.source_rows(self.src, c)
 
     def h(self, c: Tensor, xr: tuple[Any, Tensor]) -> Tensor:
         """``(P_s, k_s) -> (P_t, k_t)`` for one example ``xr = (inputs, residual)``: the section at
