@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import torch
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _examples import load_example
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation_examples")
-    study = _load("ablation_study").main(["--fast", "--out", str(out)])
-    spliced = _load("splice_sae").main(["--fast", "--out", str(out)])
+    study = load_example("ablation_study").main(["--fast", "--out", str(out)])
+    spliced = load_example("splice_sae").main(["--fast", "--out", str(out)])
     return out, study, spliced
 
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from _examples import load_example
 
 
 @pytest.mark.slow
 def test_toy_superposition_components_fast():
-    res = _load("toy_superposition_components").run(fast=True)
+    res = load_example("toy_superposition_components").run(fast=True)
     assert res["rewrite_error"] < 1e-10
     # the rotation of the 2-d hidden space (W -> R W) leaves W^T W unchanged: one null direction
     assert res["behavioural_rank"] == 9
@@ -32,7 +22,7 @@ def test_toy_superposition_components_fast():
 
 @pytest.mark.slow
 def test_modular_addition_fourier_fast():
-    res = _load("modular_addition_fourier").run(fast=True)
+    res = load_example("modular_addition_fourier").run(fast=True)
     for method in ("lib", "pca", "neuron"):
         r = res[method]
         assert r["rewrite_error"] < 1e-10

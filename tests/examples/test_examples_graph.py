@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import networkx as nx
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "export_component_graph.py"
+from _examples import load_example
 
 
 def test_export_component_graph_fast(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("export_component_graph", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--fast", "--out", str(tmp_path)])
+    result = load_example("export_component_graph").main(["--fast", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "interaction graph (integrated_gradients)" in out and "completeness" in out
 

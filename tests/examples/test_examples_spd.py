@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+from _examples import load_example
 
 
 def test_spd_example_fast(tmp_path):
-    spec = importlib.util.spec_from_file_location("_example_spd", EXAMPLES / "spd_toy_superposition.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    summary = module.main(["--fast", "--out", str(tmp_path)])
+    summary = load_example("spd_toy_superposition").main(["--fast", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "spd.json").read_text())  # (NaN compute-equivalents: compare the numbers)
     assert saved["mmcs"] == summary["mmcs"] and saved["sweep_losses"] == summary["sweep_losses"]
     for name in ("importance.png", "norms.png", "training.png"):

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _examples import load_example
 
 
 def test_hessian_spectrum_example(tmp_path):
-    res = _load("hessian_spectrum").run(fast=True, out=tmp_path)
+    res = load_example("hessian_spectrum").run(fast=True, out=tmp_path)
     eig = res["eigen"]
     assert bool(eig.converged.all())
     assert float(eig.relative_residuals.max()) < 1e-6

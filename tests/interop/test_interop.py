@@ -6,19 +6,16 @@ tests fail with the install command, they are not skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _examples import load_example
 
 import wdecomp as wd
 from wdecomp.interop import INSTALL, LogitsModule, logits_module, require
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 
 
 def _need(module: str):
@@ -28,27 +25,21 @@ def _need(module: str):
         pytest.fail(f"{exc}\n(the test extra installs it: pip install -e \".[test]\")", pytrace=False)
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _run_example(tmp_path_factory, package: str, name: str, folder: str):
+    """Run ``examples/<name>.py --fast`` (it needs ``package``) into a fresh folder: ``(folder, result)``."""
+    _need(package)
+    out = tmp_path_factory.mktemp(folder)
+    return out, load_example(name).main(["--fast", "--out", str(out)])
 
 
 @pytest.fixture(scope="module")
 def tl_result(tmp_path_factory):
-    _need("transformer_lens")
-    out = tmp_path_factory.mktemp("tl_interop")
-    res = _load("transformerlens_interop").main(["--fast", "--out", str(out)])
-    return out, res
+    return _run_example(tmp_path_factory, "transformer_lens", "transformerlens_interop", "tl_interop")
 
 
 @pytest.fixture(scope="module")
 def hf_result(tmp_path_factory):
-    _need("transformers")
-    out = tmp_path_factory.mktemp("hf_interop")
-    res = _load("huggingface_interop").main(["--fast", "--out", str(out)])
-    return out, res
+    return _run_example(tmp_path_factory, "transformers", "huggingface_interop", "hf_interop")
 
 
 def _common_checks(res: dict, round_trips: dict) -> None:
@@ -141,7 +132,7 @@ def test_paper_lib_folds_gpt2_conv1d_biases_and_rewrites_exactly():
     """rib's default (constant node first) folds the bias of Hugging Face's ``Conv1D`` (GPT-2's
     ``x @ W + b``) like an ``nn.Linear``'s; the components of that basis rewrite the model exactly."""
     _need("transformers")
-    example = _load("huggingface_interop")
+    example = load_example("huggingface_interop")
     torch.manual_seed(0)
     model = example.build(8)
     x = torch.randint(0, model.model.config.vocab_size, (6, 8))
