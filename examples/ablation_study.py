@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wdecomp.ablation import ablation_sweep
+from wdecomp.ablation import AblationResult, ablation_sweep
 from wdecomp.activations import stream_activations
 from wdecomp.bases import Basis, LayerBasis, model_signature
 from wdecomp.scaling import ChinchillaLaw
@@ -95,27 +95,40 @@ def illustrative_law(loss: float):
     return ChinchillaLaw(E=0.5 * loss, A=406.4, B=410.7, alpha=0.34, beta=0.28, name="illustrative")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="few training steps, few levels (for tests)")
-    parser.add_argument("--out", default="ablation_out", help="output directory")
+def start(argv: list[str] | None, doc: str, fast_help: str, default_out: str) -> tuple[bool, Path, nn.Module, list]:
+    """Parse ``--fast`` and ``--out`` (an example's command line), make the output folder and train
+    the model (60 steps with ``--fast``, else 1500): ``(fast, out, model, data)``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--fast", action="store_true", help=fast_help)
+    parser.add_argument("--out", default=default_out, help="output directory")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, data = train_model(60 if args.fast else 1500)
+    return args.fast, out, model, data
+
+
+def report(result: AblationResult, out: Path, stem: str) -> dict:
+    """Print ``result``, write it to ``out`` as ``<stem>.json``, ``.csv`` and ``.png``; its dict."""
+    print(result)
+    paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "png")]
+    result.to_json(paths[0])
+    result.to_csv(paths[1])
+    result.plot(paths[2])
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    return result.to_dict()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    fast, out, model, data = start(argv, __doc__, "few training steps, few levels (for tests)", "ablation_out")
     basis = pca_basis(model, data)
     full = Basis(("mlp",), {"mlp": basis}, "pca", model_signature(model))
     n = basis.size
-    ks = [0, n // 2, 3 * n // 4, n] if args.fast else list(range(0, n + 1, 4))
+    ks = [0, n // 2, 3 * n // 4, n] if fast else list(range(0, n + 1, 4))
     base = ablation_sweep(model, full, data, k=[0], method="mean", top_n=0)
     law = illustrative_law(base.original.loss)
     result = ablation_sweep(model, full, data, k=ks, method="mean", law=law, tokens=ILLUSTRATIVE_TOKENS)
-    print(result)
-    result.to_json(out / "ablation.json")
-    result.to_csv(out / "ablation.csv")
-    result.plot(out / "ablation.png")
-    print(f"\nwrote {out / 'ablation.json'}, {out / 'ablation.csv'}, {out / 'ablation.png'}")
-    return result.to_dict()
+    return report(result, out, "ablation")
 
 
 if __name__ == "__main__":

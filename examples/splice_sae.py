@@ -13,7 +13,6 @@ Run: ``python examples/splice_sae.py [--fast] [--out DIR]``; writes ``splice.jso
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_study import ILLUSTRATIVE_TOKENS, illustrative_law, pca_basis, train_model  # noqa: E402
+from ablation_study import ILLUSTRATIVE_TOKENS, illustrative_law, pca_basis, report, start  # noqa: E402
 
 from wdecomp.ablation import score_splice  # noqa: E402
 from wdecomp.activations import stream_activations  # noqa: E402
@@ -67,16 +66,10 @@ def low_rank(basis, r: int):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="few training steps (for tests)")
-    parser.add_argument("--out", default="splice_out", help="output directory")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, data = train_model(60 if args.fast else 1500)
+    fast, out, model, data = start(argv, __doc__, "few training steps (for tests)", "splice_out")
     F = hidden_activations(model, data)
     basis = pca_basis(model, data)
-    steps = 100 if args.fast else 2000
+    steps = 100 if fast else 2000
     replacements = {"identity": nn.Identity()}
     for m in (32, 128):
         replacements[f"sae m={m}"] = train_sae(F, m, steps)
@@ -85,12 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     first = score_splice(model, "mlp", nn.Identity(), data, top_n=0)
     law = illustrative_law(first.original.loss)
     result = score_splice(model, "mlp", replacements, data, law=law, tokens=ILLUSTRATIVE_TOKENS)
-    print(result)
-    result.to_json(out / "splice.json")
-    result.to_csv(out / "splice.csv")
-    result.plot(out / "splice.png")
-    print(f"\nwrote {out / 'splice.json'}, {out / 'splice.csv'}, {out / 'splice.png'}")
-    return result.to_dict()
+    return report(result, out, "splice")
 
 
 if __name__ == "__main__":
