@@ -21,8 +21,6 @@ to ``DIR``. Needs ``pip install "wdecomp[interop]"``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,13 +30,11 @@ import torch
 
 import wdecomp as wd
 from wdecomp.activations import HookPoint, capture, resolve_module
-from wdecomp.components import decompose
 from wdecomp.interop import logits_module, require
 from wdecomp.models import char_corpus
-from wdecomp.threads import limit_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transformerlens_interop import text_batches, train  # noqa: E402  (shared with the TransformerLens example)
+from transformerlens_interop import CONTEXT, example_main, train_and_analyse  # noqa: E402  (shared with the TL example)
 
 LAYERS = ["model.transformer.h.0.ln_2:input", "model.transformer.h.0"]
 
@@ -85,16 +81,9 @@ def round_trip_hooks(model: torch.nn.Module, basis: wd.Basis, tokens: torch.Tens
 def run(fast: bool = False) -> dict[str, Any]:
     """Everything in the module docstring; returns the numbers (JSON-ready)."""
     t0 = time.perf_counter()
-    context = 16
-    model = build(context)
-    losses = train(model, 40 if fast else 400, context)
-    data = text_batches(context, 16 if fast else 32, 2 if fast else 4, seed=2)
-    obj = wd.Objective(model, data, loss="cross_entropy")
-
-    # 1. curvature of block 0's MLP weights
-    H = wd.hessian(obj, params="model.transformer.h.0.mlp.*")
-    check = H.check()
-    eig = wd.eigh(H, k=4 if fast else 8)
+    model = build(CONTEXT)
+    data, found = train_and_analyse(model, "model.transformer.h.0.mlp.*", LAYERS, fast, round_trip_hooks,
+                                    "torch_hooks")
 
     # 2. wdecomp's activation at a block = the model's own hidden state after that block
     x0 = data[0][0]
@@ -103,66 +92,22 @@ def run(fast: bool = False) -> dict[str, Any]:
     ours = capture(model, x0, ["model.transformer.h.0"])["model.transformer.h.0"]
     hidden_diff = float((ours - hidden[1]).abs().max())
 
-    # 3. a Local Interaction Basis of the residual stream, and its round trip. The checks here are about
-    # hooks (exact round trips, zero-ablating every direction = zero-ablating the hook), so the basis is
-    # the uncentred one without a constant node; the paper's configuration (rib's default, constant node
-    # first) is shown in examples/modular_addition_fourier.py.
-    basis = wd.interaction_basis(model, data, LAYERS, method="lib", variant="wdecomp-uncentred",
-                                 drop_noninteracting=False)
-    hook_round_trip = max(round_trip_hooks(model, basis, x) for x, _ in data)
-    rewrite_error = decompose(model, basis, data).verify(model, data)
-
-    # 4. zero-ablate the least important directions
-    n = sum(basis[p].size for p in basis.layers)
-    ks = [0, n // 4, n // 2, n] if fast else list(range(0, n + 1, max(1, n // 16)))
-    sweep = wd.ablation_sweep(model, basis, data, k=ks, method="zero", top_n=0, progress=False)
-
     cfg = model.model.config
     return {
         "model": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "attn_implementation": cfg._attn_implementation},
-        "train_loss": {"first": losses[0], "last": losses[-1]},
-        "loss": obj.value(),
-        "hessian": {"dim": H.shape[0], "check_passed": bool(check.passed),
-                    "check_errors": list(check.relative_errors), "symmetry_error": check.symmetry_error,
-                    "eigenvalues": eig.eigenvalues.tolist(), "residuals": eig.residuals.tolist(),
-                    "relative_residuals": eig.relative_residuals.tolist(), "converged": bool(eig.all_converged)},
         "hidden_state_difference": hidden_diff,
-        "basis": {p: {"size": basis[p].size, "dim": basis[p].dim, "importance": basis[p].eigenvalues.tolist()}
-                  for p in basis.layers},
-        "round_trip": {"torch_hooks": hook_round_trip, "rewritten_model": rewrite_error},
-        "ablation": sweep.to_dict(),
+        **found,
         "seconds": time.perf_counter() - t0,
     }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="short training, fewer eigenpairs (for tests)")
-    parser.add_argument("--out", default="huggingface_out", help="output directory")
-    args = parser.parse_args(argv)
-    with limit_threads(1):  # a model this small runs fastest on one thread (wdecomp.threads)
-        res = run(fast=args.fast)
-    h = res["hessian"]
-    print(f"GPT2LMHeadModel {res['model']}; train loss {res['train_loss']['first']:.3f} -> "
-          f"{res['train_loss']['last']:.3f}; objective {res['loss']:.4f}")
-    print(f"Hessian of model.transformer.h.0.mlp.* ({h['dim']} weights): check passed={h['check_passed']} "
-          f"errors {', '.join(f'{e:.1e}' for e in h['check_errors'])}")
-    for lam, r in zip(h["eigenvalues"], h["relative_residuals"]):
-        print(f"  eigenvalue {lam:11.5f}   relative residual {r:.1e}")
-    print(f"wdecomp activation vs output_hidden_states: max difference {res['hidden_state_difference']:.1e}")
-    for p, b in res["basis"].items():
-        print(f"LIB at {p}: {b['size']}/{b['dim']} directions, top importance "
-              + " ".join(f"{v:.3g}" for v in b["importance"][:4]))
-    rt = res["round_trip"]
-    print(f"round trip f -> C^+ C f: torch hooks {rt['torch_hooks']:.1e}, rewritten model {rt['rewritten_model']:.1e}")
-    print(wd.AblationResult.from_dict(res["ablation"]))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "huggingface.json").write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {out / 'huggingface.json'} ({res['seconds']:.1f} s)")
-    return res
+    return example_main(argv, __doc__, run, name="huggingface", title="GPT2LMHeadModel",
+                        params="model.transformer.h.0.mlp.*",
+                        compared=("hidden_state_difference", "wdecomp activation vs output_hidden_states"),
+                        round_trip={"torch_hooks": "torch hooks", "rewritten_model": "rewritten model"})
 
 
 if __name__ == "__main__":
