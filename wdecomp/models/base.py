@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 from wdecomp.models import cache as _cache
 from wdecomp.models.training import Batch, LossFn
 
-__all__ = ["ModelBundle", "build"]
+__all__ = ["ModelBundle", "build", "or_defaults"]
 
 
 class ModelBundle(tuple):
@@ -85,6 +85,11 @@ class ModelBundle(tuple):
             f"train_batches={len(self.data)}, test_batches={len(self.test)}, "
             f"loss={self.loss_name!r}, metrics={shown}, from_cache={self.from_cache})"
         )
+
+
+def or_defaults(defaults: Mapping[str, Any], **given: Any) -> tuple[Any, ...]:
+    """The ``given`` values in the order given, each ``None`` replaced by ``defaults[name]``."""
+    return tuple(defaults[name] if value is None else value for name, value in given.items())
 
 
 def _cast_batches(batches: list[Batch], dtype: torch.dtype) -> list[Batch]:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from wdecomp.models.base import ModelBundle, build
+from wdecomp.models.base import ModelBundle, build, or_defaults
 from wdecomp.models.training import (
     Batch,
     count_parameters,
@@ -369,10 +369,8 @@ def char_scaling_sweep(
     if preset not in SWEEP_PRESETS:
         raise ValueError(f"preset must be one of {sorted(SWEEP_PRESETS)}, got {preset!r}")
     pre = SWEEP_PRESETS[preset]
-    sizes = pre["sizes"] if sizes is None else sizes
-    tokens = pre["tokens"] if tokens is None else tokens
-    context = pre["context"] if context is None else context
-    batch_size = pre["batch_size"] if batch_size is None else batch_size
+    sizes, tokens, context, batch_size = or_defaults(pre, sizes=sizes, tokens=tokens, context=context,
+                                                     batch_size=batch_size)
     runs = [(s, d) for s in sizes for d in tokens]
     from tqdm.auto import tqdm
 

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from wdecomp.models.base import ModelBundle, build
+from wdecomp.models.base import ModelBundle, build, or_defaults
 from wdecomp.models.training import (
     accuracy,
     batches,
@@ -166,12 +166,9 @@ def modular_addition(
     if arch not in _DEFAULTS:
         raise ValueError(f"arch must be 'mlp' or 'transformer', got {arch!r}")
     d = _DEFAULTS[arch]
-    train_fraction = d["train_fraction"] if train_fraction is None else train_fraction
-    d_embed = d["d_embed"] if d_embed is None else d_embed
-    d_hidden = d["d_hidden"] if d_hidden is None else d_hidden
-    lr = d["lr"] if lr is None else lr
-    weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
-    max_steps = d["max_steps"] if max_steps is None else max_steps
+    train_fraction, d_embed, d_hidden, lr, weight_decay, max_steps = or_defaults(
+        d, train_fraction=train_fraction, d_embed=d_embed, d_hidden=d_hidden, lr=lr, weight_decay=weight_decay,
+        max_steps=max_steps)
     config = dict(
         p=p, arch=arch, train_fraction=float(train_fraction), seed=seed, d_embed=d_embed,
         d_hidden=d_hidden, n_heads=n_heads if arch == "transformer" else None, lr=float(lr),
