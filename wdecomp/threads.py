@@ -8,7 +8,7 @@ here: a 15-parameter toy model trained 14x slower on 2 threads than on 1 under l
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -31,3 +31,9 @@ def limit_threads(n: int | None) -> Iterator[None]:
 def threads_for(num_params: int) -> int | None:
     """One thread for small models, the current setting otherwise."""
     return 1 if num_params < SMALL_MODEL_PARAMS else None
+
+
+def model_threads(model: torch.nn.Module) -> AbstractContextManager[None]:
+    """:func:`limit_threads` for work on ``model``: one thread below :data:`SMALL_MODEL_PARAMS`
+    parameters, the current setting otherwise."""
+    return limit_threads(threads_for(sum(p.numel() for p in model.parameters())))

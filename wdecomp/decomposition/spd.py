@@ -69,7 +69,7 @@ from wdecomp.errors import ArgumentError, ModelStateError, NonFiniteError, Selec
 from wdecomp.hooks import call, edit, record, resolve_module
 from wdecomp.io import atomic_write
 from wdecomp.progress import progress_bar
-from wdecomp.threads import limit_threads, threads_for
+from wdecomp.threads import model_threads
 
 __all__ = [
     "PAPER_SETTINGS",
@@ -585,7 +585,7 @@ def train_spd(*args: Any, **kwargs: Any) -> tuple[SPDModel, TrainRecord, str]:
     """Train an :class:`SPDModel` (arguments as :func:`_train_spd`); small models train on one thread
     (:mod:`wdecomp.threads`), which is faster on a shared machine and reproducible across core counts."""
     model = args[0] if args else kwargs["model"]
-    with limit_threads(threads_for(sum(p.numel() for p in model.parameters()))):
+    with model_threads(model):
         return _train_spd(*args, **kwargs)
 
 

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from wdecomp.threads import model_threads
+
 Batch = tuple[Tensor, Tensor]
 BatchSampler = Callable[[int, torch.Generator], Batch]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -175,10 +177,8 @@ def _lr_factor(step: int, steps: int, warmup: int, schedule: str, min_lr_ratio: 
 def train(*args: Any, **kwargs: Any) -> TrainLog:
     """Train ``model`` in place with AdamW (arguments as for the loop below); small models
     train on one thread (:mod:`wdecomp.threads`), which is faster and reproducible across core counts."""
-    from wdecomp.threads import limit_threads, threads_for
-
     model = args[0] if args else kwargs["model"]
-    with limit_threads(threads_for(sum(p.numel() for p in model.parameters()))):
+    with model_threads(model):
         return _train_steps(*args, **kwargs)
 
 
