@@ -7,10 +7,14 @@ here: a 15-parameter toy model trained 14x slower on 2 threads than on 1 under l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 #: Below this many parameters, work runs on one thread.
 SMALL_MODEL_PARAMS = 50_000
@@ -37,3 +41,16 @@ def model_threads(model: torch.nn.Module) -> AbstractContextManager[None]:
     """:func:`limit_threads` for work on ``model``: one thread below :data:`SMALL_MODEL_PARAMS`
     parameters, the current setting otherwise."""
     return limit_threads(threads_for(sum(p.numel() for p in model.parameters())))
+
+
+def on_model_threads(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: ``fn(model, ...)`` runs under :func:`model_threads` of its ``model`` (the first
+    positional or the ``model`` keyword argument)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        model = args[0] if args else kwargs["model"]
+        with model_threads(model):
+            return fn(*args, **kwargs)
+
+    return run

@@ -69,7 +69,7 @@ from wdecomp.errors import ArgumentError, ModelStateError, NonFiniteError, Selec
 from wdecomp.hooks import call, edit, record, resolve_module
 from wdecomp.io import atomic_write
 from wdecomp.progress import progress_bar
-from wdecomp.threads import model_threads
+from wdecomp.threads import on_model_threads
 
 __all__ = [
     "PAPER_SETTINGS",
@@ -581,15 +581,8 @@ class TrainRecord:
     cpu_seconds: float
 
 
-def train_spd(*args: Any, **kwargs: Any) -> tuple[SPDModel, TrainRecord, str]:
-    """Train an :class:`SPDModel` (arguments as :func:`_train_spd`); small models train on one thread
-    (:mod:`wdecomp.threads`), which is faster on a shared machine and reproducible across core counts."""
-    model = args[0] if args else kwargs["model"]
-    with model_threads(model):
-        return _train_spd(*args, **kwargs)
-
-
-def _train_spd(
+@on_model_threads
+def train_spd(
     model: nn.Module,
     data: Any,
     layers: Sequence[str],
@@ -602,6 +595,8 @@ def _train_spd(
     spd_model: SPDModel | None = None,
 ) -> tuple[SPDModel, TrainRecord, str]:
     """Train an :class:`SPDModel` for ``model``'s ``layers`` (see :func:`~wdecomp.decomposition.spd`).
+    Small models train on one thread (:mod:`wdecomp.threads`), which is faster on a shared machine
+    and reproducible across core counts.
 
     Returns:
         ``(spd_model, record, loss_kind)``.

@@ -23,14 +23,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from wdecomp.threads import model_threads
+from wdecomp.threads import on_model_threads
 
 Batch = tuple[Tensor, Tensor]
 BatchSampler = Callable[[int, torch.Generator], Batch]
@@ -174,15 +173,8 @@ def _lr_factor(step: int, steps: int, warmup: int, schedule: str, min_lr_ratio: 
     raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
 
 
-def train(*args: Any, **kwargs: Any) -> TrainLog:
-    """Train ``model`` in place with AdamW (arguments as for the loop below); small models
-    train on one thread (:mod:`wdecomp.threads`), which is faster and reproducible across core counts."""
-    model = args[0] if args else kwargs["model"]
-    with model_threads(model):
-        return _train_steps(*args, **kwargs)
-
-
-def _train_steps(
+@on_model_threads
+def train(
     model: nn.Module,
     loss_fn: LossFn,
     sample: BatchSampler,
@@ -202,7 +194,8 @@ def _train_steps(
     callback: Callable[[int], bool] | None = None,
     callback_every: int = 100,
 ) -> TrainLog:
-    """Train ``model`` in place with AdamW; deterministic given ``seed`` and the sampler.
+    """Train ``model`` in place with AdamW; deterministic given ``seed`` and the sampler. Small models
+    train on one thread (:mod:`wdecomp.threads`), which is faster and reproducible across core counts.
 
     Args:
         model: the network; put in train mode during the loop and in eval mode afterwards.
