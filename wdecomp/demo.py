@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -93,6 +94,7 @@ FULL_SWEEP = (((32, 2, 2), (131_072, 524_288)), ((64, 2, 4), (262_144, 1_048_576
               ((128, 2, 4), (524_288, 2_000_000)))
 FULL_CONTEXT, FULL_BATCH = 64, 32
 N_STAGES = 17  # the _timed stages below (tests/cli/test_demo.py checks the count)
+HEARTBEAT_S = 30.0  # off a terminal, a long stage prints a "still running" line this often
 
 
 def _stage_mode(progress: bool | None) -> str:
@@ -107,7 +109,18 @@ def _timed(report: DemoReport, name: str, fn: Callable[[], Any]) -> Any:
     if report.bar is not None:
         report.bar.set_postfix_str(name)
     t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
+    stop = threading.Event()
+    if report.stages == "lines":  # never minutes of silence: a line every HEARTBEAT_S while a stage runs
+        def heartbeat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                print(f"wdecomp demo: {name}: still running, {time.perf_counter() - t0:.0f} s; "
+                      f"{time.perf_counter() - report.started:.0f} s so far", file=sys.stderr, flush=True)
+
+        threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        out = fn()
+    finally:
+        stop.set()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     report.timings[name] = wall
     report.cpu_timings[name] = cpu
