@@ -20,7 +20,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from wdecomp.errors import DataError
+from wdecomp.errors import DataError, WdecompError
 from wdecomp.graph.export import check_wdecomp_graph, read_nx, save_graph
 from wdecomp.graph.plot import plot_graph
 
@@ -485,8 +485,26 @@ def load_graph(path: str | Path, format: str | None = None) -> InteractionGraph:
     ``layer``/``layer_index`` and the file's graph is taken as the unpruned reference.
 
     Raises:
-        DataError: The file's graph was not made by wdecomp (nodes without ``layer_index``).
+        DataError: The file does not parse, its graph was not made by wdecomp (nodes without
+            ``layer_index``), or a value in it is malformed (a non-finite or non-numeric edge
+            weight, metadata of the wrong shape). Checked by a hypothesis fuzz over damaged files.
     """
+    try:
+        g = _load_graph(path, format)
+    except (WdecompError, OSError, MemoryError, ImportError):
+        raise
+    except Exception as exc:  # a damaged file: any parser or shape error is the file's fault
+        raise DataError(f"'{path}' is not a readable wdecomp graph file ({type(exc).__name__}: {exc}); "
+                        "re-export it with wd.save_graph") from exc
+    for u, v, d in g.nx.edges(data=True):
+        for key in ("weight", "attribution"):
+            w = d.get(key)
+            if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w)):
+                raise DataError(f"'{path}': edge {u!r} -> {v!r} has {key} {w!r}, not a finite number")
+    return g
+
+
+def _load_graph(path: str | Path, format: str | None) -> InteractionGraph:
     g = read_nx(path, format)
     check_wdecomp_graph(g)
     meta = {k: g.graph.pop(k) for k in list(g.graph)}
