@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from wdecomp.curvature import ggn, hessian
+from wdecomp.errors import ArgumentError
+from wdecomp.linop import aslinop
 from wdecomp.objective import Objective
-from wdecomp.spectral import OperatorCapabilityError, bootstrap_eigenvalues, bootstrap_rank, rank
+from wdecomp.spectral import OperatorCapabilityError, bootstrap_eigenvalues, bootstrap_rank, rank, slq_density
 
 F64 = torch.float64
 
@@ -43,6 +45,36 @@ def test_density_rank_estimate_with_uncertainty():
     assert abs(est.estimate - r) <= 4 * est.uncertainty + 2, (est.estimate, est.uncertainty)
     with pytest.raises(OperatorCapabilityError):
         rank(A, method="gram")
+
+
+def test_rank_of_a_density_equals_the_rank_that_runs_it_and_costs_no_products():
+    """``rank(slq_density(A, ...))`` reads the count off the same run: identical numbers, zero products."""
+    g = torch.Generator().manual_seed(1)
+    p, r = 300, 60
+    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
+    lams = torch.zeros(p, dtype=F64)
+    lams[:r] = torch.logspace(0, -2, r, dtype=F64)
+    A = aslinop((Q * lams) @ Q.T)
+    direct = rank(A, method="density", rtol=1e-3, num_starts=6, steps=40, seed=3)
+    d = slq_density(A, num_starts=6, steps=40, seed=3)
+    before = A.matvecs
+    shared = rank(d, rtol=1e-3)
+    assert A.matvecs == before
+    assert shared.estimate == direct.estimate and shared.uncertainty == direct.uncertainty
+    assert shared.interval == direct.interval and shared.threshold == direct.threshold
+    assert shared.rank == direct.rank and shared.estimable == direct.estimable
+    default = rank(A, method="density", num_starts=6, steps=40, seed=3)  # default rtol = p eps for both
+    assert rank(d).threshold == default.threshold and rank(d).estimable == default.estimable
+
+
+@pytest.mark.refuses("a rank from a density of one start, or per-group ranks from a density",
+                     "one start gives no interval; groups need the operator's products")
+def test_rank_of_a_density_refuses_one_start_and_groups():
+    A = low_rank(50, 5)
+    with pytest.raises(ArgumentError, match="at least 2 starts"):
+        rank(slq_density(A, num_starts=1, steps=10))
+    with pytest.raises(ArgumentError, match="groups need the operator"):
+        rank(slq_density(A, num_starts=2, steps=10), groups={"a": slice(0, 5)})
 
 
 class Linear2(nn.Module):

@@ -55,7 +55,7 @@ from wdecomp.errors import ArgumentError
 from wdecomp.linop import LinOp, OperatorCapabilityError, aslinop, to_dense
 from wdecomp.progress import progress_bar
 from wdecomp.spectral._table import table, to_jsonable
-from wdecomp.spectral.density import slq_density
+from wdecomp.spectral.density import SpectralDensity, slq_density
 
 __all__ = ["RankResult", "rank"]
 
@@ -292,7 +292,10 @@ def rank(
     every method, so ``method`` only says how it is obtained.
 
     Args:
-        op: Operator (see :func:`wdecomp.linop.aslinop`).
+        op: Operator (see :func:`wdecomp.linop.aslinop`), or a :class:`SpectralDensity` from
+            :func:`slq_density` (``num_starts >= 2``): the density count is then read off that
+            run with no further products (``method``, ``steps``, ``num_starts`` ignored), so a
+            density plot and its rank share one Lanczos run.
         method: ``"auto"``, ``"dense"``, ``"gram"`` or ``"density"``.
         rtol: Relative threshold; default ``q * eps`` for an operator (or group) of size ``q``,
             for every method (the ``torch.linalg.matrix_rank`` convention).
@@ -324,6 +327,11 @@ def rank(
             f"rank needs steps >= 1, num_starts >= 2 and chunk_size >= 1 "
             f"(got steps={steps}, num_starts={num_starts}, chunk_size={chunk_size})"
         )
+    if isinstance(op, SpectralDensity):  # an SLQ run already made: count on it, no products
+        if groups is not None:
+            raise ArgumentError("groups need the operator: pass op itself, not a spectral density, for per-group ranks")
+        eps = op.tridiagonals.eps if op.tridiagonals is not None else 0.0
+        return _rank_of_density(op, rtol if rtol is not None else op.p * eps, atol)
     A = aslinop(op)
     p = A.shape[0]
     eps = torch.finfo(A.dtype).eps
@@ -382,17 +390,30 @@ def _density_rank(
 ) -> RankResult:
     """SLQ count of ``|mu| > tau`` with its interval and the estimability verdict."""
     d = slq_density(B, steps=steps, num_starts=num_starts, seed=seed, grid=2, progress=progress)
+    return _rank_of_density(d, rtol, atol)
+
+
+def _rank_of_density(d: SpectralDensity, rtol: float, atol: float) -> RankResult:
+    """The count of :func:`_density_rank` read off an SLQ run already made (no products)."""
+    if d.tridiagonals is None or d.nodes.shape[0] < 2:
+        raise ArgumentError(
+            "a rank from a spectral density needs the Lanczos tridiagonals of at least 2 starts "
+            "(a density from wd.slq_density(op, num_starts >= 2)); this one "
+            + ("was built by hand" if d.tridiagonals is None else "has 1 start")
+        )
+    num_starts, steps = d.nodes.shape
     q = d.p
+    eps = d.tridiagonals.eps
     scale = float(d.nodes.abs().max())
     tau = max(atol, rtol * scale)
     e, se = d.count_above(tau)
     rk = int(round(min(max(e, 0.0), q)))
-    floor = math.sqrt(torch.finfo(B.dtype).eps) * scale
+    floor = math.sqrt(eps) * scale
     if tau < floor:
         interval, estimable = (0.0, float(q)), False
         note = (
             f"not estimable: tau = {tau:.3g} is below SLQ's round-off floor sqrt(eps) ||H|| = {floor:.3g} "
-            f"(Ritz values move by about steps * eps * ||H||); pass rtol >= {math.sqrt(torch.finfo(B.dtype).eps):.2g} "
+            f"(Ritz values move by about steps * eps * ||H||); pass rtol >= {math.sqrt(eps):.2g} "
             "to count directions above a coarser threshold, or use method='dense' / 'gram' for the exact rank"
         )
     else:
