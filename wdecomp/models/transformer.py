@@ -61,7 +61,10 @@ class TransformerConfig:
         act: ``"gelu"`` or ``"relu"``.
         layer_norm: use LayerNorms (``False`` replaces them by identities).
         output: ``"all"`` returns logits ``(B, T, V)``; ``"last"`` only the last position's
-            ``(B, V)``.
+            ``(B, V)``; ``"last-mid"`` the same logits, with the sequence cut to its last position
+            right after the last block's attention (``resid_mid`` onwards is ``(B, 1, d)``; rib's
+            ``last_pos_module_type: add_resid1``, the node layout of the LIB paper's
+            modular-addition runs).
         init_std: standard deviation of the normal weight initialisation; output projections
             of each block are additionally scaled by :math:`1/\\sqrt{2 n_\\text{layers}}`.
     """
@@ -83,8 +86,8 @@ class TransformerConfig:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         if self.act not in ("gelu", "relu"):
             raise ValueError(f"act must be 'gelu' or 'relu', got {self.act!r}")
-        if self.output not in ("all", "last"):
-            raise ValueError(f"output must be 'all' or 'last', got {self.output!r}")
+        if self.output not in ("all", "last", "last-mid"):
+            raise ValueError(f"output must be 'all', 'last' or 'last-mid', got {self.output!r}")
 
     @property
     def mlp_width(self) -> int:
@@ -171,9 +174,10 @@ class Block(nn.Module):
         self.ln2 = norm()
         self.mlp = MLP(cfg.d_model, cfg.mlp_width, cfg.act)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Residual stream ``(B, T, d)`` in and out."""
-        x = self.resid_mid(x + self.attn(self.ln1(x)))
+    def forward(self, x: Tensor, cut: bool = False) -> Tensor:
+        """Residual stream ``(B, T, d)`` in and out (``cut``: only the last position after attention)."""
+        x = x + self.attn(self.ln1(x))
+        x = self.resid_mid(x[:, -1:] if cut else x)
         return x + self.mlp(self.ln2(x))
 
 
@@ -210,9 +214,9 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits for ``tokens`` of shape ``(B, T)``."""
         x = self.embed(tokens) + self.pos_embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        if self.cfg.output == "last":
+        for i, block in enumerate(self.blocks):
+            x = block(x, cut=self.cfg.output == "last-mid" and i == len(self.blocks) - 1)
+        if self.cfg.output in ("last", "last-mid"):
             x = x[:, -1]
         return self.unembed(self.ln_f(x))
 
