@@ -60,9 +60,14 @@ sum_m w_m sum_t J_{tp}(alpha_m a)^T c^{l+1}_t(a)``, ``M' = 1/(NP) sum g_p g_p^T`
 the attribution ``|diag(Vbar^T P^T Lambda' P^{+T} Vbar)|`` with ``Lambda' = 1/(NP) sum g_p a_p^T``,
 directions sorted by it) and ``formula="(1-alpha)^2"`` (the October version: ``g_p = sum_m w_m
 2 sum_t J_{tp}(alpha_m a)^T (c^{l+1}_t(a) - c^{l+1}_t(alpha_m a))``; rib's
-``calc_basis_integrated_gradient``); ``truncation="absolute"`` with rib's
-``truncation_threshold`` (``1e-15`` in the paper's configs; the default here is relative
-``1e-10``, which drops the same numerically-null directions without depending on scale).
+``calc_basis_integrated_gradient``); ``truncation="rib"`` (rib's ``truncation_threshold``,
+``1e-15`` in the paper's configs, on ``|eigenvalue|`` as rib's ``eigendecompose`` takes absolute
+values) or ``"absolute"`` (on the signed eigenvalue). The default here is relative ``1e-10``; rib's
+rule also keeps round-off directions (on rib's own modular-addition checkpoint: 110 directions
+at ``ln2.0`` against 26 with the default, the extra ones with ``Lambda`` below ``1e-10`` of the
+largest) whose eigenvectors are set by round-off; the constant's ``Lambda`` at ``ln1.0`` comes
+out 116,700 with the default, 116,762 with ``"rib"``, and rib saved 116,758
+(``benchmarks/results/lib_rib_modular.md``).
 Not offered: rib's layer-norm variance node (``isolate_ln_var``) and stochastic sources.
 
 Controls with the same interface: ``"pca"`` (rib's ``"svd"``), ``"neuron"`` (``C = I``),
@@ -106,6 +111,7 @@ __all__ = ["FORMULAS", "METHODS", "VARIANTS", "LibOptions", "interaction_basis",
 METHODS = ("lib", "pca", "neuron", "jacobian")
 FORMULAS = ("jacobian", "(1-0)*alpha", "(1-alpha)^2")
 SEQUENCE_FORMS = ("per-position", "summed")
+TRUNCATIONS = ("relative", "absolute", "rib")
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,9 @@ class LibOptions:
         steps: Quadrature nodes (rib's ``n_intervals + 1``).
         sequence: ``"per-position"`` (rib) or ``"summed"`` (wdecomp before).
         rotate_final: Rotate the last hook point to PCA (rib's ``rotate_final_node_layer``).
-        truncation: ``"relative"`` (thresholds times the largest eigenvalue) or ``"absolute"`` (rib).
+        truncation: ``"relative"`` (thresholds times the largest eigenvalue), ``"absolute"``, or
+            ``"rib"`` (absolute on ``|eigenvalue|``: rib's ``eigendecompose`` takes absolute values, so
+            round-off-negative eigenvalues above the threshold in magnitude are kept, as rib does).
         stochastic_sources: ``R`` random +-1 combinations of the target positions instead of every
             target position (rib's ``n_stochastic_sources_basis_pos``): an unbiased estimate of ``M'``,
             ``1/(N P R) sum_x sum_r sum_p J_{rp}^T J_{rp}`` with ``J_{rp} = sum_t phi_{rt} J_{tp}``,
@@ -157,8 +165,8 @@ def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
         raise ValueError(f"formula must be one of {FORMULAS}, not '{opts.formula}'")
     if opts.sequence not in SEQUENCE_FORMS:
         raise ValueError(f"sequence must be one of {SEQUENCE_FORMS}, not '{opts.sequence}'")
-    if opts.truncation not in ("relative", "absolute"):
-        raise ValueError(f"truncation must be 'relative' or 'absolute', not '{opts.truncation}'")
+    if opts.truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, not '{opts.truncation}'")
     if opts.constant and not opts.center:
         raise ValueError("constant=True needs center=True (rib's uncentred mode mixes the constant into every "
                          "direction, which wdecomp does not offer)")
@@ -324,8 +332,16 @@ def _sorted_eigh(A: Tensor) -> tuple[Tensor, Tensor]:
     return evals.flip(0), evecs.flip(1)
 
 
+def _rib_abs(evals: Tensor, evecs: Tensor, truncation: str) -> tuple[Tensor, Tensor]:
+    """rib's ``eigendecompose``: eigenvalues by absolute value, sorted descending (``truncation="rib"``)."""
+    if truncation != "rib":
+        return evals, evecs
+    order = torch.argsort(evals.abs(), descending=True, stable=True)
+    return evals.abs()[order], evecs[:, order]
+
+
 def _keep(values: Tensor, threshold: float, truncation: str, top: float | None = None) -> Tensor:
-    if truncation == "absolute":
+    if truncation in ("absolute", "rib"):
         return values > threshold
     top = float(values.max()) if top is None and values.numel() else (top or 0.0)
     return values > max(threshold * top, torch.finfo(torch.float64).tiny)
@@ -333,7 +349,7 @@ def _keep(values: Tensor, threshold: float, truncation: str, top: float | None =
 
 def _pca(gram: GramResult, opts: LibOptions, threshold: float) -> tuple[Tensor, Tensor]:
     """``(D, U)`` of the covariance (``center``) or Gram matrix, truncated."""
-    evals, evecs = _sorted_eigh(gram.gram)
+    evals, evecs = _rib_abs(*_sorted_eigh(gram.gram), opts.truncation)
     keep = _keep(evals, threshold, opts.truncation)
     return evals[keep].clamp_min(0), evecs[:, keep]
 
@@ -383,7 +399,8 @@ def interaction_basis(
         steps: Quadrature nodes.
         sequence: ``"per-position"`` (rib) or ``"summed"``.
         rotate_final: Rotate the last hook point to its PCA basis.
-        truncation: ``"relative"`` or ``"absolute"`` (rib's ``truncation_threshold``).
+        truncation: ``"relative"``, ``"absolute"`` or ``"rib"`` (rib's ``truncation_threshold``
+            applied to ``|eigenvalue|``; :class:`LibOptions`).
         stochastic_sources: Estimate ``M'`` with this many random sign combinations of the target
             positions (rib's ``n_stochastic_sources_basis_pos``; :class:`LibOptions`), or exactly (``None``).
         seed: Seed of those signs.
@@ -592,7 +609,7 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
         P = W
     Mz = P.T @ M @ P
     off = 1 if opts.constant else 0
-    lam, V = _sorted_eigh(Mz[off:, off:])
+    lam, V = _rib_abs(*_sorted_eigh(Mz[off:, off:]), opts.truncation)
     if opts.formula != "jacobian":  # rib: Lambda is the attribution, directions sorted by it
         assert mom.Lam is not None
         Pplus = torch.zeros_like(P.T)

@@ -18,7 +18,17 @@ source activation is produced and no later than the target (their call order in 
 pass), for the module types whose bias is added to the output (``Linear``, ``Conv1d/2d/3d``,
 ``LayerNorm``, ``GroupNorm``, ``BatchNorm``, Hugging Face's ``Conv1D``): at an output position ``p`` (every axis but the
 batch axis and the module's channel axis) the bias is scaled by ``s_p``, ``p`` counted like the
-source's positions; a module with one position uses the mean of ``s`` over source positions.
+source's positions. A module or target with one position (the sequence cut to its last token, as
+rib's ``last_pos_module_type`` does, or a flatten/pool to one position) takes the constant of the
+source's *last* position: rib keeps the constant as a feature channel, so cutting to the last
+position keeps that position's ``s``. **Attention output** (rib's ``fold_attn_V`` / ``fold_attn_O``):
+rib carries ``s`` through the values as an extra channel and splits ``b_O`` over the ``H`` heads, so
+the output bias at query position ``t`` is scaled by the attention-weighted constant
+``s~_t = 1/H sum_h sum_k A_{htk} s_k``, not by ``s_t``; this is done for the output projection
+``<attn>.out`` of any module ``<attn>`` with a ``pattern`` submodule that returns the probabilities
+``A`` ``(B, H, T_q, T_k)`` (wdecomp's :class:`~wdecomp.models.transformer.Attention`). The two
+rules agree at ``s = 1`` (the network is unchanged) and differ in ``d F~ / d s``, hence in the
+constant node's ``Lambda``.
 Any other parameter named ``*bias`` inside the section (e.g. ``nn.MultiheadAttention``'s
 ``in_proj_bias``) cannot be scaled per position and is refused (build without a constant node).
 This is rib's folding exactly for linear maps, ReLU/identity activations (``relu(s) = s``) and
@@ -113,11 +123,11 @@ def from_rows(r: Tensor, shape: Sequence[int], axis: int) -> Tensor:
 
 
 def _position_scale(s: Tensor, n: int, where: str) -> Tensor:
-    """The constant for ``n`` positions from the source's ``(P_s,)`` constants."""
+    """The constant for ``n`` positions from the source's ``(P_s,)`` constants (one position: the last's)."""
     if n == s.shape[-1]:
         return s
     if n == 1:
-        return s.mean(-1, keepdim=True)
+        return s[..., -1:]
     raise ShapeError(f"{where} has {n} positions and the source {s.shape[-1]}: cannot tell which position's "
                      f"constant scales it; build the basis without a constant node (constant=False)")
 
@@ -197,31 +207,52 @@ class Section:
     target_axis: int
     biases: tuple[str, ...] = ()
     constant: bool = False
+    mixed: tuple[tuple[str, str], ...] = ()
 
-    def _bias_hook(self, s: Tensor, name: str) -> Any:
-        """Forward hook adding ``(s_p - 1) b`` at each output position ``p`` (``s``: ``(B, P_s)``)."""
+    def _bias_hook(self, s: Tensor, name: str, patterns: dict[str, Tensor]) -> Any:
+        """Forward hook adding ``(s_p - 1) b`` at each output position ``p`` (``s``: ``(B, P_s)``); for an
+        attention output, ``s`` mixed by the head-averaged pattern first (module docstring)."""
+        pattern = dict(self.mixed).get(name)
 
         def hook(module: nn.Module, _a: tuple, _k: dict, out: Tensor) -> Tensor:
-            channel = out.dim() - 1 if _bias_last(module) else 1
-            shape = [1] * out.dim()
-            shape[channel] = out.shape[channel]
-            bias = module.bias.reshape(shape)
-            positions = [out.shape[i] for i in range(1, out.dim()) if i != channel]
-            n = 1
-            for p in positions:
-                n *= p
-            sp = _position_scale(s, n, f"module '{name}'").reshape([out.shape[0], *positions])
-            sp = sp.unsqueeze(channel) if out.dim() > 1 else sp.reshape(out.shape[0])
-            return out + (sp - 1) * bias
+            s_ = s
+            if pattern is not None:
+                A = patterns[pattern]  # (B, H, T_q, T_k)
+                s_ = torch.einsum("bhtk,bk->bt", A, s) / A.shape[1]
+            return self._add_bias(module, name, s_, out)
 
         return hook
+
+    def _pattern_hook(self, name: str, patterns: dict[str, Tensor]) -> Any:
+        def hook(_m: nn.Module, _a: tuple, _k: dict, out: Tensor) -> None:
+            patterns[name] = out
+
+        return hook
+
+    @staticmethod
+    def _add_bias(module: nn.Module, name: str, s: Tensor, out: Tensor) -> Tensor:
+        """``out + (s_p - 1) b`` at each output position ``p`` of ``module``."""
+        channel = out.dim() - 1 if _bias_last(module) else 1
+        shape = [1] * out.dim()
+        shape[channel] = out.shape[channel]
+        bias = module.bias.reshape(shape)
+        positions = [out.shape[i] for i in range(1, out.dim()) if i != channel]
+        n = 1
+        for p in positions:
+            n *= p
+        sp = _position_scale(s, n, f"module '{name}'").reshape([out.shape[0], *positions])
+        sp = sp.unsqueeze(channel) if out.dim() > 1 else sp.reshape(out.shape[0])
+        return out + (sp - 1) * bias
 
     def batched(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
         """``(B, P_s, d_s [+ 1]) -> ((B, P_t, d_t), (B, P_t) or None)`` for a batch of inputs ``x``."""
         s = a[..., -1] if self.constant else None
         f = a[..., :-1] if self.constant else a
         value = from_rows(f, (f.shape[0], *self.source_shape), self.source_axis)
-        modules = {n: self._bias_hook(s, n) for n in self.biases} if s is not None else {}
+        patterns: dict[str, Tensor] = {}
+        modules = {n: self._bias_hook(s, n, patterns) for n in self.biases} if s is not None else {}
+        if s is not None:
+            modules.update({p: self._pattern_hook(p, patterns) for _, p in self.mixed})
         with hooks.edit(self.model, modules=modules):
             _, acts = hooks.run(self.model, x, read=[self.target], write={self.source: value})
         rows = to_rows(acts[self.target], self.target_axis)
@@ -257,7 +288,20 @@ def build_section(model: nn.Module, probe: Any, source: str, target: str, *, con
     ax_s = feature_axis(model, source, a_s.dim(), fd.get(source))
     ax_t = feature_axis(model, target, a_t.dim(), fd.get(target))
     biases = tuple(section_biases(model, source, target, probe)) if constant else ()
-    return Section(model, source, target, tuple(a_s.shape[1:]), ax_s, ax_t, biases, constant)
+    return Section(model, source, target, tuple(a_s.shape[1:]), ax_s, ax_t, biases, constant,
+                   _attention_outputs(model, biases))
+
+
+def _attention_outputs(model: nn.Module, biases: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``(bias module, pattern module)`` for each ``<attn>.out`` among ``biases`` whose parent has a
+    ``pattern`` submodule (module docstring: rib's attention folding)."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in biases:
+        parent, _, leaf = name.rpartition(".")
+        if leaf == "out" and parent and isinstance(getattr(modules.get(parent), "pattern", None), nn.Module):
+            found.append((name, f"{parent}.pattern"))
+    return tuple(found)
 
 
 # ----------------------------------------------------------------------------- Jacobians

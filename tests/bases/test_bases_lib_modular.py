@@ -1,0 +1,133 @@
+"""LIB on a transformer laid out as the LIB paper's modular-addition runs: rib's attention folding.
+
+rib folds the attention biases into its weights (``fold_attn_QK``, ``fold_attn_V``,
+``fold_attn_O``): the values carry the constant ``s`` as an extra channel, so ``b_O`` at query
+position ``t`` is scaled by ``1/H sum_h sum_k A_{htk} s_k``; the sequence is cut to its last
+position after the attention (``last_pos_module_type: add_resid1``), which keeps that position's
+``s``. The reference below writes that folded network out from those formulas (torch autograd
+for its Jacobians, float64; nothing from wdecomp's section code) and feeds it to the numpy rib
+reference (tests/_rib_reference.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from _rib_reference import THR, m_dash, rib_layer, to_np
+from torch.func import jacrev, vmap
+
+from wdecomp.bases import interaction_basis
+from wdecomp.models.transformer import Transformer, TransformerConfig
+
+DT = torch.float64
+LAYERS = ["blocks.0:input", "blocks.0.resid_mid", "ln_f", "unembed"]
+
+
+def tiny(output: str = "last-mid") -> Transformer:
+    cfg = TransformerConfig(d_vocab=7, d_model=4, n_layers=1, n_heads=2, d_mlp=6, context=3, act="relu",
+                            layer_norm=False, output=output, init_std=0.7)
+    torch.manual_seed(3)
+    model = Transformer(cfg).to(DT).eval()
+    with torch.no_grad():  # non-zero biases everywhere (they start at zero)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+    return model
+
+
+def tokens(n: int = 40) -> torch.Tensor:
+    return torch.randint(0, 7, (n, 3), generator=torch.Generator().manual_seed(4))
+
+
+def _w(lin: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return lin.weight.detach(), lin.bias.detach()
+
+
+def folded_attention(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """rib's folded section ``[f_p; s_p]`` (3 positions) -> ``[resid_mid; s]`` at the last position."""
+    att = model.blocks[0].attn
+    H, dh = att.n_heads, att.d_head
+    f, s = x[:, :-1], x[:, -1]
+    (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo) = (_w(m) for m in (att.q, att.k, att.v, att.out))
+    q = (f @ Wq.T + s[:, None] * bq).reshape(3, H, dh)
+    k = (f @ Wk.T + s[:, None] * bk).reshape(3, H, dh)
+    v = (f @ Wv.T + s[:, None] * bv).reshape(3, H, dh)
+    scores = torch.einsum("thd,khd->htk", q, k) / math.sqrt(dh)
+    scores = scores.masked_fill(torch.ones(3, 3, dtype=torch.bool).triu(1), float("-inf"))
+    A = torch.softmax(scores, -1)  # (H, t, k)
+    z = torch.einsum("htk,khd->thd", A, v).reshape(3, H * dh)
+    z_const = torch.einsum("htk,k->th", A, s)  # the values' extra channel
+    out = z @ Wo.T + z_const.sum(1, keepdim=True) * bo / H  # b_O split over the heads
+    resid = f + out
+    return torch.cat([resid[-1], s[-1:]])  # the last position, its constant channel kept
+
+
+def folded_mlp(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    """``[r; s] -> [r + W_out relu(W_in r + b_in s) + b_out s; s]``."""
+    mlp = model.blocks[0].mlp
+    (Wi, bi), (Wo, bo) = _w(mlp.hidden), _w(mlp.out)
+    r, s = x[:-1], x[-1]
+    return torch.cat([r + torch.relu(r @ Wi.T + bi * s) @ Wo.T + bo * s, x[-1:]])
+
+
+def folded_unembed(model: Transformer, x: torch.Tensor) -> torch.Tensor:
+    W, b = _w(model.unembed)
+    return x[:-1] @ W.T + b * x[-1]
+
+
+def reference(model: Transformer, t: torch.Tensor) -> dict:
+    """rib's three LIB layers (centred, ``jacobian`` formula, relative threshold) from the output back."""
+    ones = lambda f: torch.cat([f, torch.ones_like(f[..., :1])], -1)  # noqa: E731
+    with torch.no_grad():
+        resid_pre = model.embed(t) + model.pos_embed(t)  # (N, 3, 4)
+        x0 = ones(resid_pre)
+        x1 = vmap(lambda x: folded_attention(model, x))(x0)  # (N, 5)
+        x2 = vmap(lambda x: folded_mlp(model, x))(x1)
+    J2 = vmap(jacrev(lambda x: folded_unembed(model, x)))(x2)  # (N, 7, 5)
+    L2 = rib_layer(to_np(x2), m_dash(to_np(J2)[:, None, :, None, :]), THR)
+    C2 = torch.from_numpy(L2.C)
+    J1 = vmap(jacrev(lambda x: folded_mlp(model, x) @ C2))(x1)
+    L1 = rib_layer(to_np(x1), m_dash(to_np(J1)[:, None, :, None, :]), THR)
+    C1 = torch.from_numpy(L1.C)
+    J0 = vmap(jacrev(lambda x: folded_attention(model, x) @ C1))(x0)  # (N, k1, 3, 5)
+    L0 = rib_layer(to_np(x0).reshape(-1, 5), m_dash(to_np(J0)[:, None]), THR)
+    return {LAYERS[0]: (L0, x0.reshape(-1, 5)), LAYERS[1]: (L1, x1), LAYERS[2]: (L2, x2)}
+
+
+def test_last_mid_output_is_the_same_function():
+    t = tokens()
+    cut, full = tiny("last-mid"), tiny("last")
+    assert torch.equal(cut(t), full(t))
+
+
+def test_attention_constant_folds_as_rib_on_the_paper_layout():
+    """Lambda (constant first) and coordinates of all three layers equal the folded reference to 1e-10."""
+    model, t = tiny(), tokens()
+    basis = interaction_basis(model, t, LAYERS)
+    ref = reference(model, t)
+    for point in LAYERS[:3]:
+        layer, x = ref[point]
+        lb = basis[point]
+        np.testing.assert_allclose(to_np(lb.eigenvalues), layer.Lambda, rtol=1e-10,
+                                   atol=1e-13 * abs(layer.Lambda).max())
+        got = to_np(lb.to_coordinates(x[:, :-1])).reshape(len(x), -1)
+        want = to_np(x) @ layer.C
+        signs = np.sign(np.sum(got * want, 0))
+        assert np.abs(got * signs - want).max() < 1e-10 * np.abs(want).max()
+
+
+def test_per_position_bias_rule_gives_a_different_constant_lambda():
+    """Scaling b_O by s_t (the query's own constant) instead of rib's pattern-mixed constant changes
+    the constant node's Lambda at the attention input, and only it: the folding matters."""
+    model, t = tiny(), tokens()
+    rib = interaction_basis(model, t, LAYERS)
+    # a model whose attention has no `pattern` child: its b_O scales with each position's own s
+    plain = tiny()
+    del plain.blocks[0].attn.pattern
+    plain.blocks[0].attn.pattern = lambda p: p  # the same function, no longer a submodule
+    other = interaction_basis(plain, t, LAYERS)
+    lam_rib, lam_other = rib[LAYERS[0]].eigenvalues, other[LAYERS[0]].eigenvalues
+    assert float(abs(lam_rib[0] - lam_other[0]) / lam_rib[0]) > 1e-3
+    torch.testing.assert_close(lam_rib[1:], lam_other[1:], rtol=1e-10, atol=0)
