@@ -49,11 +49,13 @@ from wdecomp.ablation.metrics import (
     loss_recovered,
     reference_entry,
 )
+from wdecomp.ablation.primitives import declared_axes
 from wdecomp.ablation.report import AblationResult, LevelMetrics
 from wdecomp.bases.protocol import ActivationGroup, ComponentModel, WeightGroup
+from wdecomp.bases.section import feature_axis
 from wdecomp.distributed import get_rank, get_world_size
-from wdecomp.errors import DataError, SelectionError
-from wdecomp.hooks import Edit, ModuleHook, call, edit, observe
+from wdecomp.errors import DataError, SelectionError, ShapeError
+from wdecomp.hooks import Edit, HookPoint, ModuleHook, call, edit, observe, resolve_module
 from wdecomp.objective import BatchLoss, LossSpec, Objective, OutputLoss
 from wdecomp.progress import progress_bar
 
@@ -79,6 +81,24 @@ class Plan:
     local: list[Tensor] | None = None
     baseline: str | None = None
     splices: Sequence[tuple[str, Callable[[Tensor], Tensor]]] = field(default_factory=tuple)
+
+
+def along(axis: int, fn: Edit, width: int | None = None, where: str = "") -> Edit:
+    """The edit ``fn`` (written for features on the last axis) applied with the features on ``axis``:
+    every other axis is a position, so a channel-space edit acts at every pixel. ``width``: the
+    feature width the edit expects (checked)."""
+
+    def wrapped(f: Tensor) -> Tensor:
+        a = axis % f.dim() if f.dim() > 1 else 0
+        if width is not None and f.dim() > 1 and f.shape[a] != width:
+            raise ShapeError(f"activations at '{where}' have width {f.shape[a]} on their feature axis {a} (shape "
+                             f"{tuple(f.shape)}), the basis expects {width}; declare the axis (feature_dim= when "
+                             "building the basis, or ActivationComponents(feature_axis=...))")
+        if f.dim() < 2 or a == f.dim() - 1:
+            return fn(f)
+        return fn(f.movedim(a, -1)).movedim(-1, a)
+
+    return wrapped
 
 
 def _derangement(n: int, generator: torch.Generator) -> Tensor:
@@ -115,6 +135,9 @@ class Engine:
             raise DataError("the data hold no batches")
         self.ctx = BatchContext()
         self.forward_seconds = 0.0
+        self.declared = declared_axes(components) if components is not None else {}
+        self.axes: dict[str, int] = {}
+        self._ndims: dict[str, int] = {}
         # The objective's own all-reduce for a distributed objective; None keeps one process exact.
         self.reduce: Callable[[Tensor], Tensor] | None = self.obj.reduce if self.obj.distributed else None
 
@@ -150,7 +173,10 @@ class Engine:
 
         def reader(point: str) -> Callable[[Tensor], None]:
             def fn(f: Tensor) -> None:
-                flat = f.detach().reshape(-1, f.shape[-1]).to(torch.float64)
+                axis = self.axes.setdefault(point, self._axis(point, f.dim()))
+                self._ndims.setdefault(point, f.dim())
+                g = f.detach().movedim(axis, -1) if f.dim() > 1 else f.detach()
+                flat = g.reshape(-1, g.shape[-1]).to(torch.float64)
                 sums[point] = flat.sum(0) + (sums[point] if point in sums else 0)
                 counts[point] = counts.get(point, 0) + flat.shape[0]
 
@@ -175,6 +201,28 @@ class Engine:
             self.means = self._global_means(list(points), sums, counts, refs, offset)
         self.refs = refs
         return acc.finish()
+
+    def _axis(self, point: str, ndim: int) -> int:
+        """The feature axis at ``point``: declared by the components, else the default rule
+        (:func:`~wdecomp.bases.section.feature_axis`: channels of a conv activation, else the last
+        axis); a module input read for a weight group: the channels of a convolution, else the last."""
+        if ndim < 2:
+            return max(ndim - 1, 0)
+        if point in self.declared:
+            return feature_axis(self.model, point, ndim, self.declared[point])
+        hp = HookPoint.parse(point)
+        if hp.side == "input" and point not in self.hooks:
+            return 1 if isinstance(resolve_module(self.model, hp.module), nn.modules.conv._ConvNd) else ndim - 1
+        return feature_axis(self.model, point, ndim)
+
+    def _laid_out(self, point: str) -> Tensor | None:
+        """The data mean at ``point`` shaped to broadcast against the activation (``(d, 1, ..)``
+        for features on an axis before the last)."""
+        m = self.means.get(point)
+        if m is None or point not in self.axes:
+            return m
+        axis, ndim = self.axes[point], self._ndims.get(point, 0)
+        return m.reshape(-1, *([1] * max(ndim - 1 - axis, 0)))
 
     def _global_means(self, points: list[str], sums: dict[str, Tensor], counts: dict[str, int],
                       refs: list[dict[str, Any]], examples: int) -> dict[str, Tensor]:
@@ -220,7 +268,7 @@ class Engine:
                 if plan.baseline == "zero":
                     edits.append((h, torch.zeros_like))
                 else:
-                    m = self.means[h]
+                    m = self._laid_out(h)
                     edits.append((h, lambda f, m=m: m.to(dtype=f.dtype, device=f.device).expand_as(f).clone()))
         edits.extend(plan.splices)
         if plan.local is None:
@@ -232,10 +280,12 @@ class Engine:
                 continue
             if isinstance(g, ActivationGroup):
                 mean = self.means.get(g.hook) if method.needs_mean else None
-                edits.append((g.hook, activation_edit(g, idx, method, mean, self.ctx, dtype, device)))
+                fn = activation_edit(g, idx, method, mean, self.ctx, dtype, device)
+                width = int(g.transform.shape[1]) if hasattr(g, "transform") else None
+                edits.append((g.hook, along(self.axes.get(g.hook, -1), fn, width, g.label)))
                 continue
             weights.update(removed_weights(g, {**self.state, **weights}, idx))
-            mean_in = self.means.get(f"{g.module}:input") if method.needs_mean else None
+            mean_in = self._laid_out(f"{g.module}:input") if method.needs_mean else None
             module_hooks.append((g.module, restore_hook(g, method, mean_in, self.ctx, self.state)))
         return edits, weights, module_hooks
 

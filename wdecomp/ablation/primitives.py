@@ -31,7 +31,7 @@ from wdecomp.bases.protocol import (
 )
 from wdecomp.errors import ModelMismatchError, ShapeError
 
-__all__ = ["ActivationComponents", "ComponentSet", "WeightComponents", "as_component_set"]
+__all__ = ["ActivationComponents", "ComponentSet", "WeightComponents", "as_component_set", "declared_axes"]
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,16 @@ class ActivationComponents:
         signature: Parameter names and shapes of the model the basis belongs to, or ``None``
             (unchecked).
         label: Name shown in reports (defaults to the hook point).
+        feature_axis: The activation's axis the basis is over (batch axis counted; 1 for the channels
+            of a conv output), or ``None`` for the default of
+            :func:`~wdecomp.bases.section.feature_axis`; every other axis is a position.
     """
 
     basis: LayerBasis
     importance: Tensor | None = None
     signature: Mapping[str, list[int]] | None = None
     label: str = ""
+    feature_axis: int | None = None
 
     def __post_init__(self) -> None:
         imp = self.basis.eigenvalues if self.importance is None else torch.as_tensor(self.importance)
@@ -92,6 +96,37 @@ class ActivationComponents:
         return self.basis.write(c, idx)
 
 
+def declared_axes(components: ComponentModel) -> dict[str, int]:
+    """Hook point -> the feature axis the components declare there: a basis's own
+    (``info["feature_axes"]``, as :func:`~wdecomp.bases.interaction_basis` records it) or an
+    :class:`ActivationComponents`' ``feature_axis``. Hook points not listed use the default rule.
+
+    Raises:
+        ShapeError: two groups at one hook point declare different axes.
+    """
+    out: dict[str, int] = {}
+
+    def put(hook: str, axis: Any) -> None:
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            return
+        if out.setdefault(hook, axis) != axis:
+            raise ShapeError(f"components at '{hook}' declare feature axes {out[hook]} and {axis}; ablate them apart")
+
+    try:
+        basis = components.as_basis()
+    except TypeError:
+        basis = None
+    info = getattr(basis, "info", None)
+    axes = info.get("feature_axes") if isinstance(info, Mapping) else None
+    if isinstance(axes, Mapping):
+        for point, axis in axes.items():
+            if point in basis.bases:
+                put(basis[point].hook, axis)
+    for g in components.groups:
+        put(getattr(g, "hook", ""), getattr(g, "feature_axis", None))
+    return out
+
+
 def as_component_set(components: Any) -> ComponentModel:
     """Normalise what users pass as ``components`` to one :class:`ComponentModel`.
 
@@ -113,7 +148,12 @@ def as_component_set(components: Any) -> ComponentModel:
         signatures = [dict(p.signature) for p in parts if getattr(p, "signature", None) is not None]
         if any(s != signatures[0] for s in signatures[1:]):
             raise ModelMismatchError("these components were built for different models; ablate them separately")
-        return ComponentSet(tuple(g for p in parts for g in p.groups), signatures[0] if signatures else None)
+        groups = []
+        for p in parts:  # a basis's declared feature axes travel with its groups
+            axes = declared_axes(p)
+            groups += [ActivationComponents(g, feature_axis=axes[g.hook]) if isinstance(g, LayerBasis)
+                       and g.hook in axes else g for g in p.groups]
+        return ComponentSet(tuple(groups), signatures[0] if signatures else None)
     raise TypeError(
         f"cannot ablate a {type(components).__name__}; pass a decomposition (Basis, CurvatureBasis, Components, "
         "...), a component group (ActivationComponents, WeightComponents, LayerBasis), or a list of these"

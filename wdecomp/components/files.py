@@ -36,6 +36,7 @@ __all__ = ["FORMAT_VERSION", "WEIGHT_CHECKS", "load_basis", "read_checked", "sav
            "write_basis"]
 
 FORMAT_VERSION = 1
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # convolutions that fold a channel basis (components.model)
 _FORMAT = "wdecomp.components"
 
 
@@ -315,9 +316,13 @@ def _check_against(h: _Header, basis: Basis | CurvatureBasis, adjacency: Mapping
                 raise h.error(f"the adjacency names '{name}', a {type(m).__name__}, where a "
                               f"{' or '.join(k.__name__ for k in kinds)} belongs")
             if isinstance(m, nn.Linear):
+                if side == "input" and name != hp.module and m.in_features % d == 0:
+                    return None  # a Linear after nn.Flatten reads d x positions features
                 return m.out_features if side == "output" else m.in_features
             if isinstance(m, nn.Embedding):
                 return m.embedding_dim if side == "output" else None
+            if isinstance(m, _CONV):
+                return m.out_channels if side == "output" else m.in_channels
             return None
 
         for point in basis.layers:
@@ -325,8 +330,8 @@ def _check_against(h: _Header, basis: Basis | CurvatureBasis, adjacency: Mapping
             found = [(hp.module, width(hp.module, hp.side))]
             adj = adjacency.get(point, {})
             if adj.get("producer") is not None:
-                found.append((adj["producer"], width(adj["producer"], "output", (nn.Linear, nn.Embedding))))
-            found += [(c, width(c, "input", (nn.Linear,))) for c in adj.get("consumers", [])]
+                found.append((adj["producer"], width(adj["producer"], "output", (nn.Linear, nn.Embedding, *_CONV))))
+            found += [(c, width(c, "input", (nn.Linear, *_CONV))) for c in adj.get("consumers", [])]
             for name, w in found:
                 if w is not None and w != d:
                     raise h.error(f"layer '{point}' has width {d}, but module '{name}' there has width {w}")

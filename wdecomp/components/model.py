@@ -4,6 +4,7 @@ the math is in the package docstring (:mod:`wdecomp.components`)."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from torch import Tensor, nn
 from wdecomp.bases.base import Basis, LayerBasis, model_signature
 from wdecomp.bases.curvature import CurvatureBasis
 from wdecomp.bases.protocol import ComponentModel
+from wdecomp.bases.section import feature_axis
 from wdecomp.batch import as_batches, split
-from wdecomp.components.files import read_checked, weights_fingerprint, write_basis
+from wdecomp.components.files import _CONV, read_checked, weights_fingerprint, write_basis
 from wdecomp.errors import SelectionError, ShapeError
 from wdecomp.hooks import HookPoint, ModuleHook, call, edit, resolve_module
 
@@ -55,10 +57,19 @@ class Component:
                 "weights": {n: list(t.shape) for n, t in self.weights.items()}}
 
 
+def _is_conv(m: nn.Module) -> bool:
+    """A plain convolution (``Conv1d/2d/3d``, one group): it mixes channels (axis 1) like a ``Linear``."""
+    return isinstance(m, _CONV) and m.groups == 1
+
+
+def _producer_kind(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, nn.Embedding)) or _is_conv(m)
+
+
 def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str, dict[str, Any]]:
-    """For each hook point, the ``Linear``/``Embedding`` module whose output *is* its activation
-    (producer) and the ``Linear`` modules whose input *is* it (consumers), by tensor identity.
-    Every tensor seen is kept alive during the pass so identities are not reused."""
+    """For each hook point, the ``Linear``/``Embedding``/conv module whose output *is* its activation
+    (producer) and the ``Linear``/conv modules whose input *is* it, or is its ``nn.Flatten`` (consumers),
+    by tensor identity. Every tensor seen is kept alive during the pass so identities are not reused."""
     seen_in: dict[str, Tensor] = {}
     seen_out: dict[str, Tensor] = {}
     tensors: dict[str, Tensor] = {}
@@ -88,28 +99,70 @@ def _adjacency(model: nn.Module, points: Sequence[str], inputs: Any) -> dict[str
         consumers: list[str] = []
         if t is not None:
             for name, o in seen_out.items():
-                if o is t and isinstance(modules[name], (nn.Linear, nn.Embedding)):
+                if o is t and _producer_kind(modules[name]):
                     producer = name
-            consumers = [n for n, i in seen_in.items() if i is t and isinstance(modules[n], nn.Linear)]
-        adj[p] = {"producer": producer, "consumers": consumers, "ndim": None if t is None else t.dim()}
+            flat = [seen_out[n] for n, i in seen_in.items()
+                    if i is t and isinstance(modules[n], nn.Flatten) and n in seen_out]
+            consumers = [n for n, i in seen_in.items()
+                         if (i is t and (isinstance(modules[n], nn.Linear) or _is_conv(modules[n])))
+                         or (isinstance(modules[n], nn.Linear) and any(i is f for f in flat))]
+        adj[p] = {"producer": producer, "consumers": consumers, "ndim": None if t is None else t.dim(),
+                  "shape": None if t is None else tuple(t.shape)}
     return adj
 
 
-def _check_feature_axes(basis: Basis, adjacency: Mapping[str, Mapping[str, Any]]) -> None:
-    """Refuse a basis over a feature axis that is not the activation's last (conv channels): the
-    components below fold ``C`` into ``Linear`` weights and wrap modules along the last axis."""
-    axes = basis.info.get("feature_axes") if isinstance(basis.info, Mapping) else None
-    if not isinstance(axes, Mapping):
-        return
-    for point, axis in axes.items():
+def _feature_axes(model: nn.Module, basis: Basis, adjacency: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Hook point -> its feature axis where it is not the last: the basis's own
+    (``info["feature_axes"]``), else the default of :func:`~wdecomp.bases.section.feature_axis` when the
+    activation's number of axes is known (from data)."""
+    declared = basis.info.get("feature_axes") if isinstance(basis.info, Mapping) else None
+    declared = declared if isinstance(declared, Mapping) else {}
+    out = {}
+    for point in basis.layers:
         ndim = adjacency.get(point, {}).get("ndim")
-        if isinstance(axis, int) and isinstance(ndim, int) and ndim > 2 and axis % ndim != ndim - 1:
+        axis = declared.get(point)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            axis = feature_axis(model, point, ndim) if isinstance(ndim, int) else None
+        if axis is not None and isinstance(ndim, int) and ndim > 0:
+            axis %= ndim
+            if axis == ndim - 1:
+                axis = None
+        elif axis is not None and axis != 1:  # without data: only the channels axis is told apart from the last
+            axis = None
+        if axis is not None:
+            out[point] = int(axis)
+    return out
+
+
+def _check_layout(model: nn.Module, basis: Basis, adjacency: Mapping[str, Mapping[str, Any]],
+                  axes: Mapping[str, int]) -> None:
+    """Refuse what the folds below cannot rewrite: a feature axis that is neither the last (``Linear``,
+    ``Embedding``) nor the channels (axis 1, convolutions), or adjacent weights that act on another axis."""
+    for point in basis.layers:
+        adj = adjacency.get(point, {})
+        ndim, axis = adj.get("ndim"), axes.get(point)
+        names = [n for n in [adj.get("producer"), *adj.get("consumers", [])] if n is not None]
+        if axis is not None and axis != 1:
             raise ShapeError(
-                f"the basis at '{point}' is over axis {axis} of a {ndim}-axis activation (channels of a conv "
-                "output); components fold the basis along the last axis only, so they cannot rewrite this "
-                "model. Graph or edge-ablate the basis directly (wd.interaction_graph and wd.edge_ablation read "
-                "the axis), "
-                "or build it with feature_dim=-1")
+                f"the basis at '{point}' is over axis {axis} of a {ndim}-axis activation, neither its channels "
+                "(axis 1) nor its last axis; components fold the basis into Linear/Embedding weights (last axis) "
+                "and convolutions (channels) only. Graph or ablate the basis directly (wd.interaction_graph, "
+                "wd.ablate and wd.edge_ablation read the axis), or build it with feature_dim=1 or -1")
+        channels = axis == 1 and isinstance(ndim, int) and ndim > 2
+        d, shape = basis[point].dim, adj.get("shape")
+        for name in names:
+            m = resolve_module(model, name)
+            if _is_conv(m) and not channels and isinstance(ndim, int):
+                raise ShapeError(f"'{name}' ({type(m).__name__}) mixes the channels (axis 1) of '{point}', but the "
+                                 "basis there is over its last axis; build the basis with feature_dim=1")
+            flat = isinstance(m, nn.Linear) and name in adj.get("consumers", []) and (
+                m.in_features != d or (shape is not None and math.prod(shape[1:]) == d and len(shape) > 2))
+            if channels and (isinstance(m, nn.Embedding) or (isinstance(m, nn.Linear) and not flat)):
+                raise ShapeError(f"'{name}' ({type(m).__name__}) acts on the last axis of '{point}', but the basis "
+                                 "there is over its channels (axis 1); build the basis with feature_dim=-1")
+            if flat and shape is not None and m.in_features != math.prod(shape[1:]):
+                raise ShapeError(f"'{name}' reads {m.in_features} features, not the {math.prod(shape[1:])} of "
+                                 f"'{point}' flattened")
 
 
 def _static_adjacency(model: nn.Module, points: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -117,10 +170,36 @@ def _static_adjacency(model: nn.Module, points: Sequence[str]) -> dict[str, dict
     for p in points:
         hp = HookPoint.parse(p)
         m = resolve_module(model, hp.module)
-        producer = hp.module if hp.side == "output" and isinstance(m, (nn.Linear, nn.Embedding)) else None
-        consumers = [hp.module] if hp.side == "input" and isinstance(m, nn.Linear) else []
+        producer = hp.module if hp.side == "output" and _producer_kind(m) else None
+        consumers = [hp.module] if hp.side == "input" and (isinstance(m, nn.Linear) or _is_conv(m)) else []
         adj[p] = {"producer": producer, "consumers": consumers}
     return adj
+
+
+def _consumer_view(m: nn.Module, W: Tensor, d: int, axis: int | None) -> Tensor:
+    """A consumer's weights as ``(out, d, R)``: ``R`` = 1 (a ``Linear`` on the last axis), the positions
+    (a ``Linear`` after ``nn.Flatten``; feature axis 1 or last) or the kernel (a convolution)."""
+    if isinstance(m, nn.Linear):
+        if W.shape[1] == d:
+            return W.reshape(W.shape[0], d, 1)
+        if axis is None:  # features last: flattened index p * d + c
+            return W.reshape(W.shape[0], -1, d).transpose(1, 2)
+        return W.reshape(W.shape[0], d, -1)  # channels first: c * P + p
+    return W.reshape(W.shape[0], d, -1)
+
+
+def _consumer_back(m: nn.Module, V: Tensor, like: Tensor, axis: int | None) -> Tensor:
+    """Inverse of :func:`_consumer_view` (``(out, d, R)`` -> the parameter's shape)."""
+    if isinstance(m, nn.Linear) and V.shape[2] > 1 and axis is None:
+        return V.transpose(1, 2).reshape(like.shape)
+    return V.reshape(like.shape)
+
+
+def _mean_through_padding(m: nn.Module) -> bool:
+    """Whether a convolution pads with zeros: the mean's contribution then differs at the border."""
+    if m.padding_mode != "zeros":
+        return False
+    return m.padding != "valid" if isinstance(m.padding, str) else any(p != 0 for p in m.padding)
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +216,8 @@ class Components(ComponentModel, Sequence[Component]):
         signature: :func:`model_signature` of the model.
         fingerprint: :func:`weights_fingerprint` of the model's weights when decomposed (saved with
             the components; loading with other weights is refused or warned about).
+        axes: Hook point -> its feature axis where that is not the last (1: the channels of a conv
+            activation, folded into the adjacent convolutions).
     """
 
     basis: Basis | CurvatureBasis
@@ -144,6 +225,7 @@ class Components(ComponentModel, Sequence[Component]):
     adjacency: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     signature: Mapping[str, list[int]] = field(default_factory=dict)
     fingerprint: str | None = None
+    axes: Mapping[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ container
     def __len__(self) -> int:
@@ -219,6 +301,7 @@ class Components(ComponentModel, Sequence[Component]):
         P_i = lb.inverse[:, comp.index].to(torch.float64)
         mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros_like(P_i)
         adj = self.adjacency.get(comp.layer, {})
+        axis = self.axes.get(comp.layer)
         out: dict[str, Tensor] = {}
         producer = adj.get("producer")
         if producer is not None:
@@ -226,18 +309,25 @@ class Components(ComponentModel, Sequence[Component]):
             W = m.weight.detach().to(torch.float64)
             if isinstance(m, nn.Embedding):
                 out[f"{producer}.weight"] = torch.outer((W - mu) @ C_i, P_i)
-            else:
-                out[f"{producer}.weight"] = torch.outer(P_i, C_i @ W)
+            else:  # Linear (d, in) or convolution (d, in, *kernel): rows are output channels
+                out[f"{producer}.weight"] = torch.outer(P_i, C_i @ W.reshape(W.shape[0], -1)).reshape(W.shape)
                 if m.bias is not None:
                     out[f"{producer}.bias"] = P_i * (C_i @ (m.bias.detach().to(torch.float64) - mu))
             return out
         for name in adj.get("consumers", []):
             m = resolve_module(model, name)
             Wp = m.weight.detach().to(torch.float64)
-            col = Wp @ P_i
-            out[f"{name}.weight"] = torch.outer(col, C_i)
+            col = torch.einsum("odr,d->or", _consumer_view(m, Wp, lb.dim, axis), P_i)
+            out[f"{name}.weight"] = _consumer_back(m, torch.einsum("or,c->ocr", col, C_i), Wp, axis)
+            shift = float(C_i @ mu)
+            if _is_conv(m) and shift != 0.0 and _mean_through_padding(m):
+                raise ShapeError(
+                    f"component {comp.layer}[{comp.index}] is read by '{name}', which pads with zeros: the basis "
+                    "centre's contribution differs at the border and cannot be folded into its bias. Use a "
+                    "basis without a centre (center=False), padding_mode other than 'zeros', or ablate the "
+                    "activations instead (wd.ablate)")
             if m.bias is not None:
-                out[f"{name}.bias"] = -col * (C_i @ mu)
+                out[f"{name}.bias"] = -col.sum(1) * shift
         return out
 
     def project(self, model: nn.Module, keep: Any = None) -> dict[str, Tensor]:
@@ -301,12 +391,14 @@ class Components(ComponentModel, Sequence[Component]):
                 raise SelectionError("cannot rewrite a hook point on the model itself; name a submodule")
             inner = resolve_module(clone, hp.module)
             producer = self.adjacency.get(point, {}).get("producer")
+            axis = self.axes.get(point)
+            back = _along(_inverse_linear(lb, dtype), axis)
             if hp.side == "output":
                 folded = _fold_producer(inner, lb, dtype) if producer == hp.module else None
-                to = None if folded is not None else _linear(lb.transform, _neg_center(lb), dtype)
-                new: nn.Module = _InBasis(folded if folded is not None else inner, to, _inverse_linear(lb, dtype))
+                to = None if folded is not None else _along(_linear(lb.transform, _neg_center(lb), dtype), axis)
+                new: nn.Module = _InBasis(folded if folded is not None else inner, to, back)
             else:
-                new = _InBasisInput(inner, _linear(lb.transform, _neg_center(lb), dtype), _inverse_linear(lb, dtype))
+                new = _InBasisInput(inner, _along(_linear(lb.transform, _neg_center(lb), dtype), axis), back)
             parent_name, _, child = hp.module.rpartition(".")
             setattr(resolve_module(clone, parent_name), child, new)
         return clone.eval()
@@ -378,6 +470,15 @@ def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Modul
         if mu is not None:
             b = b - mu
         return _linear(C @ W, C @ b if (m.bias is not None or mu is not None) else None, dtype)
+    if _is_conv(m):  # output channel i of the folded convolution is row i of C (W, b - mu)
+        W = m.weight.detach().to(torch.float64)
+        conv = copy.deepcopy(m).to(dtype)
+        conv.out_channels = C.shape[0]
+        conv.weight = nn.Parameter((C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:]).to(dtype))
+        if m.bias is not None or mu is not None:
+            b = torch.zeros(W.shape[0], dtype=torch.float64) if m.bias is None else m.bias.detach().to(torch.float64)
+            conv.bias = nn.Parameter((C @ (b - mu if mu is not None else b)).to(dtype))
+        return conv
     if isinstance(m, nn.Embedding) and m.padding_idx is None and m.max_norm is None:
         E = m.weight.detach().to(torch.float64)
         if mu is not None:
@@ -387,6 +488,22 @@ def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Modul
             emb.weight.copy_(E @ C.T)
         return emb
     return None
+
+
+class _AlongAxis(nn.Module):
+    """``linear`` applied along ``axis`` of its input (the channels of a conv activation)."""
+
+    def __init__(self, linear: nn.Linear, axis: int) -> None:
+        super().__init__()
+        self.linear = linear
+        self.axis = axis
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.movedim(self.axis, -1)).movedim(-1, self.axis)
+
+
+def _along(linear: nn.Linear, axis: int | None) -> nn.Module:
+    return linear if axis is None else _AlongAxis(linear, axis)
 
 
 class _InBasis(nn.Module):
@@ -456,7 +573,8 @@ def decompose(
             adjacency = _adjacency(model, list(basis.layers), inputs)
         else:
             adjacency = _static_adjacency(model, list(basis.layers))
-    _check_feature_axes(basis, adjacency)
+    axes = _feature_axes(model, basis, adjacency)
+    _check_layout(model, basis, adjacency, axes)
     adjacency = {k: {"producer": v.get("producer"), "consumers": list(v.get("consumers", []))}
                  for k, v in adjacency.items()}
     for point in basis.layers:
@@ -472,17 +590,21 @@ def decompose(
             W = params[f"{producer}.weight"].detach().to(torch.float64)
             if isinstance(m, nn.Embedding):
                 rows[f"{producer}.weight"] = ((W - mu) @ C.T).T  # (k, V): column i of (E - mu) C^T
-            else:
-                rows[f"{producer}.weight"] = C @ W  # (k, in)
+            else:  # (k, in) or (k, in, *kernel): output channel i of C W
+                rows[f"{producer}.weight"] = (C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:])
                 if getattr(m, "bias", None) is not None:
                     rows[f"{producer}.bias"] = C @ (m.bias.detach().to(torch.float64) - mu)
         for name in adj.get("consumers", []):
+            m = resolve_module(model, name)
             Wp = params[f"{name}.weight"].detach().to(torch.float64)
-            rows[f"{name}.weight"] = (Wp @ Cinv).T  # (k, out): column i of W' C^+
+            V = torch.einsum("odr,dk->kor", _consumer_view(m, Wp, lb.dim, axes.get(point)), Cinv)
+            # (k, out): column i of W' C^+; (k, out, P) after a Flatten; (k, out, *kernel) for a convolution
+            rows[f"{name}.weight"] = V[..., 0] if V.shape[2] == 1 and Wp.dim() == 2 else (
+                V if isinstance(m, nn.Linear) else V.reshape(V.shape[0], *Wp.shape[:1], *Wp.shape[2:]))
         for i in range(lb.size):
             comps.append(Component(point, i, float(lb.eigenvalues[i]), lb.transform[i], lb.inverse[:, i],
                                    {n: r[i] for n, r in rows.items()}))
-    return Components(basis, tuple(comps), adjacency, dict(model_signature(model)), weights_fingerprint(model))
+    return Components(basis, tuple(comps), adjacency, dict(model_signature(model)), weights_fingerprint(model), axes)
 
 
 def load_components(path: str | os.PathLike, model: nn.Module, *, weights: str = "refuse") -> Components:
