@@ -1,82 +1,227 @@
 """LIB as rib runs it on modular addition (p = 113): the checks of the LIB paper's main experiment.
 
 The paper's configuration (``interaction_basis`` defaults: centred, constant node first, ``jacobian``
-basis formula, squared gradient edges) on wdecomp's modular-addition MLP (cached after the first
-training run): (1) the constant node carries the largest Lambda at every rotated layer; (2) the top
-non-constant LIB directions of the embedding are concentrated on one Fourier frequency; (3) edge
-ablation: the fewest edges per layer pair that keep test accuracy within 1% of the original, next to
-the total; (4) Louvain modules of the graph pruned to those edges (constant node left out).
+basis formula, squared gradient edges, float64) on one of three models:
 
-Run: ``python benchmarks/lib_rib_modular.py [--p 113] [--top 6] [--plot modules.png]``. Prints a
-per-stage time (the machine may be loaded: times are indicative only).
+* ``--arch rib``: the paper's own model, rib's checkpoint (Apollo Research ``rib`` commit 7a6199f,
+  ``rib_scripts/train_modular_arithmetic/sample_checkpoints/*/model_epoch_60000.pt``: one-layer
+  transformer, d_model 128, 4 heads, d_mlp 512, ReLU, no LayerNorm, AdamW weight decay 1 on 30% of
+  the pairs for 60,000 epochs), loaded into wdecomp's ``Transformer`` (``output="last-mid"``),
+  rib's training split (``random_split`` with seed 0: the first ``int(0.3 p^2)`` of
+  ``randperm(p^2)``), rib's node layers ``ln1.0, ln2.0, unembed, output`` as the hook points
+  ``blocks.0:input, blocks.0.resid_mid, ln_f, unembed``. With ``--rib-graph`` (rib's saved
+  ``*_rib_graph.pt``) wdecomp's Lambdas are printed next to rib's own.
+* ``--arch transformer``: wdecomp's one-layer modular transformer (d_model 64, trained here), same
+  node layout.
+* ``--arch mlp``: wdecomp's modular MLP (``embed, mlp.act, unembed``); not a model of the paper.
+
+Checks: (1) the constant node's Lambda against the largest other at every rotated layer; (2) the
+Fourier concentration (:func:`wdecomp.fourier.fourier_concentration`: the share of a direction's
+power, as a function of the token, at its best frequency) of the top non-constant directions of
+the first layer; (3) edge ablation: the fewest edges per layer pair that keep test accuracy within
+``--tolerance`` of the original, next to the total (rib's constant edges kept for free, as rib's
+``always_keep_const_dir = center``); (4) Louvain modules of the graph pruned to those edges
+(constant node left out).
+
+rib's files are read with ``torch.load(weights_only=True)``; get them from a checkout of rib or
+``git -C <rib mirror> archive HEAD <path> | tar -x``. Run, e.g.::
+
+    python benchmarks/lib_rib_modular.py --arch rib --rib-checkpoint CKPT --rib-graph GRAPH \\
+        --json benchmarks/results/lib_rib_modular.json
+
+Prints a per-stage CPU time (the machine may be loaded: times are indicative only).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from wdecomp.ablation.edges import edge_ablation
 from wdecomp.bases import interaction_basis
-from wdecomp.fourier import fourier_concentration
+from wdecomp.fourier import fourier_concentration, fourier_power
 from wdecomp.graph import find_modules, interaction_graph
 from wdecomp.models.modular import modular_addition
+from wdecomp.models.training import batches
+from wdecomp.models.transformer import Transformer, TransformerConfig
+
+RIB_LAYERS = {"ln1.0": "blocks.0:input", "ln2.0": "blocks.0.resid_mid", "unembed": "ln_f", "output": "unembed"}
+
+
+def rib_split(p: int, frac_train: float = 0.3, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """rib's modular-arithmetic dataset (pairs ``(a, b, p)`` with ``a`` major) split as rib's
+    ``train_test_split`` does (``torch.utils.data.random_split`` with a seeded generator)."""
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    x, y = torch.stack([a, b, torch.full_like(a, p)], 1), (a + b) % p
+    perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
+    n = int(p * p * frac_train)
+    return x[perm[:n]], y[perm[:n]], x[perm[n:]], y[perm[n:]]
+
+
+def load_rib_checkpoint(path: str) -> Transformer:
+    """rib's (TransformerLens-layout) modular-addition state dict in wdecomp's Transformer, float64."""
+    sd = {k: v.to(torch.float64) for k, v in torch.load(path, weights_only=True, map_location="cpu").items()}
+    n_heads, d_model, d_head = sd["blocks.0.attn.W_Q"].shape
+    d_vocab = sd["embed.W_E"].shape[0]
+    cfg = TransformerConfig(d_vocab=d_vocab, d_model=d_model, n_layers=1, n_heads=n_heads,
+                            d_mlp=sd["blocks.0.mlp.W_in"].shape[1], context=sd["pos_embed.W_pos"].shape[0],
+                            d_vocab_out=sd["unembed.W_U"].shape[1], act="relu", layer_norm=False,
+                            output="last-mid")
+    model = Transformer(cfg).to(torch.float64)
+    att, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    hd = n_heads * d_head
+    with torch.no_grad():
+        model.embed.weight.copy_(sd["embed.W_E"])
+        model.pos_embed.W_pos.copy_(sd["pos_embed.W_pos"])
+        for name, lin in (("Q", att.q), ("K", att.k), ("V", att.v)):
+            lin.weight.copy_(sd[f"blocks.0.attn.W_{name}"].permute(0, 2, 1).reshape(hd, d_model))
+            lin.bias.copy_(sd[f"blocks.0.attn.b_{name}"].reshape(hd))
+        att.out.weight.copy_(sd["blocks.0.attn.W_O"].reshape(hd, d_model).T)
+        att.out.bias.copy_(sd["blocks.0.attn.b_O"])
+        mlp.hidden.weight.copy_(sd["blocks.0.mlp.W_in"].T)
+        mlp.hidden.bias.copy_(sd["blocks.0.mlp.b_in"])
+        mlp.out.weight.copy_(sd["blocks.0.mlp.W_out"].T)
+        mlp.out.bias.copy_(sd["blocks.0.mlp.b_out"])
+        model.unembed.weight.copy_(sd["unembed.W_U"].T)
+        model.unembed.bias.copy_(sd["unembed.b_U"])
+    return model.eval()
+
+
+def as_last_mid(model: nn.Module) -> Transformer:
+    """wdecomp's modular transformer (``output="last"``) with the same weights, cut after attention."""
+    cfg = dataclasses.replace(model.cfg, output="last-mid")
+    out = Transformer(cfg).to(next(model.parameters()).dtype)
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(-1) == y).double().mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="rib", choices=["rib", "transformer", "mlp"])
     parser.add_argument("--p", type=int, default=113)
     parser.add_argument("--top", type=int, default=6, help="top LIB directions checked for Fourier concentration")
-    parser.add_argument("--plot", default=None, help="write the module plot here (.png)")
-    parser.add_argument("--arch", default="mlp", choices=["mlp", "transformer"],
-                        help="wdecomp's modular MLP, or its one-layer ReLU transformer (rib's node layers: "
-                             "resid_pre, resid_mid, resid_post, logits)")
+    parser.add_argument("--rib-checkpoint", default=None, help="rib's model_epoch_60000.pt (--arch rib)")
+    parser.add_argument("--rib-graph", default=None, help="rib's saved *_rib_graph.pt, to compare Lambdas")
+    parser.add_argument("--truncation", default="relative", choices=["relative", "absolute", "rib"],
+                        help="'rib' with --threshold 1e-15 is rib's truncation_threshold rule")
+    parser.add_argument("--threshold", type=float, default=None, help="gram and interaction threshold")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed in edge ablation")
     parser.add_argument("--skip-ablation", action="store_true", help="basis and Fourier checks only")
+    parser.add_argument("--plot", default=None, help="write the module plot here (.png)")
+    parser.add_argument("--json", default=None, help="write the numbers here")
     args = parser.parse_args()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
+    out: dict = {"arch": args.arch, "p": args.p, "truncation": args.truncation, "threshold": args.threshold}
 
     def stage(name: str) -> None:
-        print(f"[{time.perf_counter() - t0:7.1f} s] {name}", flush=True)
+        print(f"[{time.process_time() - t0:7.1f} s CPU] {name}", flush=True)
 
-    bundle = modular_addition(p=args.p, arch=args.arch, dtype=torch.float64, progress=False)
-    model, data, test = bundle.model, bundle.data, bundle.test
-    stage(f"model: test accuracy {bundle.metrics['test_accuracy']:.4f} (from cache: {bundle.from_cache})")
-    if args.arch == "mlp":
-        layers = ["embed", "mlp.act", "unembed"]
-    else:  # rib's ln1.0, ln2.0, unembed, output
-        layers = ["blocks.0.ln1", "blocks.0.ln2", "ln_f", "unembed"]
-    basis = interaction_basis(model, data, layers)
+    if args.arch == "rib":
+        if not args.rib_checkpoint:
+            parser.error("--arch rib needs --rib-checkpoint")
+        model = load_rib_checkpoint(args.rib_checkpoint)
+        x_tr, y_tr, x_te, y_te = rib_split(args.p)
+        data, test = batches(x_tr, y_tr), batches(x_te, y_te)
+        out["model"] = f"rib checkpoint {args.rib_checkpoint}"
+        layers = list(RIB_LAYERS.values())
+    else:
+        bundle = modular_addition(p=args.p, arch=args.arch, dtype=torch.float64, progress=False)
+        model, data, test = bundle.model, bundle.data, bundle.test
+        (x_tr, y_tr), (x_te, y_te) = data[0], test[0]
+        out["model"] = f"wdecomp modular_addition(arch={args.arch}) {bundle.config}"
+        if args.arch == "transformer":
+            model = as_last_mid(model)
+            layers = list(RIB_LAYERS.values())
+        else:
+            layers = ["embed", "mlp.act", "unembed"]
+    out["train_examples"], out["test_examples"] = len(x_tr), len(x_te)
+    out["train_accuracy"], out["test_accuracy"] = accuracy(model, x_tr, y_tr), accuracy(model, x_te, y_te)
+    stage(f"model: train accuracy {out['train_accuracy']:.4f}, test accuracy {out['test_accuracy']:.4f} "
+          f"({len(x_tr)} / {len(x_te)} pairs)")
+
+    thr = {} if args.threshold is None else {"gram_threshold": args.threshold,
+                                              "interaction_threshold": args.threshold}
+    basis = interaction_basis(model, data, layers, truncation=args.truncation, **thr)
     stage("LIB basis (rib's paper configuration)")
+    ref = None
+    if args.rib_graph:
+        g = torch.load(args.rib_graph, weights_only=True, map_location="cpu")
+        ref = {RIB_LAYERS[ir["node_layer"]]: ir["Lambda"] for ir in g["interaction_rotations"]
+               if ir.get("Lambda") is not None}
+        rib_c = {RIB_LAYERS[ir["node_layer"]]: ir["C"].shape[1] for ir in g["interaction_rotations"]
+                 if ir.get("C") is not None}
+    out["layers"] = {}
     for point in layers[:-1]:
         lb = basis[point]
         lam = lb.eigenvalues
-        print(f"  {point}: {lb.size} directions; constant node Lambda {float(lam[0]):.4g}, largest other "
-              f"{float(lam[1:].max()):.4g}; constant largest: {bool(lam[0] >= lam[1:].max())}")
+        row = {"directions": lb.size, "constant_lambda": float(lam[0]), "largest_other": float(lam[1:].max()),
+               "top": [float(v) for v in lam[:8]]}
+        row["constant_largest"] = row["constant_lambda"] >= row["largest_other"]
+        msg = (f"  {point}: {lb.size} directions; constant Lambda {row['constant_lambda']:.8g}, largest other "
+               f"{row['largest_other']:.8g}; constant largest: {row['constant_largest']}")
+        if ref is not None and point in ref:
+            r = ref[point]
+            row["rib_constant_lambda"], row["rib_largest_other"] = float(r[0]), float(r[1:].max())
+            row["rib_directions"] = int(rib_c[point])
+            k = min(8, lb.size)
+            rel = ((lam[:k] - r[:k]).abs() / r[:k].abs()).max()
+            row["max_rel_diff_top8"] = float(rel)
+            msg += (f"\n     rib's own: {rib_c[point]} directions; constant Lambda {float(r[0]):.8g}, largest other "
+                    f"{float(r[1:].max()):.8g}; top-8 Lambdas max relative difference {float(rel):.2e}")
+        out["layers"][point] = row
+        print(msg)
+
     lb = basis[layers[0]]
     E = model.embed.weight.detach()[: args.p]
-    if args.arch == "transformer":  # the residual stream at the position of a, as a function of a
+    if args.arch != "mlp":  # the residual stream at the position of a, as a function of a
         E = E + model.pos_embed.W_pos.detach()[0]
     coords = lb.to_coordinates(E)
     conc = [fourier_concentration(coords[:, i]) for i in range(1, min(args.top + 1, lb.size))]
-    print(f"  {layers[0]} top directions, concentration@frequency: " + ", ".join(f"{c:.4f}@{w}" for c, w in conc))
-    print(f"  min concentration {min(c for c, _ in conc):.4f} (target >= 0.99)")
-    if args.skip_ablation:
-        return
-    graph = interaction_graph(model, data, basis)
-    stage(f"interaction graph: {graph.nx.number_of_nodes()} nodes, {graph.nx.number_of_edges()} edges")
-    result = edge_ablation(model, test, basis, graph, metric="accuracy", tolerance=0.01, curve_points=6)
-    stage("edge ablation (accuracy within 1% on the test set)")
-    print(result)
-    for pair in result.pairs:
-        print(f"  {pair.source} -> {pair.target}: edges needed {pair.edges_needed} of {pair.total_edges} total")
-    modules = find_modules(graph, edges_kept=result.edges_needed)
-    stage("modules")
-    print(modules)
-    if args.plot:
-        modules.plot(args.plot)
-        print(f"  plot: {args.plot}")
+    two = [float(fourier_power(coords[:, i]).sort(descending=True).values[:2].sum() / fourier_power(coords[:, i]).sum())
+           for i in range(1, len(conc) + 1)]
+    token_var = [float(coords[:, i].var()) for i in range(1, len(conc) + 1)]
+    out["fourier"] = [{"direction": i + 1, "lambda": float(lb.eigenvalues[i + 1]), "concentration": c,
+                       "frequency": w, "top2_share": two[i], "variance_over_tokens": token_var[i]}
+                      for i, (c, w) in enumerate(conc)]
+    print(f"  {layers[0]} top {len(conc)} directions (Lambda: concentration@frequency, top-2-frequency share, "
+          "variance over the token): "
+          + ", ".join(f"{float(lb.eigenvalues[i + 1]):.4g}: {c:.4f}@{w} {two[i]:.4f} {token_var[i]:.4g}"
+                      for i, (c, w) in enumerate(conc)))
+    print(f"  min concentration {min(c for c, _ in conc):.4f} (issue's target >= 0.99)")
+    if not args.skip_ablation:
+        graph = interaction_graph(model, data, basis)
+        stage(f"interaction graph: {graph.nx.number_of_nodes()} nodes, {graph.nx.number_of_edges()} edges")
+        result = edge_ablation(model, test, basis, graph, metric="accuracy", tolerance=args.tolerance,
+                               keep_constant_edges=True, curve_points=6)
+        stage(f"edge ablation (accuracy within {args.tolerance} on the test set)")
+        print(result)
+        out["edge_ablation"] = {"tolerance": args.tolerance, "pairs": []}
+        for pair in result.pairs:
+            print(f"  {pair.source} -> {pair.target}: edges needed {pair.edges_needed} of {pair.total_edges} total")
+            out["edge_ablation"]["pairs"].append({"source": pair.source, "target": pair.target,
+                                                  "edges_needed": pair.edges_needed, "total": pair.total_edges})
+        modules = find_modules(graph, edges_kept=result.edges_needed)
+        stage("modules")
+        print(modules)
+        out["modules"] = str(modules)
+        if args.plot:
+            modules.plot(args.plot)
+            print(f"  plot: {args.plot}")
+    out["cpu_seconds"] = time.process_time() - t0
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":
