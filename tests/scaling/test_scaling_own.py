@@ -141,6 +141,24 @@ def test_guided_fit_of_the_quick_char_sweep_ends_on_a_supported_form():
             assert np.isfinite(lo) and np.isfinite(hi) and lo <= g.fit.estimates[k] <= hi
 
 
+# the full demo's staircase (its shipped models' validation losses): widths 32, 64, 128 at two budgets each
+CHAR_STAIRCASE = [
+    [28871, 131072, 2.903178], [28871, 524288, 2.245744], [106791, 262144, 2.300985],
+    [106791, 1048576, 1.836786], [410087, 524288, 1.892786], [410087, 2000896, 1.342733],
+]
+
+
+def test_guided_fit_form_compute_fits_a_frontier_staircase_on_its_envelope_at_once():
+    g = guided_fit(CHAR_STAIRCASE, form="compute", fix_E=0.0, n_starts=8, n_bootstrap=50, seed=0)
+    assert len(g.attempts) == 1 and g.kind == "envelope" and isinstance(g.fit.law, ComputeLaw)
+    assert not g.fit.degenerate and g.fit.n_points == len(envelope_points(CHAR_STAIRCASE)) == 4
+    for k in ("A", "alpha"):
+        lo, hi = g.fit.ci[k]
+        assert np.isfinite(lo) and lo <= g.fit.estimates[k] <= hi and hi / lo < 10, (k, lo, hi)
+    # the same rows in the five-parameter form are not identifiable: that is why the demo asks for this form
+    assert guided_fit(CHAR_STAIRCASE, n_starts=8, n_bootstrap=0, max_attempts=1).fit.degenerate
+
+
 def test_cli_ablate_with_laws_and_training_compute(tmp_path, capsys):
     law = ChinchillaLaw(E=0.2, A=40.0, B=30.0, alpha=0.5, beta=0.45, name="own")
     path = tmp_path / "law.json"

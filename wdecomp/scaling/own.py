@@ -178,7 +178,10 @@ def guided_fit(points: Any, *, checkpoints: bool = False, max_attempts: int = 3,
             :class:`wdecomp.models.ScalingPoint`).
         checkpoints: the points are one run's ``(C, loss)`` checkpoints (see :func:`checkpoint_points`).
         max_attempts: at most this many fits.
-        **kwargs: passed to :func:`~wdecomp.scaling.fit` (``n_bootstrap``, ``seed``, ``loss_unit``, ...).
+        **kwargs: passed to :func:`~wdecomp.scaling.fit` (``n_bootstrap``, ``seed``, ``loss_unit``, ...);
+            ``form="compute"`` with ``(N, D, loss)`` rows fits the compute form on the sweep's
+            lower envelope (:func:`envelope_points`) from the first attempt, for a sweep designed
+            along the compute frontier.
 
     Returns:
         :class:`GuidedFit`; its ``fit.degenerate`` stays True when no suggested form helped.
@@ -194,7 +197,8 @@ def guided_fit(points: Any, *, checkpoints: bool = False, max_attempts: int = 3,
         raise DataError("checkpoints=True needs (C, loss) rows; build them with checkpoint_points(N, tokens, losses)")
     kw = dict(kwargs)
     attempts: list[tuple[dict[str, Any], ScalingFit]] = []
-    pts = arr
+    # form="compute" on (N, D, loss) rows: the compute form on the sweep's lower envelope at once
+    pts = envelope_points(arr) if kw.get("form") == "compute" and arr.shape[1] == 3 else arr
     while True:
         res = fit(pts, **kw)
         attempts.append((dict(kw), res))
