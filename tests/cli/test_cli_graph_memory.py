@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 from _zoo import cli_classifier
 
 from wdecomp.cli import build_parser, main
@@ -43,3 +48,72 @@ def test_bad_memory_options_are_usage_errors(tmp_path, flag):
     with pytest.raises(SystemExit) as exc:
         main(["graph", "--model", FACTORY, "--out", str(tmp_path / "g.json"), *flag])
     assert exc.value.code == 2
+
+
+_MEASURE = r'''
+import json, sys, torch
+torch.set_num_threads(1)
+sys.path[:0] = [sys.argv[1], sys.argv[1] + '/..']
+from test_cli_graph_memory import small_gpt2, small_tokens
+import wdecomp as wd
+import wdecomp.graph.build as build
+from wdecomp.components import load_basis
+model = small_gpt2()
+basis = load_basis(sys.argv[2], model)
+x = small_tokens()
+chosen = []
+plan = build.plan_chunk
+build.plan_chunk = lambda *a, **k: chosen.append(plan(*a, **k)) or chosen[-1]
+def status(key):
+    return int(next(ln for ln in open("/proc/self/status") if ln.startswith(key)).split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM) to the current one
+before = status("VmRSS:")
+chunk = None if sys.argv[3] == "none" else int(sys.argv[3])
+wd.interaction_graph(model, x, basis, chunk_size=chunk, max_memory=int(sys.argv[4]))
+print(json.dumps({"growth": status("VmHWM:") - before, "chunk": chosen[0]}))
+'''
+
+BUDGET = 96 << 20  # the scaled memory budget: 96 MiB
+
+
+def small_gpt2():
+    """A Hugging Face GPT-2 scaled down from the issue's (2 layers, width 16, 16 positions), float64."""
+    transformers = pytest.importorskip("transformers")
+    from wdecomp.interop import logits_module
+
+    cfg = transformers.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    return logits_module(transformers.GPT2LMHeadModel(cfg).to(torch.float64)).eval()
+
+
+def small_tokens():
+    return torch.randint(0, 20, (32, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
+def test_graph_of_a_scaled_gpt2_stays_in_its_budget_where_the_old_default_did_not(tmp_path):
+    """Issue 19's must-hold, scaled: two hook points in block 0 of a GPT-2 whose Jacobians at the old
+    default (32 examples per chunk) need over 4 times the budget; the budgeted chunk stays within twice
+    it (peak resident memory of the graph call, measured in a fresh process; the budget counts the
+    Jacobians' working set, estimated at 13.6 MB per example here against about 15.5 MB measured, not
+    the ~40 MB the call needs besides)."""
+    pytest.importorskip("transformers")
+    import wdecomp as wd
+    from wdecomp.components import save_basis
+
+    model, x = small_gpt2(), small_tokens()
+    layers = ["model.transformer.h.0.attn", "model.transformer.h.0.mlp"]
+    path = save_basis(wd.interaction_basis(model, [(x, x)], layers, chunk_size=1), tmp_path / "b.safetensors")
+    script = tmp_path / "measure.py"
+    script.write_text(_MEASURE)
+
+    def measure(chunk):
+        out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(path), chunk, str(BUDGET)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    budgeted, old = measure("none"), measure("32")
+    assert 1 <= budgeted["chunk"] < 32 and old["chunk"] == 32
+    assert budgeted["growth"] < 2 * BUDGET  # the estimate holds: the graph call stays near its budget
+    assert old["growth"] > 4 * BUDGET  # the old default would have exceeded it
