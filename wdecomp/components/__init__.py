@@ -12,6 +12,15 @@
   (``c_i -> 0``) takes out of the weights: ``C^+_{:,i} C_{i,:} W`` and ``C^+_{:,i} C_{i,:} (b - mu)``
   on the producing side (or ``W' C^+_{:,i} C_{i,:}`` and ``-W' C^+_{:,i} C_{i,:} mu`` on the consuming
   side when nothing linear produces the activation).
+* **Conv nets** (a basis over the channels, axis 1, of a conv activation ``(B, d, *pixels)``, as
+  :func:`~wdecomp.bases.interaction_basis` builds by default; every pixel is a position). The same
+  folds act on the channel axis at every pixel: a producing ``Conv1d/2d/3d`` (one group) becomes one
+  with ``k`` output channels, ``W~[i] = sum_c C_{ic} W[c]``, bias ``C (b - mu)``; a consuming
+  convolution reads ``W'[o, :, kernel] C^+`` (component ``i``'s output weights ``W'[o, :, kernel]
+  C^+_{:,i}``), and a ``Linear`` after ``nn.Flatten`` reads its ``(out, d, pixels)`` weights the same
+  way. A consuming convolution with zero padding sees no mean at the border, so a centred basis's
+  pieces there are refused (the rewrite stays exact). A basis over an axis that is neither the
+  channels nor the last is refused.
 * **Curvature eigenbases** (:class:`~wdecomp.bases.CurvatureBasis`): component ``i`` is the
   eigenvector ``v_i`` in the parameters' shapes, importance ``lambda_i``; its piece is
   ``v_i v_i^T theta``.
@@ -21,8 +30,8 @@ Projection onto a subset ``S`` removes the pieces of the components outside ``S`
 exactly (for a complete curvature eigenbasis it is the orthogonal projection onto ``span(v_S)``).
 
 :meth:`Components.rewrite` returns a copy of the model that computes in the basis: at each hook
-point the producing ``Linear``/``Embedding`` is replaced by one with ``k`` outputs (``C`` folded
-into its weights) or followed by ``C``; the coordinates pass an ``nn.Identity`` named
+point the producing ``Linear``/``Embedding``/convolution is replaced by one with ``k`` outputs (``C``
+folded into its weights) or followed by ``C`` (along the feature axis); the coordinates pass an ``nn.Identity`` named
 ``<point>.coords`` (a hook point of their own), and ``C^+`` (with ``mu`` as bias) is inserted
 after it, so the copy computes the same function on the data the basis was fit on.
 

@@ -551,13 +551,17 @@ def decompose(
         model: The model the basis was fit on (checked: :class:`ModelMismatchError` otherwise).
         basis: An activation :class:`Basis` (from :func:`~wdecomp.bases.interaction_basis`) or a
             :class:`CurvatureBasis` (from :func:`~wdecomp.bases.curvature_basis`).
-        data: Optional batches (or inputs); the first batch is run once to find the ``Linear``
-            layers that consume each hook point's activation (by tensor identity). Without it only
-            a hook point's own ``Linear``/``Embedding`` is found.
+        data: Optional batches (or inputs); the first batch is run once to find the ``Linear`` and
+            convolution layers that consume each hook point's activation (directly or through
+            ``nn.Flatten``, by tensor identity) and its number of axes. Without it only a hook
+            point's own ``Linear``/``Embedding``/convolution is found.
         adjacency: Precomputed adjacency (as stored by :meth:`Components.save`).
 
     Returns:
         :class:`Components`.
+
+    Raises:
+        ShapeError: The basis is over an axis the adjacent weights do not act on (module docstring).
     """
     basis.check_model(model)
     params = dict(model.named_parameters())
