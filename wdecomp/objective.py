@@ -305,18 +305,30 @@ class Objective:
         for i in self._subset:
             yield cached[i]
 
-    def batches(self) -> Iterator[Batch]:
+    def batches(self, *, known_fingerprint: Callable[[int, Batch, Batch], str | None] | None = None) -> Iterator[Batch]:
         """Yield the batches on the model's device and dtype, checking the model and the data.
 
         Each pass first checks the model's train/eval state (and, after a change of the modules'
         flags, that its forward is repeatable on the first batch), then compares every batch's
         fingerprint with the first pass's (``check_deterministic``).
+
+        Args:
+            known_fingerprint: For a caller that keeps bit-exact private copies of batches (a
+                cached curvature operator): ``known_fingerprint(i, raw, batch)`` returns the
+                fingerprint of batch ``i`` as read (``raw``; ``batch`` is it on the model's device
+                and dtype) when the caller can vouch for it without a pass over the data (``raw``
+                is bit for bit a batch it fingerprinted before), else ``None`` (then the batch is
+                fingerprinted here). The comparison with the first pass is the same either way.
         """
-        check_model_state(self.model)
+        modes = self.modes()
+        if any(modes):  # only a module in training mode can be refused
+            check_model_state(self.model)
         prints = []
         for i, raw in enumerate(self._raw_batches()):
+            batch = batching.to(raw, self.device, self.dtype)
             if self.check_deterministic:
-                prints.append(batching.fingerprint(raw))
+                known = known_fingerprint(i, raw, batch) if known_fingerprint is not None else None
+                prints.append(known if known is not None else batching.fingerprint(raw))
                 if self._fingerprints is not None and (
                     i >= len(self._fingerprints) or self._fingerprints[i] != prints[-1]
                 ):
@@ -326,9 +338,8 @@ class Objective:
                         "or do not modify the tensors in place; check_deterministic=False turns the "
                         "check off)"
                     )
-            batch = batching.to(raw, self.device, self.dtype)
             if i == 0:
-                self._check_forward(batch)
+                self._check_forward(batch, modes)
             yield batch
         if self.check_deterministic:
             if self._fingerprints is not None and len(prints) != len(self._fingerprints):
@@ -337,10 +348,13 @@ class Objective:
                 )
             self._fingerprints = prints
 
-    def _check_forward(self, batch: Batch) -> None:
-        """Run the loss twice on ``batch`` (once per combination of the modules' train/eval flags)
-        and refuse a forward that cannot run or that gives two different values."""
-        modes = tuple(m.training for m in self.model.modules())
+    def modes(self) -> tuple[bool, ...]:
+        """The ``training`` flag of every module, in ``model.modules()`` order."""
+        return tuple(m.training for m in self.model.modules())
+
+    def _check_forward(self, batch: Batch, modes: tuple[bool, ...]) -> None:
+        """Run the loss twice on ``batch`` (once per combination ``modes`` of the modules'
+        train/eval flags) and refuse a forward that cannot run or that gives two different values."""
         if modes == self._checked_modes:
             return
         with torch.no_grad():
@@ -427,9 +441,22 @@ class Objective:
 
     # ----------------------------------------------------------------- functional pieces
     def state(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Detached parameters and buffers, with ``params`` substituted (tied names once)."""
-        out = {n: t.detach() for n, t in self.model.named_parameters()}
-        out.update({n: b.detach() for n, b in self.model.named_buffers()})
+        """Detached parameters and buffers, with ``params`` substituted (tied names once).
+
+        The names and order of ``named_parameters()`` then ``named_buffers()``, read in one walk
+        over the modules."""
+        out: dict[str, Tensor] = {}
+        buffers: dict[str, Tensor] = {}
+        seen_params: set[int] = set()
+        seen_buffers: set[int] = set()
+        for prefix, module in self.model.named_modules():
+            dot = prefix + "." if prefix else ""
+            for table, into, seen in ((module._parameters, out, seen_params), (module._buffers, buffers, seen_buffers)):
+                for name, t in table.items():
+                    if t is not None and id(t) not in seen:
+                        seen.add(id(t))
+                        into[dot + name] = t.detach()
+        out.update(buffers)
         if params:
             out.update(params)
         return out

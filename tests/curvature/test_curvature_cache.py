@@ -411,3 +411,118 @@ def test_ggn_and_fisher_reject_an_unknown_cache_setting():
         wd.ggn(obj, cache="always")
     with pytest.raises(ValueError, match="cache setting 1"):
         wd.fisher(obj, cache=1)
+
+
+# ----------------------------------------------------------------------------- the per-call checks
+cache_module = importlib.import_module("wdecomp.curvature._cache")
+
+
+@pytest.fixture
+def count_fingerprints(monkeypatch):
+    """Count the passes over a batch's data that fingerprint it (the objective's data check)."""
+    return _count_calls(monkeypatch, "fingerprint", "wdecomp.batch")
+
+
+@pytest.mark.parametrize("kind", ["hessian", *OUTPUT_KINDS])
+def test_a_cached_batch_is_read_once_per_product_and_a_changed_one_still_refused(kind, count_fingerprints):
+    """The bit-for-bit comparison with the private copy vouches for the batch's fingerprint, so a
+    cached product makes no second pass over the data; an in-place edit is still refused."""
+    case = _case("layernorm")
+    x, y = case.data[0]
+    data = [(x.clone(), y.clone())]
+    obj = wd.Objective(case.model, data, loss=case.loss)  # check_deterministic on (the default)
+    A = wd.hessian(obj) if kind == "hessian" else OUTPUT_KINDS[kind][0](obj)
+    assert A.caching
+    v = torch.randn(A.shape[0], dtype=DT)
+    first = A @ v
+    count_fingerprints.clear()
+    again = A @ v
+    assert count_fingerprints == []
+    assert torch.equal(again, first)
+    data[0][0][1, 2] += 0.5  # in place, one entry
+    with pytest.raises(wd.DataError, match="batch 0 differs"):
+        A @ v
+
+
+def test_a_cast_batch_is_still_fingerprinted(count_fingerprints):
+    """float64 data for a float32 model: the batch the operator copies is a cast of what was read,
+    so it cannot vouch for the read batch, which is fingerprinted on every pass; a change the
+    cast rounds away is still refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
+    data = [(x, y)]
+    H = wd.hessian(wd.Objective(model, data))
+    v = torch.randn(H.shape[0])
+    H @ v
+    count_fingerprints.clear()
+    H @ v
+    assert len(count_fingerprints) == 1
+    before = x[0, 0].item()
+    x[0, 0] += 1e-12 * abs(before)  # in place, below float32's resolution
+    assert x[0, 0].item() != before and x[0, 0].float().item() == torch.tensor(before).float().item()
+    with pytest.raises(wd.DataError, match="batch 0 differs"):
+        H @ v
+
+
+@pytest.mark.parametrize("compare", ["memcmp", "torch.equal"])
+def test_both_comparisons_see_every_change(compare, monkeypatch, count_builds):
+    """The CPU comparison is ``memcmp`` of contiguous buffers, with ``torch.equal`` of bit patterns
+    for anything else (a non-contiguous parameter here; every tensor with ``memcmp`` unavailable)."""
+    if compare == "torch.equal":
+        monkeypatch.setattr(cache_module, "_MEMCMP", None)
+    else:
+        assert cache_module._MEMCMP is not None
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3)).to(DT).eval()
+    model[0].weight = nn.Parameter(torch.randn(3, 4, dtype=DT).T)  # (4, 3), not contiguous
+    assert not model[0].weight.is_contiguous()
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
+    obj = wd.Objective(model, (x, y))
+    H = wd.hessian(obj)
+    v = torch.randn(H.shape[0], dtype=DT)
+    last = H @ v
+    assert len(count_builds) == 1
+    for change in (
+        lambda: model[0].weight.data.mul_(1.5),  # the non-contiguous parameter, through .data
+        lambda: model[3].weight.data.mul_(1.5),  # a contiguous one
+        lambda: model[1].running_var.mul_(2.0),  # a buffer
+    ):
+        change()
+        new = H @ v
+        _close(new, wd.hessian(obj, method="forward-over-reverse") @ v)  # no vjp: not counted
+        assert (new - last).abs().max() > 1e-6 * last.abs().max()
+        last = new
+    assert len(count_builds) == 4  # one build per change, none in between
+    H @ v
+    assert len(count_builds) == 4
+
+
+def test_the_comparison_is_bit_for_bit(count_builds):
+    """``0.0`` and ``-0.0`` compare equal as numbers but are different weights to the cache (a
+    record on either is exact; only bit-identical weights are treated as unchanged)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+    with torch.no_grad():
+        model[0].weight[0, 0] = 0.0
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
+    H = wd.hessian(wd.Objective(model, (x, y)))
+    v = torch.randn(H.shape[0], dtype=DT)
+    first = H @ v
+    model[0].weight.data[0, 0] = -0.0
+    _close(H @ v, first)
+    assert len(count_builds) == 2
+
+
+def test_a_changed_batch_rebuilds_only_its_own_record(count_builds):
+    case = _case("tanh_mlp")  # two batches
+    obj = wd.Objective(case.model, case.data, loss=case.loss, check_deterministic=False)
+    H = wd.hessian(obj, cache=True)
+    v = torch.randn(H.shape[0], dtype=DT)
+    H @ v
+    assert len(count_builds) == 2
+    case.data[1][0].mul_(-1.5)
+    _close(H @ v, dense_hessian(case) @ v)
+    assert len(count_builds) == 3

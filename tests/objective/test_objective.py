@@ -153,3 +153,41 @@ def test_float32_data_is_cast_to_a_float64_model():
     x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
     obj = wd.Objective(model, (x, y))
     assert obj.value() == pytest.approx(F.cross_entropy(model(x.double()), y).item(), rel=1e-14)
+
+
+def test_state_is_named_parameters_then_named_buffers():
+    """``state()`` reads every module once; it equals the two torch walks, tied and shared tensors
+    once, under their first names, in the same order."""
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(TinyAttention(tied=True), nn.BatchNorm1d(3), shared, shared).to(DT)
+    model[0].register_buffer("unused", None)
+    model[1].register_parameter("extra", None)
+    obj = wd.Objective(model.eval(), (torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)))
+    expected = [*model.named_parameters(), *model.named_buffers()]
+    state = obj.state()
+    assert list(state) == [n for n, _ in expected]
+    for (name, t), got in zip(expected, state.values()):
+        assert got.data_ptr() == t.data_ptr() and not got.requires_grad, name
+    sub = {"2.bias": torch.ones(4, dtype=DT)}
+    assert torch.equal(obj.state(sub)["2.bias"], sub["2.bias"])
+
+
+def test_a_known_fingerprint_replaces_the_pass_and_is_compared_the_same(monkeypatch):
+    model = _mlp()
+    data = [(torch.randn(4, 3, dtype=DT), torch.randint(0, 2, (4,)))]
+    obj = wd.Objective(model, data)
+    first = list(obj.batches())  # the first pass records the fingerprints
+    calls = []
+    real = wd.batch.fingerprint
+    monkeypatch.setattr(wd.batch, "fingerprint", lambda b: calls.append(1) or real(b))
+    known = obj._fingerprints[0]
+    seen = []
+    again = list(obj.batches(known_fingerprint=lambda i, raw, batch: seen.append((i, raw, batch)) or known))
+    assert calls == [] and len(again) == len(first) == 1
+    (i, raw, batch), = seen
+    assert i == 0 and raw is data[0] and batch[0] is data[0][0]  # same dtype and device: not copied
+    list(obj.batches(known_fingerprint=lambda *args: None))  # cannot vouch: fingerprinted here
+    assert calls == [1]
+    with pytest.raises(wd.DataError, match="batch 0 differs"):
+        list(obj.batches(known_fingerprint=lambda *args: "another batch"))

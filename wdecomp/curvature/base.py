@@ -24,7 +24,7 @@ from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec, select_parameters
 from wdecomp.progress import progress_bar
 
-__all__ = ["DEFAULT_DENSE_BYTES", "CheckResult", "CurvatureOperator", "FactoredOperator", "map_columns"]
+__all__ = ["DEFAULT_DENSE_BYTES", "CheckResult", "CurvatureOperator", "FactoredOperator", "map_columns", "map_rows"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,14 @@ def map_columns(fn: Any, V: dict[str, Tensor]) -> dict[str, Tensor]:
         out = fn({n: t[0] for n, t in V.items()})
         return {n: t.unsqueeze(0) for n, t in out.items()}
     return vmap(fn)(V)
+
+
+def map_rows(fn: Any, rows: Tensor) -> Tensor:
+    """Apply a flat per-vector product ``fn: (p,) -> (q,)`` to the ``k`` rows of ``rows`` ``(k, p)``:
+    ``vmap`` for a block, a plain call for one vector."""
+    if rows.shape[0] == 1:
+        return fn(rows[0]).unsqueeze(0)
+    return vmap(fn)(rows)
 
 
 class CurvatureOperator(LinOp):
@@ -145,31 +153,75 @@ class CurvatureOperator(LinOp):
         """
         raise NotImplementedError
 
-    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
+    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
         """The product hook :meth:`_matmat` calls for batch number ``index`` (its position in the
-        objective's batch order); ``_batch_matmat`` unless a subclass keeps per-batch state."""
-        return self._batch_matmat(theta, batch, V)
+        objective's batch order) and flat tangents ``rows`` ``(k, p)``; ``_batch_matmat`` on the
+        named tangents unless a subclass keeps per-batch state."""
+        return self._batch_matmat(theta, batch, self._split_rows(rows))
 
     def _in_dim(self) -> int:
         return self.shape[1]
 
+    def _layout(self) -> tuple[tuple[str, int, int, tuple[int, ...]], ...]:
+        """``(name, start, stop, shape)`` of each parameter in the flat vector (computed once per
+        parameter set: a product splits and joins vectors along it)."""
+        cached = self.__dict__.get("_layout_cache")
+        if cached is None or cached[0] is not self.params:
+            rows, start = [], 0
+            for name, shape in zip(self.params.names, self.params.shapes):
+                stop = start + math.prod(shape)
+                rows.append((name, start, stop, tuple(shape)))
+                start = stop
+            cached = (self.params, tuple(rows))
+            self._layout_cache = cached
+        return cached[1]
+
+    def _split_rows(self, rows: Tensor) -> dict[str, Tensor]:
+        """Named views ``(k, *shape)`` of a row-major ``(k, p)`` block of tangents."""
+        k = rows.shape[0]
+        return {name: rows[:, start:stop].view(k, *shape) for name, start, stop, shape in self._layout()}
+
+    def _views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Named views of one flat vector ``(p,)``, by one ``split`` (so a gradient with respect to
+        ``flat`` through them is one concatenation, not one full-length buffer per parameter)."""
+        layout = self._layout()
+        parts = flat.split([stop - start for _, start, stop, _ in layout])
+        return {name: part.view(shape) for (name, _, _, shape), part in zip(layout, parts)}
+
+    def _join_rows(self, named: dict[str, Tensor]) -> Tensor:
+        """The flat ``(k, p)`` block of named per-parameter products ``(k, *shape)``."""
+        parts = [named[name] for name, _, _, _ in self._layout()]
+        k = parts[0].shape[0]
+        return torch.cat([t.reshape(k, -1) for t in parts], dim=1)
+
+    def _product_batches(self) -> Iterator[Batch]:
+        """The batches one product sums over (the objective's pass; subclasses may vouch for some)."""
+        return self.objective.batches()
+
     def _matmat(self, V: Tensor) -> Tensor:
         """``A V`` as the transpose of a row-major ``(k, p)`` buffer: each product is one contiguous
         row (how the per-batch products come out), and a solver that keeps vectors as rows (Lanczos)
-        reads ``out.T`` without a copy."""
+        reads ``out.T`` without a copy. One batch and one chunk: the product is returned as it
+        came, with no buffer and no addition."""
         k = V.shape[1]
         theta = self.params.as_dict()
-        out = torch.zeros(k, self.shape[0], dtype=self.dtype, device=self.device)
         chunks = [(i, min(i + self.chunk_size, k)) for i in range(0, k, self.chunk_size)]
-        bar = progress_bar(
-            total=len(chunks) * self.num_batches, desc=f"{self.kind} products", enabled=self.progress
-        )
-        for index, batch in enumerate(self.objective.batches()):
+        steps = len(chunks) * self.num_batches
+        bar = progress_bar(total=steps, desc=f"{self.kind} products", enabled=self.progress) if steps > 1 else None
+        rows = V.T  # (k, p); contiguous when V is a column or a transposed row-major block
+        out: Tensor | None = None
+        for index, batch in enumerate(self._product_batches()):
+            parts = []
             for start, stop in chunks:
-                tangents = self.params.unflatten(V[:, start:stop].T.contiguous())
-                out[start:stop] += self._batch_product(index, theta, batch, tangents)
-                bar.update(1)
-        bar.close()
+                parts.append(self._batch_product(index, theta, batch, rows[start:stop].contiguous()))
+                if bar is not None:
+                    bar.update(1)
+            part = parts[0] if len(parts) == 1 else torch.cat(parts)
+            # the first product is kept as it came; the second makes a buffer of our own to add into
+            out = part.to(self.dtype) if out is None else (out + part if index == 1 else out.add_(part))
+        if bar is not None:
+            bar.close()
+        assert out is not None  # the data hold at least one batch (counted before the first product)
         return self.objective.reduce(out).T
 
     # ---------------------------------------------------------------- self-check

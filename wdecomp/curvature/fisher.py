@@ -21,7 +21,7 @@ from torch.func import jacrev, jvp, vjp
 
 from wdecomp import batch as batching
 from wdecomp.curvature._cache import CachedProducts, check_cache_setting, jacobian_maps
-from wdecomp.curvature.base import FactoredOperator, map_columns
+from wdecomp.curvature.base import FactoredOperator, map_columns, map_rows
 from wdecomp.curvature.ggn import OutputSpaceOperator
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
@@ -44,7 +44,7 @@ class EmpiricalFisherOperator(CachedProducts, FactoredOperator):
     Uncached: one forward with a ``vjp`` record, a forward-mode JVP and a VJP per vector.
     Cached (``cache``, as for :class:`~wdecomp.curvature.ggn.OutputSpaceOperator`): the pullback
     ``u -> G^T u`` is recorded once per batch and ``v -> G v`` is its transpose by the double-vjp
-    identity, checked value for value before every product.
+    identity, checked bit for bit before every product.
     """
 
     kind = "fisher_empirical"
@@ -58,14 +58,15 @@ class EmpiricalFisherOperator(CachedProducts, FactoredOperator):
         self.cache = cache
         self._reset_cache()
 
-    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Callable:
-        """``v -> G_b^T G_b v / N`` from recorded pullbacks."""
-        _, gv, gtu = jacobian_maps(per_example_loss_function(self.objective, batch, rest), selected)
+    def _build_record(self, flat: Tensor, rest: dict[str, Tensor], batch: Batch) -> Callable:
+        """``v -> G_b^T G_b v / N`` (flat) from recorded pullbacks."""
+        losses = per_example_loss_function(self.objective, batch, rest)
+        _, gv, gtu = jacobian_maps(lambda x: losses(self._views(x)), flat)
         total = float(self.objective.total_count)
         return lambda v: gtu(gv(v) / total)
 
-    def _record_product(self, record: Callable, V: dict[str, Tensor]) -> Tensor:
-        return self.params.flatten(map_columns(record, V))
+    def _record_product(self, record: Callable, rows: Tensor) -> Tensor:
+        return map_rows(record, rows)
 
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
         e = per_example_loss_function(self.objective, batch)
@@ -75,7 +76,7 @@ class EmpiricalFisherOperator(CachedProducts, FactoredOperator):
         def column(v: dict[str, Tensor]) -> dict[str, Tensor]:
             return pullback(jvp(e, (theta,), (v,))[1] / total)[0]
 
-        return self.params.flatten(map_columns(column, V))
+        return self._join_rows(map_columns(column, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``G^T [(s(theta + eps v) - s(theta - eps v)) / 2 eps] / N``."""

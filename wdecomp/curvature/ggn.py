@@ -18,7 +18,7 @@ from torch.func import grad, jacrev, jvp, vjp
 
 from wdecomp import batch as batching
 from wdecomp.curvature._cache import CachedProducts, check_cache_setting, jacobian_maps
-from wdecomp.curvature.base import FactoredOperator, map_columns
+from wdecomp.curvature.base import FactoredOperator, map_columns, map_rows
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
@@ -31,7 +31,7 @@ class OutputSpaceOperator(CachedProducts, FactoredOperator):
     forward-mode JVPs and ``k`` batched VJPs per batch. Cached (``cache``), each batch's
     pullback ``u -> J^T u`` is recorded once, and ``v -> J v`` is the pullback of that linear
     map (:func:`wdecomp.curvature._cache.jacobian_maps`), so a product is backward sweeps only,
-    with no forward pass; the records are kept, and checked value for value before every
+    with no forward pass; the records are kept, and checked bit for bit before every
     product, exactly as the Hessian's (:class:`~wdecomp.curvature.hessian.HessianOperator`).
 
     Args:
@@ -75,15 +75,16 @@ class OutputSpaceOperator(CachedProducts, FactoredOperator):
         g = grad(lambda o: self.loss.summed(o, targets)[0] / total)
         return lambda u: jvp(g, (outputs,), (u,))[1]
 
-    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Callable:
-        """``v -> J_b^T M_b J_b v`` from recorded pullbacks (no forward pass per product)."""
+    def _build_record(self, flat: Tensor, rest: dict[str, Tensor], batch: Batch) -> Callable:
+        """``v -> J_b^T M_b J_b v`` (flat) from recorded pullbacks (no forward pass per product)."""
         inputs, targets = self.objective.inputs_targets(batch)
-        outputs, jv, jtu = jacobian_maps(self.objective.output_function(inputs, rest), selected)
+        fn = self.objective.output_function(inputs, rest)
+        outputs, jv, jtu = jacobian_maps(lambda x: fn(self._views(x)), flat)
         m_product = self._output_product(outputs, targets)
         return lambda v: jtu(m_product(jv(v)))
 
-    def _record_product(self, record: Callable, V: dict[str, Tensor]) -> Tensor:
-        return self.params.flatten(map_columns(record, V))
+    def _record_product(self, record: Callable, rows: Tensor) -> Tensor:
+        return map_rows(record, rows)
 
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
         """The uncached product: forward with a ``vjp`` record, JVPs, VJPs."""
@@ -97,7 +98,7 @@ class OutputSpaceOperator(CachedProducts, FactoredOperator):
             jv = jvp(f, (theta,), (v,))[1]
             return pullback(m_product(jv))[0]
 
-        return self.params.flatten(map_columns(column, V))
+        return self._join_rows(map_columns(column, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``J^T M [(f(theta + eps v) - f(theta - eps v)) / 2 eps]``, the JVP by differences."""

@@ -8,12 +8,12 @@ from torch import Tensor
 from torch.func import grad, jvp, vjp
 
 from wdecomp.curvature._cache import CachedProducts, check_cache_setting
-from wdecomp.curvature.base import map_columns
+from wdecomp.curvature.base import map_columns, map_rows
 from wdecomp.objective import Batch, Objective
 from wdecomp.params import ParamSet, ParamSpec
 
 _METHODS = ("auto", "forward-over-reverse", "reverse-over-reverse")
-Pullback = Callable[[dict[str, Tensor]], tuple[dict[str, Tensor]]]
+Pullback = Callable[[Tensor], tuple[Tensor]]
 
 
 class HessianOperator(CachedProducts):
@@ -44,7 +44,7 @@ class HessianOperator(CachedProducts):
     values, and it is used only while those values are unchanged. The operator keeps a private
     copy of every parameter and buffer the loss reads (its own selected tensors, the model's
     others) and of each cached batch, builds the record on those copies, and on every product
-    compares them, value for value, with the current ones (and the modules' train/eval flags);
+    compares them, bit for bit, with the current ones (and the modules' train/eval flags);
     any difference drops the records and builds new ones (this machinery,
     :class:`wdecomp.curvature._cache.CachedProducts`, is shared with the GGN and Fisher). So
     in-place updates of any kind (``optimizer.step()``, ``p.add_()`` under ``no_grad``,
@@ -114,14 +114,14 @@ class HessianOperator(CachedProducts):
         """Whether products reuse cached pullbacks (decided by ``cache``, ``method`` and the batches)."""
         return self.method != "forward-over-reverse" and super().caching
 
-    def _build_record(self, selected: dict[str, Tensor], rest: dict[str, Tensor], batch: Batch) -> Pullback:
-        """``pull`` with ``pull(v) = (H_b v,)``: the pullback of this batch's gradient."""
+    def _build_record(self, flat: Tensor, rest: dict[str, Tensor], batch: Batch) -> Pullback:
+        """``pull`` with ``pull(v) = (H_b v,)`` for flat ``v``: the pullback of this batch's gradient."""
         f = self.objective.batch_objective(batch, self.params)
-        _, pullback = vjp(grad(lambda p: f({**rest, **p})), selected)
+        _, pullback = vjp(grad(lambda x: f({**rest, **self._views(x)})), flat)
         return pullback
 
-    def _record_product(self, record: Pullback, V: dict[str, Tensor]) -> Tensor:
-        return self.params.flatten(map_columns(lambda v: record(v)[0], V))
+    def _record_product(self, record: Pullback, rows: Tensor) -> Tensor:
+        return map_rows(lambda v: record(v)[0], rows)
 
     # ---------------------------------------------------------------- products
     def _batch_matmat(self, theta: dict[str, Tensor], batch: Batch, V: dict[str, Tensor]) -> Tensor:
@@ -132,12 +132,12 @@ class HessianOperator(CachedProducts):
             method = "reverse-over-reverse" if next(iter(V.values())).shape[0] == 1 else "forward-over-reverse"
         if method == "reverse-over-reverse":
             _, pullback = vjp(g, theta)
-            return self.params.flatten(map_columns(lambda v: pullback(v)[0], V))
+            return self._join_rows(map_columns(lambda v: pullback(v)[0], V))
 
         def hvp(v: dict[str, Tensor]) -> dict[str, Tensor]:
             return jvp(g, (theta,), (v,))[1]
 
-        return self.params.flatten(map_columns(hvp, V))
+        return self._join_rows(map_columns(hvp, V))
 
     def _finite_difference(self, v: Tensor, eps: float) -> Tensor:
         """``(grad L(theta + eps v) - grad L(theta - eps v)) / (2 eps)``."""
