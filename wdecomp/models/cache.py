@@ -14,6 +14,10 @@ retrains. Files are written to a temporary file in the same directory, flushed, 
 moved into place with ``os.replace``; the sidecar is written last, so a crash leaves either a
 complete entry or one that fails verification.
 
+Entries that ship with the package (the trained models of the full demo, under
+:func:`shipped_dir`) are read the same way, after the user cache and with the same checks;
+``$WDECOMP_SHIPPED=0`` ignores them (then everything is trained).
+
 The SHA-256 guards against **corruption** (a truncated or damaged file, a stale sidecar), not
 against **tampering**: whoever can write the cache can write weights and a matching digest
 together, and such an entry is trusted. Keep the cache in a folder only you (or your group) can
@@ -54,6 +58,8 @@ __all__ = [
     "entry_paths",
     "load_entry",
     "save_entry",
+    "shipped_dir",
+    "use_shipped",
 ]
 
 #: Version of the training code; part of every cache key.
@@ -80,10 +86,21 @@ def cache_key(name: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def entry_paths(name: str, config: dict[str, Any]) -> tuple[Path, Path]:
-    """``(weights_path, sidecar_path)`` of the cache entry for ``name`` and ``config``."""
+def shipped_dir() -> Path:
+    """The read-only entries that ship inside the package (the full demo's trained models)."""
+    return Path(__file__).with_name("shipped")
+
+
+def use_shipped() -> bool:
+    """Whether :func:`load_entry` falls back to :func:`shipped_dir` (``$WDECOMP_SHIPPED`` != ``0``)."""
+    return os.environ.get("WDECOMP_SHIPPED", "1") != "0"
+
+
+def entry_paths(name: str, config: dict[str, Any], root: Path | None = None) -> tuple[Path, Path]:
+    """``(weights_path, sidecar_path)`` of the entry for ``name`` and ``config`` under ``root``
+    (default: the user cache, ``cache_dir() / "models"``)."""
     stem = f"{name}-{cache_key(name, config)}"
-    root = cache_dir() / "models"
+    root = cache_dir() / "models" if root is None else root
     return root / f"{stem}.safetensors", root / f"{stem}.json"
 
 
@@ -145,16 +162,27 @@ def _save_entry(name: str, config: dict[str, Any], model: nn.Module, metrics: di
 
 
 def load_entry(name: str, config: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
-    """Load a verified cache entry into ``model`` in place.
+    """Load a verified entry into ``model`` in place: the user cache first, then the entries
+    shipped with the package (:func:`shipped_dir`, unless ``$WDECOMP_SHIPPED=0``).
 
     Returns:
         The stored metrics if a valid entry was loaded, ``None`` if there is no entry or it
         failed verification (then ``model`` is left untouched and a :class:`CacheWarning`
         says why).
     """
-    weights_path, meta_path = entry_paths(name, config)
-    if not meta_path.exists() and not weights_path.exists():
-        return None
+    roots = [None, shipped_dir()] if use_shipped() else [None]
+    for root in roots:
+        weights_path, meta_path = entry_paths(name, config, root)
+        if meta_path.exists() or weights_path.exists():
+            metrics = _load_verified(name, config, model, weights_path, meta_path)
+            if metrics is not None:
+                return metrics
+    return None
+
+
+def _load_verified(
+    name: str, config: dict[str, Any], model: nn.Module, weights_path: Path, meta_path: Path
+) -> dict[str, Any] | None:
     try:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict):
