@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import networkx as nx
@@ -49,3 +50,28 @@ def test_demo_quick_writes_a_complete_report(tmp_path, capsys):
     fit = results["scaling_fit"]
     if fit["diagnostics"]:  # a degenerate fit is flagged first in the headline, never silently used
         assert printed.split("headline numbers", 1)[1].lstrip("-\n ").startswith("WARNING")
+
+
+def test_demo_train_flag_turns_the_shipped_models_off(tmp_path, monkeypatch):
+    """``wdecomp demo --train`` runs the demo with ``WDECOMP_SHIPPED=0`` (exit 0); without it they stay on."""
+    import wdecomp.cli.demo as cli_demo
+
+    seen = []
+
+    def fake_run_demo(out, quick, progress):
+        seen.append(os.environ.get("WDECOMP_SHIPPED", "1"))
+
+        class R:
+            folder = out
+
+            def summary(self):
+                return "ok"
+
+        return R()
+
+    monkeypatch.setattr(cli_demo, "run_demo", fake_run_demo)
+    monkeypatch.delenv("WDECOMP_SHIPPED", raising=False)
+    assert main(["demo", "--out", str(tmp_path / "a")]) == 0
+    assert main(["demo", "--train", "--out", str(tmp_path / "b")]) == 0
+    assert seen == ["1", "0"]
+    monkeypatch.delenv("WDECOMP_SHIPPED", raising=False)  # the flag set it for the rest of the process
