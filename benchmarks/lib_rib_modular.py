@@ -118,6 +118,9 @@ def main() -> None:
                         help="'rib' with --threshold 1e-15 is rib's truncation_threshold rule")
     parser.add_argument("--threshold", type=float, default=None, help="gram and interaction threshold")
     parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed in edge ablation")
+    parser.add_argument("--logit-shift", default=None,
+                        help="add this number to every unembedding bias (the same softmax, loss and accuracy), or "
+                             "'center' to remove the uniform part of the mean logits over the training data")
     parser.add_argument("--skip-ablation", action="store_true", help="basis and Fourier checks only")
     parser.add_argument("--plot", default=None, help="write the module plot here (.png)")
     parser.add_argument("--json", default=None, help="write the numbers here")
@@ -146,6 +149,19 @@ def main() -> None:
             layers = list(RIB_LAYERS.values())
         else:
             layers = ["embed", "mlp.act", "unembed"]
+    if args.logit_shift is not None:
+        with torch.no_grad():
+            uniform = float(model(x_tr)[:, : args.p].mean())
+            shift = -uniform if args.logit_shift == "center" else float(args.logit_shift)
+            model.unembed.bias += shift
+        out["logit_shift"] = shift
+        stage(f"unembedding biases shifted by {shift:.6g} (uniform part of the mean logits was {uniform:.6g})")
+    with torch.no_grad():
+        mean_logits = model(x_tr).mean(0)
+    out["mean_logits_sq"] = float(mean_logits.pow(2).sum())
+    out["mean_logits_uniform_sq"] = float(mean_logits[: args.p].mean() ** 2 * args.p)
+    print(f"  ||E logits||^2 = {out['mean_logits_sq']:.8g}, of which the uniform part (p * mean^2) "
+          f"{out['mean_logits_uniform_sq']:.8g}")
     out["train_examples"], out["test_examples"] = len(x_tr), len(x_te)
     out["train_accuracy"], out["test_accuracy"] = accuracy(model, x_tr, y_tr), accuracy(model, x_te, y_te)
     stage(f"model: train accuracy {out['train_accuracy']:.4f}, test accuracy {out['test_accuracy']:.4f} "

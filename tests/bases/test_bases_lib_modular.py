@@ -131,3 +131,19 @@ def test_per_position_bias_rule_gives_a_different_constant_lambda():
     lam_rib, lam_other = rib[LAYERS[0]].eigenvalues, other[LAYERS[0]].eigenvalues
     assert float(abs(lam_rib[0] - lam_other[0]) / lam_rib[0]) > 1e-3
     torch.testing.assert_close(lam_rib[1:], lam_other[1:], rtol=1e-10, atol=0)
+
+
+def test_constant_lambda_before_the_logits_is_the_mean_logit_norm_and_moves_with_a_softmax_shift():
+    """At the last hidden layer (the logits linear in it, the output unrotated) the constant node's
+    Lambda is ``||E logits||^2``; adding the same number to every unembedding bias leaves the softmax
+    unchanged and moves that Lambda to ``||E logits + shift||^2`` (rib's modular-addition checkpoint
+    has a uniform logit offset of about 43: benchmarks/results/lib_rib_modular.md)."""
+    model, t = tiny(), tokens()
+    probs = torch.softmax(model(t), -1)
+    for shift in (0.0, 10.0):
+        with torch.no_grad():
+            model.unembed.bias += shift
+            mean_logits = model(t).mean(0)
+        torch.testing.assert_close(torch.softmax(model(t), -1), probs, rtol=1e-12, atol=1e-14)
+        lam = interaction_basis(model, t, LAYERS)["ln_f"].eigenvalues
+        torch.testing.assert_close(lam[0], mean_logits.pow(2).sum(), rtol=1e-10, atol=0)
