@@ -441,15 +441,21 @@ class Objective:
 
     # ----------------------------------------------------------------- functional pieces
     def state(self, params: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Detached parameters and buffers, with ``params`` substituted (tied names once).
+        """Detached parameters and buffers, with ``params`` substituted (tied names once): the
+        names and order of ``named_parameters()`` then ``named_buffers()``."""
+        return self.state_and_modes(params)[0]
 
-        The names and order of ``named_parameters()`` then ``named_buffers()``, read in one walk
-        over the modules."""
+    def state_and_modes(
+        self, params: Mapping[str, Tensor] | None = None
+    ) -> tuple[dict[str, Tensor], tuple[bool, ...]]:
+        """:meth:`state` and :meth:`modes` from one walk over the modules."""
         out: dict[str, Tensor] = {}
         buffers: dict[str, Tensor] = {}
+        modes: list[bool] = []
         seen_params: set[int] = set()
         seen_buffers: set[int] = set()
         for prefix, module in self.model.named_modules():
+            modes.append(module.training)
             dot = prefix + "." if prefix else ""
             for table, into, seen in ((module._parameters, out, seen_params), (module._buffers, buffers, seen_buffers)):
                 for name, t in table.items():
@@ -459,7 +465,7 @@ class Objective:
         out.update(buffers)
         if params:
             out.update(params)
-        return out
+        return out, tuple(modes)
 
     def model_fn(self, state: Mapping[str, Tensor] | None) -> Callable[[Any], Tensor]:
         """A function ``inputs -> outputs`` that runs the model on ``state`` (``None``: its own weights)."""

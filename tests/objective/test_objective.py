@@ -171,6 +171,9 @@ def test_state_is_named_parameters_then_named_buffers():
         assert got.data_ptr() == t.data_ptr() and not got.requires_grad, name
     sub = {"2.bias": torch.ones(4, dtype=DT)}
     assert torch.equal(obj.state(sub)["2.bias"], sub["2.bias"])
+    shared.train()  # the flags come from the same walk, in model.modules() order
+    flags = tuple(m.training for m in model.modules())
+    assert obj.state_and_modes()[1] == obj.modes() == flags and sum(flags) == 1
 
 
 def test_a_known_fingerprint_replaces_the_pass_and_is_compared_the_same(monkeypatch):

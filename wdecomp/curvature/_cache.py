@@ -244,8 +244,7 @@ class CachedProducts(CurvatureOperator):
 
     def _check_snapshot(self) -> None:
         """Drop the cache unless the model is, bit for bit, as when it was built."""
-        state = self.objective.state(self.params.as_dict())
-        modes = self.objective.modes()
+        state, modes = self.objective.state_and_modes(self.params.as_dict())
         if self._snapshot is not None and self._snapshot.matches(state, modes):
             return
         self._entries.clear()  # free the old records before building new ones
@@ -299,9 +298,9 @@ class CachedProducts(CurvatureOperator):
             self._check_snapshot()
         return super()._matmat(V)
 
-    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    def _batch_product(self, index: int, batch: Batch, rows: Tensor) -> Tensor:
         if not self._caching_now:
-            return super()._batch_product(index, theta, batch, rows)
+            return super()._batch_product(index, batch, rows)
         return self._record_product(self._record(index, batch), rows)
 
 

@@ -153,11 +153,11 @@ class CurvatureOperator(LinOp):
         """
         raise NotImplementedError
 
-    def _batch_product(self, index: int, theta: dict[str, Tensor], batch: Batch, rows: Tensor) -> Tensor:
+    def _batch_product(self, index: int, batch: Batch, rows: Tensor) -> Tensor:
         """The product hook :meth:`_matmat` calls for batch number ``index`` (its position in the
-        objective's batch order) and flat tangents ``rows`` ``(k, p)``; ``_batch_matmat`` on the
-        named tangents unless a subclass keeps per-batch state."""
-        return self._batch_matmat(theta, batch, self._split_rows(rows))
+        objective's batch order) and flat tangents ``rows`` ``(k, p)``; ``_batch_matmat`` at the
+        current weights on the named tangents unless a subclass keeps per-batch state."""
+        return self._batch_matmat(self.params.as_dict(), batch, self._split_rows(rows))
 
     def _in_dim(self) -> int:
         return self.shape[1]
@@ -204,7 +204,6 @@ class CurvatureOperator(LinOp):
         reads ``out.T`` without a copy. One batch and one chunk: the product is returned as it
         came, with no buffer and no addition."""
         k = V.shape[1]
-        theta = self.params.as_dict()
         chunks = [(i, min(i + self.chunk_size, k)) for i in range(0, k, self.chunk_size)]
         steps = len(chunks) * self.num_batches
         bar = progress_bar(total=steps, desc=f"{self.kind} products", enabled=self.progress) if steps > 1 else None
@@ -213,7 +212,7 @@ class CurvatureOperator(LinOp):
         for index, batch in enumerate(self._product_batches()):
             parts = []
             for start, stop in chunks:
-                parts.append(self._batch_product(index, theta, batch, rows[start:stop].contiguous()))
+                parts.append(self._batch_product(index, batch, rows[start:stop].contiguous()))
                 if bar is not None:
                     bar.update(1)
             part = parts[0] if len(parts) == 1 else torch.cat(parts)
