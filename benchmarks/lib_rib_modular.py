@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wdecomp import hooks
 from wdecomp.ablation.edges import edge_ablation
 from wdecomp.bases import interaction_basis
 from wdecomp.fourier import fourier_concentration, fourier_power
@@ -100,6 +101,20 @@ def as_last_mid(model: nn.Module) -> Transformer:
     out = Transformer(cfg).to(next(model.parameters()).dtype)
     out.load_state_dict(model.state_dict())
     return out.eval()
+
+
+def concentration_2d(values: torch.Tensor, p: int) -> tuple[float, int]:
+    """For a function of ``(a, b)`` on all ``p^2`` pairs (``a`` major): the largest share of its power
+    (constant removed) on one frequency ``w``, i.e. on the 2-D DFT terms ``(k1, k2)`` in ``{0, w, p - w}^2``."""
+    power = torch.fft.fft2((values - values.mean()).reshape(p, p).to(torch.float64)).abs().pow(2)
+    total = float(power.sum())
+    best, where = 0.0, 0
+    for w in range(1, (p - 1) // 2 + 1):
+        ks = [0, w, p - w]
+        share = float(power[ks][:, ks].sum()) / total
+        if share > best:
+            best, where = share, w
+    return best, where
 
 
 @torch.no_grad()
@@ -216,6 +231,20 @@ def main() -> None:
           + ", ".join(f"{float(lb.eigenvalues[i + 1]):.4g}: {c:.4f}@{w} {two[i]:.4f} {token_var[i]:.4g}"
                       for i, (c, w) in enumerate(conc)))
     print(f"  min concentration {min(c for c, _ in conc):.4f} (issue's target >= 0.99)")
+    if args.arch != "mlp":  # later layers as functions of (a, b), on all p^2 pairs
+        a_ = torch.arange(args.p).repeat_interleave(args.p)
+        b_ = torch.arange(args.p).repeat(args.p)
+        pairs = torch.stack([a_, b_, torch.full_like(a_, args.p)], 1)
+        acts = hooks.run(model, pairs, read=layers[1:-1])[1]
+        out["fourier_2d"] = {}
+        for point in layers[1:-1]:
+            lb2 = basis[point]
+            c2 = lb2.to_coordinates(acts[point].reshape(args.p * args.p, -1)).detach()
+            res = [concentration_2d(c2[:, i], args.p) for i in range(1, min(args.top + 1, lb2.size))]
+            out["fourier_2d"][point] = [{"direction": i + 1, "concentration": c, "frequency": w}
+                                        for i, (c, w) in enumerate(res)]
+            print(f"  {point} top {len(res)} directions, 2-D single-frequency share: "
+                  + ", ".join(f"{c:.4f}@{w}" for c, w in res))
     if not args.skip_ablation:
         graph = interaction_graph(model, data, basis)
         stage(f"interaction graph: {graph.nx.number_of_nodes()} nodes, {graph.nx.number_of_edges()} edges")
