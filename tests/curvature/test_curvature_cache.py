@@ -465,14 +465,18 @@ def test_a_cast_batch_is_still_fingerprinted(count_fingerprints):
         H @ v
 
 
-@pytest.mark.parametrize("compare", ["memcmp", "torch.equal"])
-def test_both_comparisons_see_every_change(compare, monkeypatch, count_builds):
-    """The CPU comparison is ``memcmp`` of contiguous buffers, with ``torch.equal`` of bit patterns
-    for anything else (a non-contiguous parameter here; every tensor with ``memcmp`` unavailable)."""
-    if compare == "torch.equal":
+@pytest.mark.parametrize("compare", ["memcmp", "torch.equal", "fused"])
+def test_every_comparison_sees_every_change(compare, monkeypatch, count_builds):
+    """On the CPU the comparison is ``memcmp`` per contiguous tensor, ``torch.equal`` of bit
+    patterns for anything else (a non-contiguous parameter here); without ``memcmp``, and on other
+    devices (``fused``: the CPU treated as one), the weights of a dtype are concatenated and
+    compared in one ``torch.equal``, and batches tensor by tensor with ``torch.equal``."""
+    if compare == "memcmp":
+        assert cache_module._MEMCMP is not None
+    elif compare == "torch.equal":
         monkeypatch.setattr(cache_module, "_MEMCMP", None)
     else:
-        assert cache_module._MEMCMP is not None
+        monkeypatch.setattr(cache_module, "_MEMCMP_DEVICES", ())
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 3)).to(DT).eval()
     model[0].weight = nn.Parameter(torch.randn(3, 4, dtype=DT).T)  # (4, 3), not contiguous
@@ -480,7 +484,7 @@ def test_both_comparisons_see_every_change(compare, monkeypatch, count_builds):
     with torch.no_grad():
         model[1].running_mean.normal_()
     x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 3, (6,))
-    obj = wd.Objective(model, (x, y))
+    obj = wd.Objective(model, (x, y), check_deterministic=False)  # the batch is edited in place below
     H = wd.hessian(obj)
     v = torch.randn(H.shape[0], dtype=DT)
     last = H @ v
@@ -489,15 +493,16 @@ def test_both_comparisons_see_every_change(compare, monkeypatch, count_builds):
         lambda: model[0].weight.data.mul_(1.5),  # the non-contiguous parameter, through .data
         lambda: model[3].weight.data.mul_(1.5),  # a contiguous one
         lambda: model[1].running_var.mul_(2.0),  # a buffer
+        lambda: x.mul_(-1.5),  # the batch
     ):
         change()
         new = H @ v
         _close(new, wd.hessian(obj, method="forward-over-reverse") @ v)  # no vjp: not counted
         assert (new - last).abs().max() > 1e-6 * last.abs().max()
         last = new
-    assert len(count_builds) == 4  # one build per change, none in between
+    assert len(count_builds) == 5  # one build per change, none in between
     H @ v
-    assert len(count_builds) == 4
+    assert len(count_builds) == 5
 
 
 def test_the_comparison_is_bit_for_bit(count_builds):

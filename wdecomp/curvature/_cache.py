@@ -78,6 +78,10 @@ def _c_memcmp() -> Callable[[int, int, int], int] | None:
 #: ``benchmarks/results/products.md``).
 _MEMCMP = _c_memcmp()
 
+#: Device types whose tensors are compared one by one with ``memcmp``; the tensors of any other
+#: device (and all of them without ``memcmp``) are concatenated and compared in one kernel.
+_MEMCMP_DEVICES = ("cpu",)
+
 
 def _bits(t: Tensor) -> Tensor:
     """``t``'s entries as integers of their width: equal exactly when the bit patterns are (``0.0``
@@ -96,7 +100,7 @@ def _same_values(live: Tensor, copy: Tensor) -> bool:
     else ``torch.equal`` of the bit patterns."""
     if (
         _MEMCMP is not None
-        and live.device.type == "cpu"
+        and live.device.type in _MEMCMP_DEVICES
         and live.layout == torch.strided
         and live.is_contiguous()
         and not (live.is_neg() or live.is_conj())
@@ -186,7 +190,7 @@ class _Snapshot:
             if t.dtype != dtype or t.shape != shape or t.device != device:
                 return False
         for names, buffer in self._groups:
-            if buffer.device.type == "cpu":
+            if _MEMCMP is not None and buffer.device.type in _MEMCMP_DEVICES:
                 if not all(_same_values(state[n], self.state[n]) for n in names):
                     return False
             elif not torch.equal(_bits(torch.cat([state[n].reshape(-1) for n in names])), _bits(buffer)):
