@@ -1,7 +1,9 @@
-"""The planted binding benchmark's data, the R error's orientation, and the report's bookkeeping.
+"""The planted binding benchmark: its data, the R error's orientation, the report's bookkeeping,
+recovery of a general planted R* and the flagged control.
 
-Not asserted here, because it does not hold: recovery of a planted R* from a random start (see
-docs/concepts/sae.md, "matrix binding", for the measured errors)."""
+Not asserted, because it does not hold: the 0.05 target (measured 0.078), and recovery of the
+orthogonal R* at seed 0 (the plain SAE that seeds the search misses features; see
+docs/concepts/sae.md, "matrix binding")."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from wdecomp.errors import ShapeError
-from wdecomp.sae.binding import binding_report, planted_binding, r_error
+from wdecomp.sae.binding import binding_report, planted_binding, r_error, refit_binding
 from wdecomp.sae.model import BindingSAE
 
 
@@ -60,7 +62,9 @@ def test_report_bookkeeping() -> None:
     assert rep.fit_ratio == pytest.approx(rep.fvu_binding / rep.fvu_plain)
     assert rep.l0_binding <= 2 and rep.l0_plain <= 2
     assert rep.r_error == r_error(rep.binding.R, P.R)[0]
-    assert rep.supported == (rep.fit_ratio <= rep.threshold)  # m = 6 > d = 4: the test is informative
+    # m = 6 > d = 4: the test is informative
+    assert rep.dict_residual is not None
+    assert rep.supported == (rep.fit_ratio <= rep.threshold and rep.dict_residual <= 1e-3)
     text = str(rep)
     assert "fit ratio" in text and "relative error vs planted R*" in text
     small = binding_report(P.X, n_free=3, k=2, steps=2, batch_size=128)
@@ -73,3 +77,47 @@ def test_init_mismatch_refused() -> None:
     P = planted_binding(512, 4, 6, seed=1)
     with pytest.raises(ShapeError, match="init has n_free=5"):
         binding_report(P.X, n_free=6, k=2, steps=2, init=BindingSAE(4, 5, k=2))
+
+
+def test_refit_binding_returns_to_the_planted_map() -> None:
+    P = planted_binding(20000, 16, 24, R="general", noise=0.0, seed=4)
+    bind = BindingSAE(16, 24, k=2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        bind.D.copy_(P.D)
+        bind.R.copy_(P.R + 0.05 * torch.randn(16, 16, generator=g, dtype=torch.float64))
+        W = torch.cat([P.D, P.E], 1)
+        # an encoder that picks the right latents: the dual frame restricted to one slot at a time
+        bind.W_enc.copy_(torch.linalg.pinv(W))
+    before = r_error(bind.R, P.R)[0]
+    hist = refit_binding(bind, P.X.double(), rounds=4)
+    after = r_error(bind.R, P.R)[0]
+    # measured: 0.194 -> 0.068 (the pseudo-inverse encoder picks some rows' latents wrongly)
+    assert before > 0.15 and after < 0.08 and hist[-1] <= hist[0] + 1e-12
+
+
+@pytest.fixture(scope="module")
+def general_reports():
+    """The planted benchmark at d = 16, m = 24 (40,000 activations, 6000 steps, seed 0): ~20 s each
+    under load."""
+    out = {}
+    for bound in (True, False):
+        P = planted_binding(40000, 16, 24, R="general", bound=bound, seed=0)
+        out[bound] = (P, binding_report(P.X, n_free=24, k=2, steps=6000, batch_size=256, lr=3e-3, seed=0,
+                                        R_true=P.R))
+    return out
+
+
+def test_general_planted_map_is_recovered(general_reports) -> None:
+    P, rep = general_reports[True]
+    assert rep.r_error is not None and rep.r_error < 0.10  # measured 0.078 (target 0.05: not met)
+    assert rep.dict_residual is not None and rep.dict_residual < 1e-3  # measured 1.3e-4
+    assert rep.fit_ratio < 1.05  # measured 1.016: as good as a plain SAE with twice the latents
+    assert rep.l0_binding <= 2 and rep.l0_plain <= 2 and rep.supported
+
+
+def test_no_binding_control_is_flagged(general_reports) -> None:
+    _, rep = general_reports[False]
+    assert rep.dict_residual is not None and rep.dict_residual > 1e-3  # measured 3.3e-3
+    assert rep.fit_ratio > rep.threshold  # measured 1.64 against 1.5
+    assert not rep.supported and "NOT supported" in str(rep)
