@@ -15,7 +15,8 @@ memory), the two implementations interleaved, ``--repeat`` times; the table repo
 activations per second and the library's overhead ``t_wdecomp / t_plain - 1`` (target <= 10%).
 
 Run: ``python benchmarks/bench_sae.py [--steps 200] [--repeat 3] [--threads 2]``; ``--quick``
-for a smoke run (few steps; on a loaded machine the timings are not meaningful).
+for a smoke run (few steps). On a loaded machine wall times are not meaningful: use
+``--clock cpu_seconds --threads 1`` (process CPU time of each run, interleaved).
 """
 
 from __future__ import annotations
@@ -88,10 +89,10 @@ def child(impl: str, width: int, k: int, steps: int, batch: int, threads: int) -
     before = peak_rss_mb()
     fn = _plain if impl == "plain" else _wdecomp
     fn(X, width, k, 3, batch)  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(X, width, k, steps, batch)
-    seconds = time.perf_counter() - t0
-    return {"impl": impl, "width": width, "seconds": seconds, "per_second": steps * batch / seconds,
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"impl": impl, "width": width, "seconds": seconds, "cpu_seconds": cpu, "per_second": steps * batch / seconds,
             "peak_mb": peak_rss_mb(), "peak_before_mb": before}
 
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--quick", action="store_true", help="smoke run: 10 steps, one repeat")
+    p.add_argument("--clock", choices=("seconds", "cpu_seconds"), default="seconds",
+                   help="wall time (idle machine) or process CPU time (loaded machine; use --threads 1)")
+    p.add_argument("--name", default=None, help="results file name (default sae / sae_quick)")
     p.add_argument("--child", nargs=2, metavar=("IMPL", "WIDTH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -121,12 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
                 print(runs[-1], flush=True)
     lines = ["# SAE training: wdecomp.sae.fit_sae vs a plain PyTorch loop", "",
              f"char transformer residual stream (d=128), TopK k={args.k}, batch {args.batch}, {steps} steps, "
-             f"{repeat} interleaved repeats, {args.threads} threads; {machine() | {'threads': args.threads}}",
+             f"{repeat} interleaved repeats, {args.threads} threads, clock {args.clock}; "
+             f"{machine() | {'threads': args.threads}}",
              "", "| width | wdecomp act/s | plain act/s | overhead | peak MiB wdecomp | peak MiB plain |",
              "|---|---|---|---|---|---|"]
     table = {}
     for width in WIDTHS:
-        med = {impl: statistics.median(r["seconds"] for r in runs if r["width"] == width and r["impl"] == impl)
+        med = {impl: statistics.median(r[args.clock] for r in runs if r["width"] == width and r["impl"] == impl)
                for impl in ("wdecomp", "plain")}
         peak = {impl: max(r["peak_mb"] for r in runs if r["width"] == width and r["impl"] == impl)
                 for impl in ("wdecomp", "plain")}
@@ -136,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {width} | {rate['wdecomp']:.3g} | {rate['plain']:.3g} | {100 * overhead:+.1f}% | "
                      f"{peak['wdecomp']:.0f} | {peak['plain']:.0f} |")
     payload = {"machine": {**machine(), "threads": args.threads}, "steps": steps, "repeat": repeat, "runs": runs,
-               "table": table, "quick": args.quick}
-    write_results("sae_quick" if args.quick else "sae", payload, "\n".join(lines) + "\n")
+               "table": table, "quick": args.quick, "clock": args.clock}
+    write_results(args.name or ("sae_quick" if args.quick else "sae"), payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return payload
 

@@ -10,7 +10,8 @@
   explained variance, MSE, cosine similarity, ``l2_ratio``, relative reconstruction bias, dead
   fraction, feature density (SAELens' names) next to the compute- and parameter-equivalent.
 * :mod:`~wdecomp.sae.binding`: the planted binding benchmark and :func:`binding_report` (the fit
-  test of the binding hypothesis).
+  test of the binding hypothesis), seeded by :func:`match_slots` (a plain SAE read as two bound
+  slots) and finished by :func:`refit_binding`.
 
 Example:
     >>> import wdecomp.models as wm                                                # doctest: +SKIP
@@ -20,7 +21,17 @@ Example:
     >>> print(evaluate_sae(model, sae, data))                                      # doctest: +SKIP
 """
 
-from wdecomp.sae.binding import BindingReport, PlantedBinding, binding_report, planted_binding, r_error
+from wdecomp.sae.binding import (
+    BindingReport,
+    PlantedBinding,
+    SlotMatch,
+    binding_from_plain,
+    binding_report,
+    match_slots,
+    planted_binding,
+    r_error,
+    refit_binding,
+)
 from wdecomp.sae.metrics import ReconstructionStats, SAEMetrics, evaluate_sae, reconstruction_stats
 from wdecomp.sae.model import ACTIVATIONS, BindingSAE, SparseAutoencoder, load_sae
 from wdecomp.sae.train import SAETrainResult, fit_sae, hook_activations, train_sae
@@ -33,14 +44,18 @@ __all__ = [
     "ReconstructionStats",
     "SAEMetrics",
     "SAETrainResult",
+    "SlotMatch",
     "SparseAutoencoder",
+    "binding_from_plain",
     "binding_report",
     "evaluate_sae",
     "fit_sae",
     "hook_activations",
     "load_sae",
+    "match_slots",
     "planted_binding",
     "r_error",
     "reconstruction_stats",
+    "refit_binding",
     "train_sae",
 ]
