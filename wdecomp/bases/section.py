@@ -184,6 +184,14 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
     return found
 
 
+class _TargetReached(Exception):
+    """Ends a section's forward pass at its target hook point (:meth:`Section.batched`)."""
+
+
+def _stop(_f: Tensor) -> None:
+    raise _TargetReached
+
+
 @dataclass(frozen=True)
 class Section:
     """The section ``a^l -> a^{l+1}`` for one example (module docstring), for ``torch.func``.
@@ -253,9 +261,17 @@ class Section:
         modules = {n: self._bias_hook(s, n, patterns) for n in self.biases} if s is not None else {}
         if s is not None:
             modules.update({p: self._pattern_hook(p, patterns) for _, p in self.mixed})
-        with hooks.edit(self.model, modules=modules):
-            _, acts = hooks.run(self.model, x, read=[self.target], write={self.source: value})
-        rows = to_rows(acts[self.target], self.target_axis)
+        key = str(hooks.HookPoint.parse(self.target))
+        # the forward pass ends at the target: nothing after it is computed (nor carries tangents)
+        with hooks.edit(self.model, modules=modules), hooks.edit(self.model, {self.source: value}), \
+                hooks.record(self.model, [key]) as acts, hooks.observe(self.model, {key: _stop}):
+            try:
+                hooks.call(self.model, x)
+            except _TargetReached:
+                pass
+        if key not in acts:
+            raise SelectionError(f"hook point '{self.target}' was not reached in the forward pass")
+        rows = to_rows(acts[key], self.target_axis)
         s_t = None if s is None else _position_scale(s, rows.shape[1], f"target '{self.target}'")
         return rows, s_t
 
@@ -414,7 +430,8 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
 
     ``chunk_size`` if given; else the most examples whose estimated working set,
     ``per_example`` bytes each, fits in ``max_memory`` (default: a quarter of the memory
-    available now, at most 2 GiB), and at most ``examples`` (the batch size). An estimate is
+    available now, at most 2 GiB, or one example when that alone is over it but within half the
+    memory available), and at most ``examples`` (the batch size). An estimate is
     printed to stderr when one chunk needs over 1 GiB.
 
     Raises:
@@ -429,6 +446,8 @@ def plan_chunk(per_example: int, chunk_size: int | None, max_memory: int | None,
         budget = min(available_memory() // 4, 2 << 30) if max_memory is None else int(max_memory)
         if budget <= 0:
             raise ValueError(f"max_memory must be > 0 bytes, got {max_memory}")
+        if max_memory is None and budget < per_example <= available_memory() // 2:
+            budget = per_example  # the default budget: one example at a time still fits in memory
         if per_example > budget:
             raise DenseTooLargeError(
                 f"{what}: one example needs about {_human(per_example)} of Jacobians, over the memory budget of "
