@@ -103,7 +103,7 @@ def run_one(name: str, seed: int, args: argparse.Namespace, **over: Any) -> dict
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {"model": name, "seed": seed, "settings": {k: v for k, v in res.config.to_dict().items()},
            "wall_seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-           "target_test_loss": bundle.metrics["test_loss"]}
+           "target_test_loss": bundle.metrics["test_loss"], "resumed_from": int(res.info.get("resumed_from") or 0)}
     out.update(evaluate(name, res, bundle))
     print(f"{name} seed {seed}: MMCS {out['mmcs']:.4f} ML2R {out['ml2r']:.4f} alive {out['alive']} "
           f"hungarian {[h['passed'] for h in out['hungarian'].values()]} passed {out['passed']} "
@@ -178,7 +178,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['seed']} | {st['steps']} x {st['batch_size']} | {r['mmcs']:.4f} | "
                      f"{r['ml2r']:.4f} | {r['alive']} | {h} | "
                      f"{r['ci_l0']['linear1']:.3f} | {r['passed']} | {r['wall_seconds']:.0f} | "
-                     f"{r['cpu_seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
+                     f"{_cpu_text(r)} | {r['peak_rss_mb']:.0f} |")
     shared = [(r, r["shared_subcomponents"]["linear1"]) for r in payload["runs"]
               if r.get("shared_subcomponents", {}).get("linear1")]
     if shared:
@@ -207,6 +207,15 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["", f"Masking ({r0['model']}, seed {r0['seed']}; MSE to the labels; no scaling law for a toy MSE, "
                   "so the compute-equivalent column is empty):", "", "```", _masking_text(r0["masking"]), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_text(r: dict[str, Any]) -> str:
+    """CPU seconds; a run resumed from a checkpoint also shows the CPU of the part before (when recorded)."""
+    if not r.get("resumed_from"):
+        return f"{r['cpu_seconds']:.0f}"
+    before = r.get("cpu_seconds_before_resume")
+    extra = f" + {before:.0f} before" if before is not None else ""
+    return f"{r['cpu_seconds']:.0f}{extra} (resumed at step {r['resumed_from']})"
 
 
 def _masking_text(m: dict[str, Any]) -> str:
