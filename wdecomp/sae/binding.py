@@ -490,9 +490,9 @@ def binding_report(
         threshold: Fit-ratio flag level.
         dict_threshold: Flag level of the two-slot reading's ``dict_residual`` (median
             ``1 - cos``; ``init="plain"`` only). Measured on the planted benchmark (d 16, m 24):
-            1.3e-4 where ``R*`` was recovered, 3.3e-3 on the no-binding control, 4.4e-3 where
-            the search failed on planted data; so above it the report says "not found", which
-            is not evidence against binding.
+            1.3e-4 where ``R*`` was recovered, 3.3e-3 on the no-binding control, 1.05e-3 to
+            6.8e-3 where the search failed on planted data; so above it the report says "not
+            found", which is not evidence against binding.
         eval_source: Activations for the FVU (default: ``source``).
         init: ``"plain"`` (default): start from the plain SAE's dictionary read as two slots
             (:func:`match_slots`, :func:`binding_from_plain`; 2 slots only); ``"random"``: a fresh
