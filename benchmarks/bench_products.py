@@ -15,20 +15,35 @@ process per model (every round runs each library's product once, in turn; the mi
 rounds is reported), which is the comparison to read for speed.
 
     python benchmarks/bench_products.py            # writes benchmarks/results/products.{json,md}
+    python benchmarks/bench_products.py --overhead [--base REV]   # the per-call overhead section
+
+``--overhead`` measures what a cached product costs beyond its autograd sweeps (issue 16): on one
+torch thread, the CPU time of ``A @ v`` minus the CPU time spent inside the cached record (the
+backward sweeps of the product itself), both taken in the same call, for the Hessian, GGN and
+empirical Fisher of the 85k MLP (64-256-256-10 tanh, 512 examples: the model of
+``bench_revisions.py``) and the 670k MLP. With ``--base REV`` the same worker runs on ``git
+archive REV`` in alternating subprocesses (base, new, new, base, ...), so the two revisions see
+the same machine load. It writes ``results/products_overhead.json`` and the marked overhead
+section of ``results/products.md`` (kept when the main run rewrites that file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import MODELS, machine, peak_rss_mb, setup_threads, time_it, write_results  # noqa: E402
+from common import MODELS, RESULTS, machine, peak_rss_mb, setup_threads, time_it, write_results  # noqa: E402
 
 PRODUCTS = ("baseline", "gradient", "hvp", "hvp_cached", "hvp_block16", "hvp_block16_cached", "ggn")
 WDECOMP_ONLY = ("hvp_cached", "hvp_block16_cached")
@@ -112,12 +127,154 @@ def interleaved(model_name: str) -> dict:
     return {f"{library}:{product}": 1e3 * min(ts) / per_vector(product) for (library, product), ts in times.items()}
 
 
+OVERHEAD_BEGIN, OVERHEAD_END = "<!-- overhead:begin -->", "<!-- overhead:end -->"
+OVERHEAD_KINDS = ("hessian", "ggn", "fisher_empirical")
+
+
+def mlp_85k(seed: int = 0) -> tuple[torch.nn.Module, list]:
+    """64-256-256-10 tanh MLP (85,002 parameters) and 512 random inputs, one batch."""
+    torch.manual_seed(seed)
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10))
+    return model.eval(), [(torch.randn(512, 64), torch.randint(0, 10, (512,)))]
+
+
+OVERHEAD_MODELS = {"mlp_85k": mlp_85k, "mlp_670k": MODELS["mlp_670k"]}
+
+
+def overhead_worker(model_name: str, calls: int) -> dict:
+    """Per-call CPU times (us) of cached single-vector products: total, inside the record, and the
+    difference (the overhead), median and quartiles over ``calls`` calls, for each operator."""
+    import wdecomp as wd
+
+    torch.set_num_threads(1)
+    model, data = OVERHEAD_MODELS[model_name]()
+    obj = wd.Objective(model, data)
+    build = {"hessian": wd.hessian, "ggn": wd.ggn, "fisher_empirical": wd.fisher}
+    out = {}
+    for kind in OVERHEAD_KINDS:
+        A = build[kind](obj)
+        v = torch.randn(A.shape[0], generator=torch.Generator().manual_seed(0))
+        A @ v  # builds the record
+        entry = A._entries[0]
+        record, inner = entry.record, []
+
+        def timed(u, record=record, inner=inner):
+            t0 = time.thread_time_ns()
+            result = record(u)
+            inner.append(time.thread_time_ns() - t0)
+            return result
+
+        entry.record = timed
+        total = []
+        for _ in range(calls):
+            t0 = time.thread_time_ns()
+            A @ v
+            total.append(time.thread_time_ns() - t0)
+        assert A._entries[0] is entry and len(inner) == calls  # every call reused the one record
+        over = [(t - i) / 1e3 for t, i in zip(total, inner)]
+        q = statistics.quantiles(over, n=4)
+        out[kind] = {"overhead_us": statistics.median(over), "overhead_q25_us": q[0], "overhead_q75_us": q[2],
+                     "total_us": statistics.median(total) / 1e3, "record_us": statistics.median(inner) / 1e3}
+    return out
+
+
+def _revision_tree(rev: str, into: Path) -> Path:
+    """``wdecomp/`` of git revision ``rev`` unpacked under ``into`` (for PYTHONPATH)."""
+    root = Path(__file__).resolve().parents[1]
+    archive = into / "src.tar"
+    subprocess.run(["git", "-C", str(root), "archive", "-o", str(archive), rev, "wdecomp"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def overhead_runs(rounds: int, calls: int, base: str | None) -> dict:
+    """Alternating subprocesses of the worker (this tree, and ``base`` if given), per model."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"new": root}
+        if base:
+            trees = {"base": _revision_tree(base, Path(tmp)), "new": root}
+        runs: dict = {m: {rev: [] for rev in trees} for m in OVERHEAD_MODELS}
+        for r in range(rounds):
+            order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
+            for model_name in OVERHEAD_MODELS:
+                for rev, tree in order:
+                    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--overhead-worker", model_name, str(calls)],
+                        env=env, capture_output=True, text=True, check=True, cwd=tmp,
+                    )
+                    runs[model_name][rev].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    print(model_name, rev, runs[model_name][rev][-1], flush=True)
+    return runs
+
+
+def overhead_markdown(runs: dict, base: str | None, calls: int, note: str) -> str:
+    revs = list(next(iter(runs.values())))
+    out = [OVERHEAD_BEGIN, "## Per-call overhead of cached products (issue 16)", "",
+           f"CPU time of the calling thread, one torch thread, {calls} calls per subprocess, "
+           f"{len(next(iter(runs.values()))[revs[0]])} subprocesses per revision and model, alternating"
+           + (f" with the base revision `{base}`" if base else "") + ". Overhead = CPU time of `A @ v` minus "
+           "the CPU time inside the cached record (the product's own autograd sweeps), taken in the same call; "
+           "the median over calls, then the median (and range) over subprocesses.", ""]
+    if note:
+        out += [note, ""]
+    head = "| model | operator | " + " | ".join(f"{r} overhead us (range)" for r in revs)
+    head += " | " + " | ".join(f"{r} total us" for r in revs) + " |"
+    out += [head, "|" + "---|" * (2 + 2 * len(revs))]
+    for model_name, by_rev in runs.items():
+        for kind in OVERHEAD_KINDS:
+            cells = []
+            for rev in revs:
+                vals = [r[kind]["overhead_us"] for r in by_rev[rev]]
+                cells.append(f"{statistics.median(vals):.0f} ({min(vals):.0f}-{max(vals):.0f})")
+            cells += [f"{statistics.median(r[kind]['total_us'] for r in by_rev[rev]):.0f}" for rev in revs]
+            out.append(f"| {model_name} | {kind} | " + " | ".join(cells) + " |")
+    out += ["", OVERHEAD_END, ""]
+    return "\n".join(out)
+
+
+def write_overhead(section: str) -> None:
+    """Put the overhead section into ``results/products.md`` (replacing an earlier one)."""
+    path = RESULTS / "products.md"
+    text = path.read_text() if path.exists() else ""
+    if OVERHEAD_BEGIN in text:
+        text = text[: text.index(OVERHEAD_BEGIN)] + text[text.index(OVERHEAD_END) + len(OVERHEAD_END):].lstrip("\n")
+    path.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
+def kept_overhead() -> str:
+    """The overhead section of the current ``results/products.md`` (the main run keeps it)."""
+    path = RESULTS / "products.md"
+    text = path.read_text() if path.exists() else ""
+    if OVERHEAD_BEGIN not in text:
+        return ""
+    return text[text.index(OVERHEAD_BEGIN): text.index(OVERHEAD_END) + len(OVERHEAD_END)] + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--single", nargs=3, metavar=("LIBRARY", "MODEL", "PRODUCT"))
     parser.add_argument("--interleaved", metavar="MODEL")
     parser.add_argument("--libraries", default="wdecomp,curvlinops")
+    parser.add_argument("--overhead", action="store_true", help="only the per-call overhead section")
+    parser.add_argument("--overhead-worker", nargs=2, metavar=("MODEL", "CALLS"), help=argparse.SUPPRESS)
+    parser.add_argument("--base", help="with --overhead: also time this git revision, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="with --overhead: subprocesses per revision")
+    parser.add_argument("--calls", type=int, default=150, help="with --overhead: products per subprocess")
+    parser.add_argument("--note", default="", help="with --overhead: a line for the section (load, date)")
     args = parser.parse_args()
+    if args.overhead_worker:
+        print(json.dumps(overhead_worker(args.overhead_worker[0], int(args.overhead_worker[1]))))
+        return
+    if args.overhead:
+        runs = overhead_runs(args.rounds, args.calls, args.base)
+        (RESULTS / "products_overhead.json").write_text(json.dumps(
+            {"machine": machine() | {"threads": 1}, "base": args.base, "calls": args.calls, "runs": runs}, indent=2))
+        write_overhead(overhead_markdown(runs, args.base, args.calls, args.note))
+        return
     if args.single:
         print(json.dumps(measure(*args.single)))
         return
@@ -149,7 +306,7 @@ def main() -> None:
                              else {"error": proc.stderr.strip().splitlines()[-1:]})
         print(model_name, inter[model_name], flush=True)
     payload = {"machine": machine() | {"threads": 2}, "rows": rows, "interleaved": inter}
-    write_results("products", payload, to_markdown(rows) + interleaved_markdown(inter))
+    write_results("products", payload, to_markdown(rows) + interleaved_markdown(inter) + kept_overhead())
 
 
 def interleaved_markdown(inter: dict) -> str:
