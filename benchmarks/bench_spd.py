@@ -15,9 +15,10 @@ Negative controls on TMS 5-2 (seed 0): the layer's own SVD as the decomposition 
 the minimality coefficient 100x too high (collapse: no importance >= 0.9) and 0 (about C alive).
 
 Run: ``python benchmarks/bench_spd.py`` (options: ``--models tms_5_2 tms_5_2_id``, ``--seeds 0 1 2``,
-``--steps``, ``--batch-size``, ``--lr``, ``--warmup`` faithfulness warm-up steps, ``--controls``,
-``--threads``, ``--out``). Wall times on a shared, loaded machine are upper bounds; CPU seconds are the
-fairer measure.
+``--steps``, ``--batch-size``, ``--steps-40``, ``--batch-size-40`` (TMS 40-10: 10000 x 1024), ``--lr``,
+``--warmup`` faithfulness warm-up steps, ``--controls``, ``--time-to-steps`` (TMS 5-2 time to MMCS >= 0.99),
+``--checkpoint-dir``, ``--threads``, ``--out``, ``--merge``). Wall times on a shared, loaded machine are
+upper bounds; CPU seconds are the fairer measure.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def markdown(payload: dict[str, Any]) -> str:
     a = payload["args"]
     lines = ["# SPD on toy models of superposition (issue 17)", "",
              f"Settings: the paper's loss coefficients, C and p; peak lr {a['lr']} (paper 1e-3, cosine decay); "
-             f"{a['steps']} steps of batch {a['batch_size']} (40-10: {a['steps_40']} of {a.get('batch_size_40')}; "
-             f"paper: 40,000 of 4096) after a {a['warmup']}-step faithfulness warm-up (lr 0.01, weight decay 0.1). "
+             "steps x batch as in each row of the table (paper: 40,000 of 4096), "
+             f"after a {a['warmup']}-step faithfulness warm-up (lr 0.01, weight decay 0.1). "
              f"Threads {a['threads']}. Machine: {payload['machine']}. The machine was shared by other jobs, so "
              "wall times are upper bounds; CPU seconds are this process's.", "",
              "| model | seed | steps x batch | MMCS | ML2R | alive | Hungarian (linear1, linear2) | CI-L0 linear1 "
@@ -233,7 +234,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["tms_5_2", "tms_5_2_id"], choices=list(MODELS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--steps-40", type=int, default=5000)
+    p.add_argument("--steps-40", type=int, default=10000,
+                   help="TMS 40-10 steps (5000 froze a merged pair of features on seeds 1, 2; docs/concepts/spd.md)")
     p.add_argument("--batch-size-40", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (0: the paper's 1e-3)")
