@@ -224,7 +224,8 @@ def interaction_graph(
         rule: Quadrature rule for integrated gradients (:func:`quadrature`).
         chunk_size: Examples per vmapped Jacobian evaluation; default from ``max_memory``.
         max_memory: Memory budget in bytes for one chunk (default a quarter of the available memory,
-            at most 2 GiB).
+            at most 2 GiB, or one example when that alone is over it but within half the available
+            memory; :func:`~wdecomp.bases.section.plan_chunk`).
         layers: A subsequence of ``basis.layers`` to use (default: all of them).
         positions: ``"sum"`` (rib) or ``"separate"`` (module docstring).
         mode: ``"forward"``, ``"reverse"`` or ``"auto"`` Jacobians.
