@@ -21,7 +21,8 @@ batch axis and the module's channel axis) the bias is scaled by ``s_p``, ``p`` c
 source's positions. A module or target with one position (the sequence cut to its last token, as
 rib's ``last_pos_module_type`` does, or a flatten/pool to one position) takes the constant of the
 source's *last* position: rib keeps the constant as a feature channel, so cutting to the last
-position keeps that position's ``s``. **Attention output** (rib's ``fold_attn_V`` / ``fold_attn_O``):
+position keeps that position's ``s`` (rib has no flatten or pooling; for those this is a convention).
+**Attention output** (rib's ``fold_attn_V`` / ``fold_attn_O``):
 rib carries ``s`` through the values as an extra channel and splits ``b_O`` over the ``H`` heads, so
 the output bias at query position ``t`` is scaled by the attention-weighted constant
 ``s~_t = 1/H sum_h sum_k A_{htk} s_k``, not by ``s_t``; this is done for the output projection
@@ -32,7 +33,8 @@ constant node's ``Lambda``.
 Any other parameter named ``*bias`` inside the section (e.g. ``nn.MultiheadAttention``'s
 ``in_proj_bias``) cannot be scaled per position and is refused (build without a constant node).
 This is rib's folding exactly for linear maps, ReLU/identity activations (``relu(s) = s``) and
-attention; rib passes the constant of a GELU MLP through the GELU (``fold_mlp_in``'s
+attention with a ``pattern`` submodule (``tests/bases/test_bases_lib_modular.py``); rib passes
+the constant of a GELU MLP through the GELU (``fold_mlp_in``'s
 ``root_one``), which this does not do. Additive parameters not named bias (positional embeddings)
 are not scaled.
 
