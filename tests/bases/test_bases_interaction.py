@@ -222,3 +222,27 @@ def test_property_rotate_and_back_is_identity(seed, method, n):
     # changes the output by about sqrt(Lambda))
     basis = interaction_basis(model, data, ["1", "3", "4"], method=method, drop_noninteracting=False)
     assert _roundtrip_error(model, data, basis) < 1e-10
+
+
+class _TLStyleLinear(nn.Module):
+    """A TransformerLens-style layer: weights ``W_in`` and a bias named ``b_in`` (no 'bias' in the name)."""
+
+    def __init__(self, d: int, h: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.W_in = nn.Parameter(torch.randn(d, h, generator=g, dtype=torch.float64))
+        self.b_in = nn.Parameter(torch.randn(h, generator=g, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.W_in + self.b_in
+
+
+@pytest.mark.refuses("a TransformerLens-style bias (b_in, b_O, ...) inside a LIB section with a constant node",
+                     "the constant cannot scale it; it used to be left out silently")
+def test_transformer_lens_style_biases_are_refused_not_skipped():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), _TLStyleLinear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    with pytest.raises(SelectionError, match=r"b_in"):
+        interaction_basis(model, [(x, None)], ["1", "3"])
+    basis = interaction_basis(model, [(x, None)], ["1", "3"], constant=False)  # the way out it names
+    assert basis["1"].constant is None and basis["1"].size > 0

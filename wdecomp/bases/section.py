@@ -47,6 +47,7 @@ PyTorch image convention), otherwise the last axis.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -173,7 +174,7 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
         t = stamps.get(name)
         if t is None or not t_s < t <= t_t:
             continue
-        own = [p for p, _ in module.named_parameters(recurse=False) if "bias" in p]
+        own = [p for p, _ in module.named_parameters(recurse=False) if _is_bias_name(p)]
         if not own:
             continue
         if own == ["bias"] and (_bias_last(module) or isinstance(module, _BIAS_CHANNEL)):
@@ -184,6 +185,12 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
                 f"cannot be scaled by a per-position constant; build the basis without a constant node "
                 f"(constant=False) or choose hook points around it")
     return found
+
+
+def _is_bias_name(name: str) -> bool:
+    """A bias by name: ``bias`` anywhere (torch, Hugging Face) or TransformerLens' ``b_*`` (``b_Q``,
+    ``b_O``, ``b_in``, ``b_U``, ...), so a bias the constant cannot fold is refused, never skipped."""
+    return "bias" in name or re.fullmatch(r"b_\w+", name) is not None
 
 
 class _TargetReached(Exception):
