@@ -54,26 +54,31 @@ _MEASURE = r'''
 import json, sys, torch
 torch.set_num_threads(1)
 sys.path[:0] = [sys.argv[1], sys.argv[1] + '/..']
-from test_cli_graph_memory import small_gpt2, small_tokens
+from test_cli_graph_memory import LAYERS, small_gpt2, small_tokens
 import wdecomp as wd
+import wdecomp.bases.interaction as interaction
 import wdecomp.graph.build as build
 from wdecomp.components import load_basis
 model = small_gpt2()
-basis = load_basis(sys.argv[2], model)
 x = small_tokens()
 chosen = []
 plan = build.plan_chunk
-build.plan_chunk = lambda *a, **k: chosen.append(plan(*a, **k)) or chosen[-1]
+build.plan_chunk = interaction.plan_chunk = lambda *a, **k: chosen.append(plan(*a, **k)) or chosen[-1]
 def status(key):
     return int(next(ln for ln in open("/proc/self/status") if ln.startswith(key)).split()[1]) * 1024
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM) to the current one
 before = status("VmRSS:")
 chunk = None if sys.argv[3] == "none" else int(sys.argv[3])
-wd.interaction_graph(model, x, basis, chunk_size=chunk, max_memory=int(sys.argv[4]))
+if sys.argv[5] == "graph":
+    basis = load_basis(sys.argv[2], model)
+    wd.interaction_graph(model, x, basis, chunk_size=chunk, max_memory=int(sys.argv[4]))
+else:
+    wd.interaction_basis(model, [(x, x)], LAYERS, chunk_size=chunk, max_memory=int(sys.argv[4]))
 print(json.dumps({"growth": status("VmHWM:") - before, "chunk": chosen[0]}))
 '''
 
 BUDGET = 64 << 20  # the scaled memory budget: 64 MiB
+LAYERS = ["model.transformer.h.0.attn", "model.transformer.h.0.mlp"]
 
 
 def small_gpt2():
@@ -103,20 +108,20 @@ def test_graph_of_a_scaled_gpt2_stays_in_its_budget_where_the_old_default_did_no
     from wdecomp.components import save_basis
 
     model, x = small_gpt2(), small_tokens()
-    layers = ["model.transformer.h.0.attn", "model.transformer.h.0.mlp"]
-    path = save_basis(wd.interaction_basis(model, [(x, x)], layers, chunk_size=1), tmp_path / "b.safetensors")
+    path = save_basis(wd.interaction_basis(model, [(x, x)], LAYERS, chunk_size=1), tmp_path / "b.safetensors")
+    for call in ("graph", "basis"):  # interaction_graph, and interaction_basis's own Jacobians
+        budgeted, old = _measure(tmp_path, path, call, "none"), _measure(tmp_path, path, call, "32")
+        assert 1 <= budgeted["chunk"] < 32 and old["chunk"] == 32, call
+        assert budgeted["growth"] < 2 * BUDGET, call  # the estimate holds: the call stays near its budget
+        assert old["growth"] > 4 * BUDGET, call  # the old default would have exceeded it
+
+
+def _measure(tmp_path, path, call, chunk):
     script = tmp_path / "measure.py"
     script.write_text(_MEASURE)
-
-    def measure(chunk):
-        out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(path), chunk, str(BUDGET)],
-                             capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    budgeted, old = measure("none"), measure("32")
-    assert 1 <= budgeted["chunk"] < 32 and old["chunk"] == 32
-    assert budgeted["growth"] < 2 * BUDGET  # the estimate holds: the graph call stays near its budget
-    assert old["growth"] > 4 * BUDGET  # the old default would have exceeded it
+    out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent), str(path), chunk, str(BUDGET),
+                          call], capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_default_budget_runs_one_large_example_when_memory_allows(monkeypatch):

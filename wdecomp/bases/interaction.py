@@ -95,6 +95,7 @@ from wdecomp.bases.section import (
     batched_jacobians,
     build_section,
     feature_axis,
+    jacobian_working_set,
     memory_guard,
     plan_chunk,
     quadrature,
@@ -216,8 +217,7 @@ def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: 
     acts = hooks.run(model, x, read=[source, target])[1]
     a_s, a_t = acts[source][0], acts[target][0]
     out = a_t.numel() if k_t is None else a_t.numel() // max(a_t.shape[-1], 1) * k_t
-    # the Jacobian, its float64 copy and the vmapped intermediates: about 4 copies of 8 bytes each
-    return int(32 * (a_s.numel() + 1) * max(out, 1) * max(steps, 1)) + 1
+    return jacobian_working_set(model, x, source, target, a_s.numel() + 1, max(out, 1), steps)
 
 
 def interaction_jacobians(

@@ -187,6 +187,41 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
     return found
 
 
+def jacobian_working_set(
+    model: nn.Module, probe: Any, source: str, target: str, n_in: int, n_out: int, steps: int = 1,
+    mode: str = "auto",
+) -> int:
+    """Estimated bytes one example's Jacobians ``d a^target / d a^source`` need (``n_in`` source
+    and ``n_out`` target coordinates, all positions): the Jacobian and the products formed from it
+    (``32 n_in n_out`` bytes, twice for a quadrature), plus the tangents the Jacobian's pass carries
+    (``n_in`` forward or ``n_out`` reverse, as ``mode`` picks) on every floating output of a leaf
+    module that runs after ``source`` and up to ``target`` (where a section's pass ends), counted
+    twice for the temporaries inside modules (GELU, softmax). On the 2-layer width-64 Hugging Face
+    GPT-2 of issue 19 (two hook points in block 0, 64 characters) this says 3.0 GB per example
+    against 3.1 GB measured (``benchmarks/bench_gpt2_graph_memory.py``)."""
+    counted: list[int] = []
+    started = [False]
+
+    def count(_m: nn.Module, _a: tuple, _k: dict, out: Any) -> None:
+        if started[0]:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            counted.append(sum(t.numel() for t in outs if isinstance(t, Tensor) and t.is_floating_point()))
+
+    def start(_f: Tensor) -> None:
+        started[0] = True
+
+    def stop(_f: Tensor) -> None:
+        started[0] = False
+
+    leaves = {n: count for n, m in model.named_modules() if n and next(m.children(), None) is None}
+    with hooks.edit(model, modules=leaves), hooks.observe(model, {source: start, target: stop}), torch.no_grad():
+        a = hooks.run(model, probe, read=[source])[1][source]
+    n = max(int(a.shape[0]), 1) if a.dim() > 0 else 1
+    tangents = n_in if mode == "forward" or (mode == "auto" and n_in <= n_out) else n_out
+    carried = 2 * a.element_size() * tangents * (sum(counted) // n)
+    return int(32 * n_in * n_out * max(1, min(steps, 2)) + carried) + 1
+
+
 def _is_bias_name(name: str) -> bool:
     """A bias by name: ``bias`` anywhere (torch, Hugging Face) or TransformerLens' ``b_*`` (``b_Q``,
     ``b_O``, ``b_in``, ``b_U``, ...), so a bias the constant cannot fold is refused, never skipped."""

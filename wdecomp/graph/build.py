@@ -64,6 +64,7 @@ from wdecomp.bases.section import (
     TargetCoordinates,
     batched_jacobians,
     build_section,
+    jacobian_working_set,
     memory_guard,
     plan_chunk,
     quadrature,
@@ -332,37 +333,11 @@ def interaction_graph(
 
 
 def _bytes(model: nn.Module, probe: Any, e: _Edge, steps: int, mode: str = "auto") -> int:
-    """Estimated working set of one example's Jacobians for edge ``e`` (bytes): the Jacobian and
-    the products formed from it (``32 P_s k_s P_t k_t`` bytes, twice for a quadrature), plus the
-    tangents the Jacobian's forward pass carries: one per Jacobian column (``P_s k_s`` forward,
-    ``P_t k_t`` reverse) on every floating output of a module that runs after the source and before
-    the target (where the section's forward pass ends), counted twice for the temporaries inside the
-    modules (GELU, softmax). On the 2-layer width-64 GPT-2 of issue 19 (two hook points in block 0,
-    64 characters) this says 3.0 GB per example against 3.1 GB measured; on the width-16 GPT-2 of
-    ``tests/cli/test_cli_graph_memory.py`` 12 MB against about 10 MB."""
-    counted: list[int] = []
-    started = [False]
-
-    def count(_m: nn.Module, _a: tuple, _k: dict, out: Any) -> None:
-        if started[0]:
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            counted.append(sum(t.numel() for t in outs if isinstance(t, Tensor) and t.is_floating_point()))
-
-    def start(_f: Tensor) -> None:
-        started[0] = True
-
-    def stop(_f: Tensor) -> None:  # the section's forward pass ends at the target
-        started[0] = False
-
-    leaves = {n: count for n, m in model.named_modules() if n and next(m.children(), None) is None}
-    with hooks.edit(model, modules=leaves), hooks.observe(model, {e.src.point: start, e.tgt.point: stop}), \
-            torch.no_grad():
+    """Estimated working set of one example's Jacobians for edge ``e`` (bytes; see
+    :func:`~wdecomp.bases.section.jacobian_working_set`)."""
+    with torch.no_grad():
         acts = hooks.run(model, probe, read=[e.src.point, e.tgt.point])[1]
-    a = acts[e.src.point]
-    n = max(int(a.shape[0]), 1) if a.dim() > 0 else 1
-    p_s = a[0].numel() // max(e.src.dim, 1)
+    p_s = acts[e.src.point][0].numel() // max(e.src.dim, 1)
     p_t = acts[e.tgt.point][0].numel() // max(e.tgt.dim, 1)
-    n_in, n_out = p_s * e.src.size, p_t * e.tgt.size
-    tangents = n_in if mode == "forward" or (mode == "auto" and n_in <= n_out) else n_out
-    carried = 2 * a.element_size() * tangents * (sum(counted) // n)  # x2: the temporaries inside modules
-    return int(32 * n_in * n_out * max(1, min(steps, 2)) + carried) + 1
+    return jacobian_working_set(model, probe, e.src.point, e.tgt.point, p_s * e.src.size, p_t * e.tgt.size,
+                                steps, mode)
