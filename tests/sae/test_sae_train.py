@@ -91,3 +91,19 @@ def test_nan_activations_refused() -> None:
     data = [(torch.full((2, 3), 3), torch.zeros(2, 3, dtype=torch.long))]
     with pytest.raises(NonFiniteError, match="resid"):
         train_sae(model, data, "resid", width=8, k=2, steps=2, batch_size=2)
+    X[10, 2] = -float("inf")
+    with pytest.raises(NonFiniteError, match="infinite"):
+        fit_sae(SparseAutoencoder(4, 8, k=2), iter([X]), steps=3, batch_size=16)  # a stream: checked per chunk
+
+
+def test_finite_activations_whose_sum_overflows_are_not_refused() -> None:
+    """The finiteness check sums first; a sum that overflows on finite values falls back to the exact test."""
+    from wdecomp.sae.train import _check_finite
+
+    X = torch.randn(64, 4)
+    X[:, 0] = 3e38  # finite in float32; the sum of 64 of them is inf (too large to train on, not NaN)
+    assert not torch.isfinite(X.sum())
+    _check_finite(X)  # no error
+    X[5, 1] = float("nan")
+    with pytest.raises(NonFiniteError):
+        _check_finite(X)

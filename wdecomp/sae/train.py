@@ -109,12 +109,20 @@ def _tensor_source(X: Tensor, seed: int) -> Iterator[Tensor]:
         yield X[torch.randperm(X.shape[0], generator=g).to(X.device)]
 
 
-def _minibatches(source: Iterator[Tensor], batch_size: int) -> Iterator[Tensor]:
-    """Cut a stream of chunks into minibatches of exactly ``batch_size`` rows."""
+def _check_finite(chunk: Tensor) -> None:
+    """NaN/inf refused. One reduction first (NaN and inf propagate into the sum); the elementwise
+    test runs only when the sum is not finite (a NaN/inf, or finite values that overflow the sum)."""
+    if not bool(torch.isfinite(chunk.sum())) and not bool(torch.isfinite(chunk).all()):
+        raise NonFiniteError("the activations contain NaN or infinite values; an SAE cannot be fitted to them")
+
+
+def _minibatches(source: Iterator[Tensor], batch_size: int, checked: bool = False) -> Iterator[Tensor]:
+    """Cut a stream of chunks into minibatches of exactly ``batch_size`` rows (each chunk checked
+    for NaN/inf unless the source was ``checked`` once already)."""
     rest: Tensor | None = None
     for chunk in source:
-        if not torch.isfinite(chunk).all():
-            raise NonFiniteError("the activations contain NaN or infinite values; an SAE cannot be fitted to them")
+        if not checked:
+            _check_finite(chunk)
         chunk = chunk if rest is None else torch.cat([rest, chunk])
         start = 0
         while start + batch_size <= chunk.shape[0]:
@@ -265,6 +273,7 @@ def fit_sae(
             raise ShapeError(f"activations must be (N, d), got shape {tuple(source.shape)}")
         if source.shape[0] < batch_size:
             raise DataError(f"{source.shape[0]} activations are fewer than one minibatch of {batch_size}")
+        _check_finite(source)  # once: every epoch is a permutation of the same rows
         stream: Iterator[Tensor] = _tensor_source(source, seed)
     else:
         stream = iter(source)
@@ -282,7 +291,7 @@ def fit_sae(
     history: list[dict[str, float]] = []
     resampled = 0
     t0 = time.perf_counter()
-    batches = _minibatches(stream, batch_size)
+    batches = _minibatches(stream, batch_size, checked=isinstance(source, Tensor))
     step = 0
     with progress_bar(total=steps, desc=f"SAE[{sae.width}]", enabled=progress) as bar:
         for step in range(1, steps + 1):
