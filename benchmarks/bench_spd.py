@@ -140,26 +140,32 @@ def time_to_mmcs(args: argparse.Namespace) -> dict[str, Any]:
             r = run_one("tms_5_2", seed, args, steps=steps)
             rows.append({k: r[k] for k in ("seed", "mmcs", "ml2r", "alive", "passed", "wall_seconds", "cpu_seconds")}
                         | {"steps": steps, "batch_size": r["settings"]["batch_size"]})
-    first = {}
-    for seed in args.seeds:
-        hits = [r for r in rows if r["seed"] == seed and r["mmcs"] >= 0.99]
-        first[str(seed)] = min(hits, key=lambda r: r["steps"]) if hits else None
-    return {"rows": rows, "first_reaching_0.99": first}
+    return {"rows": rows}
 
 
 def _time_to_text(t: dict[str, Any]) -> list[str]:
     lines = ["", "## TMS 5-2: time to MMCS >= 0.99", "",
              "Each row is a complete run (200-step faithfulness warm-up, then a cosine schedule over its own steps); "
-             "the time to MMCS >= 0.99 is that of the shortest run reaching it.", "",
+             "the time to a result is that of the shortest run reaching it. Times: the spd() call (warm-up and "
+             "training), not the target model's training.", "",
              "| seed | steps x batch | MMCS | ML2R | alive | all checks | wall s | CPU s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in t["rows"]:
         lines.append(f"| {r['seed']} | {r['steps']} x {r['batch_size']} | {r['mmcs']:.4f} | {r['ml2r']:.4f} | "
                      f"{r['alive']} | {r['passed']} | {r['wall_seconds']:.1f} | {r['cpu_seconds']:.1f} |")
-    lines.append("")
-    for seed, r in t["first_reaching_0.99"].items():
-        lines.append(f"- seed {seed}: " + (f"{r['steps']} x {r['batch_size']} steps, {r['wall_seconds']:.1f} s wall, "
-                                          f"{r['cpu_seconds']:.1f} s CPU" if r else "not reached"))
+    lines += ["", "MMCS alone reaches 0.99 before the decomposition is right (features split over pieces: ML2R well "
+              "below 1, too many alive), so both are given: the shortest run with MMCS >= 0.99, and the shortest "
+              "passing every check (MMCS, ML2R, 5 alive, both Hungarian tests).", ""]
+    for seed in dict.fromkeys(r["seed"] for r in t["rows"]):
+        mine = [r for r in t["rows"] if r["seed"] == seed]
+        parts = []
+        for what, ok in (("MMCS >= 0.99", lambda r: r["mmcs"] >= 0.99), ("all checks", lambda r: r["passed"])):
+            hits = [r for r in mine if ok(r)]
+            r = min(hits, key=lambda r: r["steps"]) if hits else None
+            parts.append(f"{what}: " + (f"{r['steps']} x {r['batch_size']}, {r['wall_seconds']:.1f} s wall, "
+                                        f"{r['cpu_seconds']:.1f} s CPU" if r else
+                                        f"not within {max(x['steps'] for x in mine)} steps"))
+        lines.append(f"- seed {seed}: " + "; ".join(parts))
     return lines
 
 
@@ -260,9 +266,11 @@ def main() -> None:
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "runs": runs, "summary": summary,
                    "merged_from": args.merge}
         for part in parts:
-            for extra in ("controls", "time_to_mmcs"):
-                if extra in part:
-                    payload[extra] = part[extra]
+            if "controls" in part:
+                payload["controls"] = part["controls"]
+        timed = [row for part in parts for row in part.get("time_to_mmcs", {}).get("rows", [])]
+        if timed:
+            payload["time_to_mmcs"] = {"rows": sorted(timed, key=lambda r: (r["seed"], r["steps"]))}
         write_results(args.out, payload, markdown(payload))
         print(markdown(payload))
         return
