@@ -19,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="small settings (well under a minute; for CI and a first look)")
     p.add_argument("--train", action="store_true",
                    help="train the full demo's models from scratch instead of loading the trained copies that "
-                        "ship with the package (same as WDECOMP_SHIPPED=0; about 5 more minutes on 2 cores)")
+                        "ship with the package (same as WDECOMP_SHIPPED=0; about 2 more minutes on 2 idle cores)")
 
 
 def run(args: argparse.Namespace) -> None:
