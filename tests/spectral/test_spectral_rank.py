@@ -33,13 +33,18 @@ def test_dense_rank_matches_matrix_rank_and_groups():
     assert "nullity" in str(res) and json.loads(json.dumps(res.to_dict()))["rank"] == 17
 
 
-def test_density_rank_estimate_with_uncertainty():
-    g = torch.Generator().manual_seed(1)
-    p, r = 600, 150
+def log_spectrum(p, r, seed=1):
+    """A random-basis ``p x p`` matrix whose ``r`` nonzero eigenvalues span ``1 .. 1e-2`` log-evenly."""
+    g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
     lams = torch.zeros(p, dtype=F64)
     lams[:r] = torch.logspace(0, -2, r, dtype=F64)
-    A = (Q * lams) @ Q.T
+    return (Q * lams) @ Q.T
+
+
+def test_density_rank_estimate_with_uncertainty():
+    p, r = 600, 150
+    A = log_spectrum(p, r)
     est = rank(A, method="density", rtol=1e-3, num_starts=20, steps=60)
     assert est.method == "density" and est.uncertainty > 0
     assert abs(est.estimate - r) <= 4 * est.uncertainty + 2, (est.estimate, est.uncertainty)
@@ -49,12 +54,7 @@ def test_density_rank_estimate_with_uncertainty():
 
 def test_rank_of_a_density_equals_the_rank_that_runs_it_and_costs_no_products():
     """``rank(slq_density(A, ...))`` reads the count off the same run: identical numbers, zero products."""
-    g = torch.Generator().manual_seed(1)
-    p, r = 300, 60
-    Q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=F64))
-    lams = torch.zeros(p, dtype=F64)
-    lams[:r] = torch.logspace(0, -2, r, dtype=F64)
-    A = aslinop((Q * lams) @ Q.T)
+    A = aslinop(log_spectrum(300, 60))
     direct = rank(A, method="density", rtol=1e-3, num_starts=6, steps=40, seed=3)
     d = slq_density(A, num_starts=6, steps=40, seed=3)
     before = A.matvecs
