@@ -34,7 +34,7 @@ and ``u -> J^T u``, from one recorded pullback: ``J^T u`` is the pullback itself
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,18 +133,6 @@ def _same_batch(live: Any, copy: Any) -> bool:
         return all(map(_same_batch, live, copy))
     return type(live) is type(copy) and isinstance(copy, _PLAIN) and live == copy and repr(live) == repr(copy)
 
-
-def _tensors(obj: Any, out: list[Tensor]) -> list[Tensor]:
-    """The tensors nested in ``obj``'s tuples, lists and mappings, in order."""
-    if isinstance(obj, Tensor):
-        out.append(obj)
-    elif isinstance(obj, Mapping):
-        for v in obj.values():
-            _tensors(v, out)
-    elif isinstance(obj, (tuple, list)):
-        for v in obj:
-            _tensors(v, out)
-    return out
 
 
 class _Snapshot:
@@ -261,7 +249,8 @@ class CachedProducts(CurvatureOperator):
         entry = self._entries.get(index)
         if entry is None:
             return None
-        raws, batches = _tensors(raw, []), _tensors(batch, [])
+        raws = [t for _, t in batching.tensor_leaves(raw)]
+        batches = [t for _, t in batching.tensor_leaves(batch)]
         if len(raws) != len(batches) or any(a is not b for a, b in zip(raws, batches)):
             return None
         if not _same_batch(batch, entry.copy):
