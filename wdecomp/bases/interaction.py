@@ -214,10 +214,11 @@ def _pair(model: nn.Module, x: Any, source: str, target: str, target_basis: Laye
 
 
 def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: int | None, steps: int) -> int:
-    acts = hooks.run(model, x, read=[source, target])[1]
-    a_s, a_t = acts[source][0], acts[target][0]
-    out = a_t.numel() if k_t is None else a_t.numel() // max(a_t.shape[-1], 1) * k_t
-    return jacobian_working_set(model, x, source, target, a_s.numel() + 1, max(out, 1), steps)
+    def coordinates(a_s: Tensor, a_t: Tensor) -> tuple[int, int]:  # the constant is one more source input
+        out = a_t.numel() if k_t is None else a_t.numel() // max(a_t.shape[-1], 1) * k_t
+        return a_s.numel() + 1, max(out, 1)
+
+    return jacobian_working_set(model, x, source, target, coordinates, steps)
 
 
 def interaction_jacobians(

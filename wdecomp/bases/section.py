@@ -49,7 +49,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -188,17 +188,20 @@ def section_biases(model: nn.Module, source: str, target: str, inputs: Any) -> l
 
 
 def jacobian_working_set(
-    model: nn.Module, probe: Any, source: str, target: str, n_in: int, n_out: int, steps: int = 1,
-    mode: str = "auto",
+    model: nn.Module, probe: Any, source: str, target: str,
+    coordinates: Callable[[Tensor, Tensor], tuple[int, int]], steps: int = 1, mode: str = "auto",
 ) -> int:
-    """Estimated bytes one example's Jacobians ``d a^target / d a^source`` need (``n_in`` source
-    and ``n_out`` target coordinates, all positions): the Jacobian and the products formed from it
-    (``32 n_in n_out`` bytes, twice for a quadrature), plus the tangents the Jacobian's pass carries
-    (``n_in`` forward or ``n_out`` reverse, as ``mode`` picks) on every floating output of a leaf
-    module that runs after ``source`` and up to ``target`` (where a section's pass ends), counted
-    twice for the temporaries inside modules (GELU, softmax). On the 2-layer width-64 Hugging Face
-    GPT-2 of issue 19 (two hook points in block 0, 64 characters) this says 3.0 GB per example
-    against 3.1 GB measured (``benchmarks/bench_gpt2_graph_memory.py``)."""
+    """Estimated bytes one example's Jacobians ``d a^target / d a^source`` need.
+
+    ``coordinates(a_source, a_target)`` (one example's activations, from the same forward pass)
+    gives the ``n_in`` source and ``n_out`` target coordinates over all positions. The estimate
+    is the Jacobian and the products formed from it (``32 n_in n_out`` bytes, twice for a
+    quadrature) plus the tangents the Jacobian's pass carries (``n_in`` forward or ``n_out``
+    reverse, as ``mode`` picks) on every floating output of a leaf module that runs after
+    ``source`` and up to ``target`` (where a section's pass ends), counted twice for the
+    temporaries inside modules (GELU, softmax). On the 2-layer width-64 Hugging Face GPT-2 of
+    issue 19 (two hook points in block 0, 64 characters) this says 3.0 GB per example against
+    3.1 GB measured (``benchmarks/bench_gpt2_graph_memory.py``)."""
     counted: list[int] = []
     started = [False]
 
@@ -215,8 +218,10 @@ def jacobian_working_set(
 
     leaves = {n: count for n, m in model.named_modules() if n and next(m.children(), None) is None}
     with hooks.edit(model, modules=leaves), hooks.observe(model, {source: start, target: stop}), torch.no_grad():
-        a = hooks.run(model, probe, read=[source])[1][source]
+        acts = hooks.run(model, probe, read=[source, target])[1]
+    a = acts[source]
     n = max(int(a.shape[0]), 1) if a.dim() > 0 else 1
+    n_in, n_out = coordinates(a[0], acts[target][0])
     tangents = n_in if mode == "forward" or (mode == "auto" and n_in <= n_out) else n_out
     carried = 2 * a.element_size() * tangents * (sum(counted) // n)
     return int(32 * n_in * n_out * max(1, min(steps, 2)) + carried) + 1

@@ -335,9 +335,7 @@ def interaction_graph(
 def _bytes(model: nn.Module, probe: Any, e: _Edge, steps: int, mode: str = "auto") -> int:
     """Estimated working set of one example's Jacobians for edge ``e`` (bytes; see
     :func:`~wdecomp.bases.section.jacobian_working_set`)."""
-    with torch.no_grad():
-        acts = hooks.run(model, probe, read=[e.src.point, e.tgt.point])[1]
-    p_s = acts[e.src.point][0].numel() // max(e.src.dim, 1)
-    p_t = acts[e.tgt.point][0].numel() // max(e.tgt.dim, 1)
-    return jacobian_working_set(model, probe, e.src.point, e.tgt.point, p_s * e.src.size, p_t * e.tgt.size,
-                                steps, mode)
+    def coordinates(a_s: Tensor, a_t: Tensor) -> tuple[int, int]:  # positions x component counts
+        return a_s.numel() // max(e.src.dim, 1) * e.src.size, a_t.numel() // max(e.tgt.dim, 1) * e.tgt.size
+
+    return jacobian_working_set(model, probe, e.src.point, e.tgt.point, coordinates, steps, mode)
