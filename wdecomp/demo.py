@@ -229,7 +229,10 @@ def ship_models(dest: str | Path | None = None, progress: bool | None = None) ->
             train_demo_models(quick=False, progress=progress)
         finally:
             for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         dest.mkdir(parents=True, exist_ok=True)
         return [Path(shutil.copy2(f, dest / f.name)) for f in sorted((Path(tmp) / "models").iterdir())]
 
