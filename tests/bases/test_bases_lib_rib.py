@@ -128,3 +128,27 @@ def test_stochastic_sources_exact_without_positions_and_close_with_them():
     exact = interaction_basis(seq, t, ["embed", "act", "lin2"])["embed"].eigenvalues
     est = interaction_basis(seq, t, ["embed", "act", "lin2"], stochastic_sources=512)["embed"].eigenvalues
     assert float((est - exact).abs().max() / exact.max()) < 0.1
+
+
+def test_truncation_rib_keeps_by_absolute_value_as_ribs_eigendecompose():
+    """``truncation="rib"``: eigenvalues taken by absolute value, sorted descending, kept above the
+    absolute threshold (rib's ``eigendecompose`` + ``truncation_threshold``); a round-off-negative
+    eigenvalue above the threshold in magnitude is kept, where ``"absolute"`` drops it."""
+    from wdecomp.bases.interaction import _keep, _rib_abs
+
+    evals = torch.tensor([3.0, 1e-16, -2e-12, -5.0], dtype=DT)
+    evecs = torch.eye(4, dtype=DT)
+    lam, vec = _rib_abs(evals, evecs, "rib")
+    assert lam.tolist() == [5.0, 3.0, 2e-12, 1e-16] and vec[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert _keep(lam, 1e-15, "rib").tolist() == [True, True, True, False]
+    assert _keep(evals, 1e-15, "absolute").tolist() == [True, False, False, False]
+    # end to end on the duplicated-neuron MLP (a singular Gram): every kept Lambda non-negative, above
+    # the threshold, and descending after the constant node
+    model = tanh_mlp(duplicate=True)
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    rib = interaction_basis(model, (x, None), ["1", "3", "4"], truncation="rib", gram_threshold=1e-15,
+                            interaction_threshold=1e-15)
+    for point in ("1", "3"):
+        lam = rib[point].eigenvalues
+        assert bool((lam >= 0).all()) and bool((lam[1:].diff() <= 0).all())
+        assert bool((lam > 1e-15).all())
