@@ -79,7 +79,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
+from common import RESULTS, FlatLogits, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 import wdecomp as wd  # noqa: E402
@@ -113,18 +113,6 @@ def build(width: int, seqs: int, seed: int = 0) -> tuple[Transformer, tuple[torc
     x = torch.randint(0, VOCAB, (seqs, CONTEXT), generator=g)
     y = torch.randint(0, VOCAB, (seqs, CONTEXT), generator=g)
     return model, (x, y)
-
-
-class Flat(nn.Module):
-    """Logits flattened to ``(B*T, V)``: a plain classification problem for curvlinops."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = self.net(tokens)
-        return out.reshape(-1, out.shape[-1])
 
 
 def repeat_time(fn: Any, budget: float, repeat: int = 5) -> tuple[float, float, float, int]:
@@ -177,7 +165,7 @@ def measure(library: str, size: str, seqs: int, stage: str, budget: float) -> di
     if library == "curvlinops":
         from curvlinops import GGNLinearOperator, HessianLinearOperator
 
-        flat, loss_func = Flat(model), nn.CrossEntropyLoss()
+        flat, loss_func = FlatLogits(model), nn.CrossEntropyLoss()
         data = [(batch[0], batch[1].reshape(-1))]
         kw = dict(check_deterministic=False)
         fns = {

@@ -48,25 +48,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
+from common import FlatLogits, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 K = 20
 TARGET = 1e-4
 MODEL_NAMES = ("mlp", "transformer")
 REF_CACHE = Path(os.environ.get("WDECOMP_CACHE", Path.home() / ".cache" / "wdecomp")) / "bench_eigen_ref"
-
-
-class FlatLogits(nn.Module):
-    """``model(x)`` reshaped to ``(-1, V)``: a sequence model as a plain classifier for the peers."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out.reshape(-1, out.shape[-1])
 
 
 def load(name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:

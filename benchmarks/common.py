@@ -117,3 +117,17 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
         tmp = RESULTS / f".{name}{suffix}.tmp"
         tmp.write_text(text)
         os.replace(tmp, RESULTS / f"{name}{suffix}")
+
+
+class FlatLogits(nn.Module):
+    """``model(x)`` reshaped to ``(-1, V)``: a sequence model as a plain classifier for the peers
+    (curvlinops, hessian-eigenthings, PyHessian), which expect ``(N, C)`` logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.reshape(-1, out.shape[-1])
+
