@@ -66,14 +66,17 @@ plan = build.plan_chunk
 build.plan_chunk = interaction.plan_chunk = lambda *a, **k: chosen.append(plan(*a, **k)) or chosen[-1]
 def status(key):
     return int(next(ln for ln in open("/proc/self/status") if ln.startswith(key)).split()[1]) * 1024
+def call(inputs, chunk):
+    if sys.argv[5] == "graph":
+        wd.interaction_graph(model, inputs, load_basis(sys.argv[2], model), chunk_size=chunk,
+                             max_memory=int(sys.argv[4]))
+    else:
+        wd.interaction_basis(model, [(inputs, inputs)], LAYERS, chunk_size=chunk, max_memory=int(sys.argv[4]))
+call(x[:1], 1)  # warm up: lazy imports, kernels and the allocator's first arenas are not the call's working set
+chosen.clear()
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak resident set (VmHWM) to the current one
 before = status("VmRSS:")
-chunk = None if sys.argv[3] == "none" else int(sys.argv[3])
-if sys.argv[5] == "graph":
-    basis = load_basis(sys.argv[2], model)
-    wd.interaction_graph(model, x, basis, chunk_size=chunk, max_memory=int(sys.argv[4]))
-else:
-    wd.interaction_basis(model, [(x, x)], LAYERS, chunk_size=chunk, max_memory=int(sys.argv[4]))
+call(x, None if sys.argv[3] == "none" else int(sys.argv[3]))
 print(json.dumps({"growth": status("VmHWM:") - before, "chunk": chosen[0]}))
 '''
 
@@ -100,21 +103,20 @@ def small_tokens():
 def test_graph_of_a_scaled_gpt2_stays_in_its_budget_where_the_old_default_did_not(tmp_path):
     """Issue 19's must-hold, scaled: two hook points in block 0 of a GPT-2 whose Jacobians at the old
     default (32 examples per chunk) need over 4 times the budget; the budgeted chunk stays within twice
-    it (peak resident memory of the graph call, measured in a fresh process; the budget counts the
-    Jacobians' working set, estimated at 12 MB per example here against about 10 MB measured, not
-    the ~60 MB the call needs besides)."""
+    it (peak resident memory of the call, measured in a fresh process after a one-example warm-up call,
+    so lazy imports and the allocator's first arenas are not counted: measured 95-102 MB for the graph's
+    chunk of 6, 82-91 MB for the basis's chunk of 4, 370-550 MB at 32; without the warm-up a CI machine
+    read 141 MB for the graph, an unwarmed process's one-time cost, not the call's working set)."""
     pytest.importorskip("transformers")
     import wdecomp as wd
     from wdecomp.components import save_basis
 
     model, x = small_gpt2(), small_tokens()
     path = save_basis(wd.interaction_basis(model, [(x, x)], LAYERS, chunk_size=1), tmp_path / "b.safetensors")
-    # interaction_graph, and interaction_basis's own Jacobians; the basis call holds more besides its
-    # Jacobians (measured: 51 MB at one example per chunk, 126-143 MB at its budgeted chunk of 4, 594 MB at 32)
-    for call, slack in (("graph", 2.0), ("basis", 2.5)):
+    for call in ("graph", "basis"):  # interaction_graph, and interaction_basis's own Jacobians
         budgeted, old = _measure(tmp_path, path, call, "none"), _measure(tmp_path, path, call, "32")
         assert 1 <= budgeted["chunk"] < 32 and old["chunk"] == 32, call
-        assert budgeted["growth"] < slack * BUDGET, call  # the estimate holds: the call stays near its budget
+        assert budgeted["growth"] < 2 * BUDGET, call  # the estimate holds: the call stays near its budget
         assert old["growth"] > 4 * BUDGET, call  # the old default would have exceeded it
 
 
