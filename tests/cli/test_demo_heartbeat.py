@@ -13,6 +13,7 @@ def test_a_long_stage_prints_still_running_lines(monkeypatch, capsys):
     err = capsys.readouterr().err
     beats = [ln for ln in err.splitlines() if ln.startswith("wdecomp demo: slow stage: still running")]
     assert 2 <= len(beats) <= 7, err
-    assert err.strip().splitlines()[-1].startswith("wdecomp demo: slow stage: 0.3 s")
+    last = err.strip().splitlines()[-1]  # "wdecomp demo: slow stage: 0.3 s ..." (a loaded machine may oversleep)
+    assert last.startswith("wdecomp demo: slow stage: ") and 0.3 <= float(last.split(": ")[2].split()[0]) < 5, err
     time.sleep(0.15)  # the heartbeat stopped with the stage
     assert capsys.readouterr().err == ""
