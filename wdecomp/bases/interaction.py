@@ -68,7 +68,7 @@ at ``ln2.0`` against 26 with the default, the extra ones with ``Lambda`` below `
 largest) whose eigenvectors are set by round-off; the constant's ``Lambda`` at ``ln1.0`` comes
 out 116,700 with the default, 116,762 with ``"rib"``, and rib saved 116,758
 (``benchmarks/results/lib_rib_modular.md``).
-Not offered: rib's layer-norm variance node (``isolate_ln_var``) and stochastic sources.
+Not offered: rib's layer-norm variance node (``isolate_ln_var``).
 
 Controls with the same interface: ``"pca"`` (rib's ``"svd"``), ``"neuron"`` (``C = I``),
 ``"jacobian"`` (a wdecomp control: ``M`` diagonalised without whitening or scaling, ``C = V^T U^T``
@@ -98,7 +98,9 @@ from wdecomp.bases.section import (
     jacobian_working_set,
     memory_guard,
     plan_chunk,
+    position_jacobians,
     quadrature,
+    summed_jacobians,
     to_rows,
 )
 from wdecomp.batch import as_batches, chunks, num_examples, slice_examples, split
@@ -213,10 +215,14 @@ def _pair(model: nn.Module, x: Any, source: str, target: str, target_basis: Laye
     return _Pair(sec, TargetCoordinates(target_basis), int(d))
 
 
-def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: int | None, steps: int) -> int:
+def _per_example_bytes(model: nn.Module, x: Any, source: str, target: str, k_t: int | None, steps: int,
+                       summed_over: int | None = None) -> int:
+    """``summed_over``: the source's feature axis when the Jacobian is taken along one direction
+    shared by every position (:func:`summed_jacobians`: ``d + 1`` inputs, not ``P (d + 1)``)."""
     def coordinates(a_s: Tensor, a_t: Tensor) -> tuple[int, int]:  # the constant is one more source input
         out = a_t.numel() if k_t is None else a_t.numel() // max(a_t.shape[-1], 1) * k_t
-        return a_s.numel() + 1, max(out, 1)
+        n_in = a_s.numel() if summed_over is None or a_s.dim() == 0 else a_s.shape[summed_over - 1]
+        return n_in + 1, max(out, 1)
 
     return jacobian_working_set(model, x, source, target, coordinates, steps)
 
@@ -291,7 +297,7 @@ def interaction_matrix(
     M, count, positions = None, 0, 1
     for J in interaction_jacobians(model, data, source, target, transform, chunk_size=chunk_size,
                                    max_memory=max_memory, mode=mode, feature_dim=feature_dim):
-        part, positions = _second_moment(J.to(torch.float64), sequence)
+        part, positions = _second_moment(J.to(torch.float64), sequence), J.shape[3]
         M = part if M is None else M + part
         count += J.shape[0]
     if M is None or count == 0:
@@ -303,13 +309,13 @@ def interaction_matrix(
     return (M + M.T) / 2
 
 
-def _second_moment(J: Tensor, sequence: str) -> tuple[Tensor, int]:
+def _second_moment(J: Tensor, sequence: str) -> Tensor:
     """``sum_x sum_p sum_t J_{tp}^T J_{tp}`` (or the summed form) of a ``(B, P_t, k, P_s, D)`` chunk."""
     if sequence == "summed":
         S = J.sum(3).reshape(-1, J.shape[-1])
-        return S.T @ S, J.shape[3]
+        return S.T @ S
     rows = J.reshape(-1, J.shape[-1])  # (b, t, k, p) flattened: one GEMM
-    return rows.T @ rows, J.shape[3]
+    return rows.T @ rows
 
 
 # ----------------------------------------------------------------------------- the basis
@@ -507,7 +513,9 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
             probe = next(iter(chunks(inputs, 1)))
             pair = _pair(model, probe, source, target, target_basis, opts.constant, {source: axes[source],
                                                                                      target: axes[target]})
-            size = plan_chunk(_per_example_bytes(model, probe, source, target, target_basis.size, 1),
+            summed = opts.sequence == "summed" and opts.formula == "jacobian"
+            size = plan_chunk(_per_example_bytes(model, probe, source, target, target_basis.size, 1,
+                                                 axes[source] if summed else None),
                               chunk_size, max_memory, what, num_examples(inputs))
         for x in chunks(inputs, size):
             with memory_guard(what, size):
@@ -518,12 +526,14 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
                     with torch.no_grad():
                         h1 = vmap(pair.fn)(a, x)
                 fn, xs = pair.fn, x
+                jacobians = batched_jacobians
                 if R is not None:  # rib's stochastic sources over target positions
                     p_t = vmap(pair.fn)(a[:1], slice_examples(x, 0, 1)).shape[1]
                     phi = (torch.randint(0, 2, (a.shape[0], R, p_t), generator=gen) * 2 - 1).to(a.dtype)
                     fn, xs = pair.projected, (x, phi)
-                for alpha, w, J in zip(nodes.tolist(), weights.tolist(),
-                                       batched_jacobians(fn, a, xs, nodes, mode)):
+                elif opts.formula == "jacobian":  # only J^T J is needed: fewer tangents, same sums
+                    jacobians = summed_jacobians if opts.sequence == "summed" else position_jacobians
+                for alpha, w, J in zip(nodes.tolist(), weights.tolist(), jacobians(fn, a, xs, nodes, mode)):
                     J = J.to(torch.float64)
                     if opts.formula == "jacobian":
                         grads = w * J if grads is None else grads + w * J
@@ -539,7 +549,7 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
             if not torch.isfinite(grads).all():
                 raise NonFiniteError(f"Jacobian d '{target}' / d '{source}' contains NaN or inf")
             if opts.formula == "jacobian":
-                part, positions = _second_moment(grads, opts.sequence)
+                part, positions = _second_moment(grads, opts.sequence), a.shape[1]
             else:
                 positions = grads.shape[1]
                 part = torch.einsum("bpi,bpj->ij", grads, grads)

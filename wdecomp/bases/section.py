@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 from wdecomp import hooks
 from wdecomp.bases.base import LayerBasis
@@ -65,7 +65,7 @@ from wdecomp.batch import add_example_axis, slice_examples
 from wdecomp.errors import DenseTooLargeError, SelectionError, ShapeError
 
 __all__ = ["RULES", "Section", "TargetCoordinates", "available_memory", "batched_jacobians", "build_section",
-           "feature_axis",
+           "feature_axis", "position_jacobians", "position_pattern", "summed_jacobians",
            "from_rows", "memory_guard", "plan_chunk", "quadrature", "section_biases", "to_rows"]
 
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
@@ -410,6 +410,131 @@ def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str
     for alpha in alphas.tolist():
         with torch.no_grad():
             yield vmap(jac)(alpha * points, x)
+
+
+def summed_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+    """``sum_p J_tp(alpha a)`` for each ``alpha``, as ``(B, P_t, k, 1, D)``: the Jacobian along one
+    direction added at every source position (``d`` tangents, where :func:`batched_jacobians` needs
+    ``P_s d`` and sums afterwards; equal by linearity).
+
+    Yields:
+        ``(B, P_t, k, 1, D)`` per ``alpha``.
+    """
+
+    def shifted(v: Tensor, xa: tuple[Any, Tensor]) -> Tensor:
+        xi, ai = xa
+        return fn(ai + v, xi)
+
+    zero = points.new_zeros(points.shape[0], 1, points.shape[-1])
+    for alpha in alphas.tolist():
+        yield next(batched_jacobians(shifted, zero, (x, alpha * points), torch.ones(1), mode))
+
+
+def position_pattern(fn: Any, points: Tensor, x: Any, seed: int = 0) -> Tensor:
+    """``(P_t, P_s)`` bool: whether the block ``J_tp = d fn_t / d a_p`` is nonzero for any example.
+
+    One VJP per target position ``t`` with a Gaussian cotangent on ``t`` alone (``P_t`` VJPs, against
+    ``P_t k`` for the whole Jacobian): row ``p`` of the result is ``J_tp^T u_t``, nonzero with
+    probability one exactly when ``J_tp`` is (a fixed nonzero matrix maps a Gaussian vector to zero
+    with probability zero). Zeros come from the structure (a causal mask, a position-wise map) or
+    from the data (a ReLU off at every path); either way they are the example's own.
+    """
+    with torch.no_grad():
+        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))[0]  # (P_t, k)
+    n_t = out.shape[0]
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    U = (torch.eye(n_t, dtype=torch.float64)[:, :, None] * r[None]).to(out.dtype).to(out.device)
+
+    def rows(a: Tensor, xi: Any) -> Tensor:
+        _, pull = vjp(lambda a_: fn(a_, xi), a)
+        return vmap(pull)(U)[0]  # (P_t, P_s, D)
+
+    with torch.no_grad():
+        G = vmap(rows)(points, x)
+    return (G != 0).any(-1).any(0)
+
+
+def _greedy_groups(conflict: Tensor) -> list[list[int]]:
+    """Greedy colouring: positions in forward order, each joins the first group it conflicts with
+    nowhere (``conflict``: ``(n, n)`` bool, symmetric)."""
+    groups: list[list[int]] = []
+    masks: list[Tensor] = []
+    for i in range(conflict.shape[0]):
+        for g, m in zip(groups, masks):
+            if not bool((conflict[i] & m).any()):
+                g.append(i)
+                m[i] = True
+                break
+        else:
+            groups.append([i])
+            m = torch.zeros(conflict.shape[0], dtype=torch.bool)
+            m[i] = True
+            masks.append(m)
+    return groups
+
+
+def _group_basis(groups: list[list[int]], n: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(len(groups) d, n, d)``: for group ``c`` and direction ``j``, ``e_j`` at every position of ``c``."""
+    E = torch.zeros(len(groups), n, dtype=dtype, device=device)
+    for c, g in enumerate(groups):
+        E[c, g] = 1
+    return torch.einsum("cp,jd->cjpd", E, torch.eye(d, dtype=dtype, device=device)).reshape(-1, n, d)
+
+
+def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+    """Blocks of ``J(alpha a)`` whose ``J^T J`` summed over all rows is ``sum_t sum_p J_tp^T J_tp``,
+    with fewer tangents where positions do not interact.
+
+    From the chunk's :func:`position_pattern` (nonzero blocks ``J_tp`` over its examples), source
+    positions that share no target position are grouped (greedy colouring), and one tangent per
+    group and direction, ``e_j`` at every position of the group, gives ``sum_{p in c} J_tp e_j``
+    ``= J_{t p_c(t)} e_j``: the one nonzero block of the group at each ``t``. So every nonzero block
+    appears exactly once and ``sum_t sum_c J_{tc}^T J_{tc}`` is the exact ``M'``. Reverse mode
+    groups target positions the same way. A position-wise section (a LayerNorm, an MLP) needs ``d``
+    tangents instead of ``P d``; a causal attention layer cannot be grouped (every source position
+    reaches the last target) and takes :func:`batched_jacobians`' path, the probe adding ``P_t``
+    VJPs to its ``P_t k`` (or ``P_s d``).
+
+    Yields:
+        ``(B, X, k, Y, D)`` per ``alpha``: ``X = P_t``, ``Y`` groups of source positions (forward),
+        or ``X`` groups of target positions, ``Y = P_s`` (reverse), or the full ``(B, P_t, k, P_s, D)``.
+    """
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not '{mode}'")
+    with torch.no_grad():
+        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))[0]
+    (n_t, k), (n_s, d) = out.shape, points.shape[1:]
+    full_forward = mode == "forward" or (mode == "auto" and n_s * d <= n_t * k)
+    full = n_s * d if full_forward else n_t * k
+    if n_s == 1 or n_t == 1 or 2 * (n_t + min(d, k)) > full:  # too little to gain: no probe
+        yield from batched_jacobians(fn, points, x, alphas, mode)
+        return
+    for alpha in alphas.tolist():
+        a = alpha * points
+        Z = position_pattern(fn, a, x).to(torch.float64)
+        by_source = _greedy_groups((Z.T @ Z) > 0)  # sources that share a target conflict
+        by_target = _greedy_groups((Z @ Z.T) > 0)
+        cost = {"forward": len(by_source) * d, "reverse": len(by_target) * k}
+        use = mode if mode != "auto" else min(cost, key=cost.__getitem__)
+        if cost[use] >= full:
+            yield next(batched_jacobians(fn, a, x, torch.ones(1), mode))
+            continue
+        if use == "forward":
+            V = _group_basis(by_source, n_s, d, a.dtype, a.device)
+
+            def grouped(ai: Tensor, xi: Any, V: Tensor = V) -> Tensor:
+                cols = vmap(lambda v: jvp(lambda a_: fn(a_, xi), (ai,), (v,))[1])(V)  # (Y D, P_t, k)
+                return cols.reshape(-1, d, n_t, k).permute(2, 3, 0, 1)
+
+        else:
+            U = _group_basis(by_target, n_t, k, out.dtype, out.device)
+
+            def grouped(ai: Tensor, xi: Any, U: Tensor = U) -> Tensor:
+                _, pull = vjp(lambda a_: fn(a_, xi), ai)
+                return vmap(pull)(U)[0].reshape(-1, k, n_s, d)  # (X, k, P_s, D)
+
+        with torch.no_grad():
+            yield vmap(grouped)(a, x)
 
 
 
