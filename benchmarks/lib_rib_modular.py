@@ -15,13 +15,17 @@ basis formula, squared gradient edges, float64) on one of three models:
   node layout.
 * ``--arch mlp``: wdecomp's modular MLP (``embed, mlp.act, unembed``); not a model of the paper.
 
-Checks: (1) the constant node's Lambda against the largest other at every rotated layer; (2) the
-Fourier concentration (:func:`wdecomp.fourier.fourier_concentration`: the share of a direction's
-power, as a function of the token, at its best frequency) of the top non-constant directions of
-the first layer; (3) edge ablation: the fewest edges per layer pair that keep test accuracy within
-``--tolerance`` of the original, next to the total (rib's constant edges kept for free, as rib's
-``always_keep_const_dir = center``); (4) Louvain modules of the graph pruned to those edges
-(constant node left out).
+Checks: (1) the constant node's Lambda against the largest other at every rotated layer; (2) Fourier
+structure of the first layer's top non-constant directions, each read as a function of the operand
+token: per direction (:func:`wdecomp.fourier.fourier_concentration`, the share of its power at its best
+frequency: the number rib's ``run_generate_labels_mod_add.py`` writes in its node labels), and per group
+of near-degenerate Lambdas (:func:`wdecomp.fourier.lambda_groups` at each ``--gaps`` relative gap;
+:func:`wdecomp.fourier.subspace_concentration`, unchanged by rotations inside a group), with each
+direction's token share (:func:`wdecomp.fourier.position_split`: a direction that mostly separates the
+positions is listed as such); with ``--rib-graph`` also on rib's own saved ``C``; (3) edge ablation: the
+fewest edges per layer pair that keep test accuracy within ``--tolerance`` of the original, next to the
+total (rib's constant edges kept for free, as rib's ``always_keep_const_dir = center``); (4) Louvain
+modules of the graph pruned to those edges (constant node left out).
 
 rib's files are read with ``torch.load(weights_only=True)``; get them from a checkout of rib or
 ``git -C <rib mirror> archive HEAD <path> | tar -x``. Run, e.g.::
@@ -46,7 +50,7 @@ from torch import nn
 from wdecomp import hooks
 from wdecomp.ablation.edges import edge_ablation
 from wdecomp.bases import interaction_basis
-from wdecomp.fourier import fourier_concentration, fourier_power
+from wdecomp.fourier import fourier_concentration, lambda_groups, position_split, subspace_concentration
 from wdecomp.graph import find_modules, interaction_graph
 from wdecomp.models.modular import modular_addition
 from wdecomp.models.training import batches
@@ -117,6 +121,80 @@ def concentration_2d(values: torch.Tensor, p: int) -> tuple[float, int]:
     return best, where
 
 
+def fourier_report(token_fn: torch.Tensor, lam: torch.Tensor, data_coords: torch.Tensor, top: int,
+                   gaps: list[float]) -> dict:
+    """Fourier measures of one basis's non-constant directions (column 0 is direction 1).
+
+    ``token_fn`` ``(p, k)``: each direction as a function of the operand token; ``lam`` ``(k,)``: their
+    Lambdas (descending); ``data_coords`` ``(N, P, k)``: the directions on the training data, for each
+    direction's *token share* (variance within positions over all variance, ``position_split``; a
+    direction below 0.5 mostly separates positions). Per direction: ``fourier_concentration``. Per
+    group of near-degenerate Lambdas (``lambda_groups`` at each relative ``gap``, covering the top
+    ``top`` and extended past it while the rule holds): ``subspace_concentration`` on the top
+    ``ceil(g/2)`` frequencies (whole cosine/sine pairs) and, looser, on the top ``g``.
+    """
+    between, within = position_split(data_coords)
+    token = within / (between + within)
+    n = min(top, token_fn.shape[1])
+    dirs = []
+    for i in range(n):
+        c, w = fourier_concentration(token_fn[:, i])
+        dirs.append({"direction": i + 1, "lambda": float(lam[i]), "concentration": c, "frequency": w,
+                     "top2_share": subspace_concentration(token_fn[:, i], 2)[0], "token_share": float(token[i]),
+                     "variance": float(between[i] + within[i])})
+    groups = {}
+    for gap in gaps:
+        rows = []
+        for grp in lambda_groups(lam, n, gap):
+            share, freqs = subspace_concentration(token_fn[:, grp])
+            rows.append({"directions": [i + 1 for i in grp], "lambda": [float(lam[i]) for i in grp],
+                         "concentration": share, "frequencies": freqs,
+                         "concentration_one_per_direction": subspace_concentration(token_fn[:, grp], len(grp))[0],
+                         "token_share": float(within[grp].sum() / (between[grp] + within[grp]).sum())})
+        tok = [r["concentration"] for r in rows if r["token_share"] >= 0.5]
+        groups[str(gap)] = {"groups": rows, "min_token_groups": min(tok) if tok else float("nan"),
+                            "position_groups": [r["directions"] for r in rows if r["token_share"] < 0.5]}
+    tok_dirs = [d["concentration"] for d in dirs if d["token_share"] >= 0.5]
+    return {"directions": dirs, "groups": groups, "min_per_direction": min(d["concentration"] for d in dirs),
+            "min_per_token_direction": min(tok_dirs) if tok_dirs else float("nan")}
+
+
+def split_half(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[str], first: torch.Tensor,
+               top: int, gaps: list[float], **kw) -> dict:
+    """How well two halves of the training data agree on the first layer's LIB directions.
+
+    The basis is built on two random halves (``randperm`` seeded 0); both are read on all of
+    ``first`` (``(N, P, d)``, the first layer's activations on the training data). Per direction
+    ``i`` of the top ``top``: the relative Lambda difference and ``|corr|`` of the two halves'
+    coordinate ``i``. Per group of half A's Lambdas (``lambda_groups`` at each gap): the smallest
+    canonical correlation between the two halves' group coordinates (1: the same subspace). A
+    direction whose ``|corr|`` is low while its group's canonical correlations stay near 1 is
+    set by sampling noise inside a near-degenerate group: the data fix the group, not the direction.
+    """
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    halves = [perm[: len(x) // 2], perm[len(x) // 2:]]
+    lbs = [interaction_basis(model, batches(x[h], y[h]), layers, **kw)[layers[0]] for h in halves]
+    k = min(top + 4, lbs[0].size, lbs[1].size) - 1
+    cs = [lb.to_coordinates(first)[..., 1: k + 1].reshape(-1, k) for lb in lbs]
+    cs = [c - c.mean(0) for c in cs]
+    lam = [lb.eigenvalues[1: k + 1] for lb in lbs]
+
+    def canon(a: torch.Tensor, b: torch.Tensor) -> float:
+        qa, qb = torch.linalg.qr(a)[0], torch.linalg.qr(b)[0]
+        return float(torch.linalg.svdvals(qa.T @ qb).min())
+
+    n = min(top, k)
+    dirs = [{"direction": i + 1, "lambda_a": float(lam[0][i]), "lambda_b": float(lam[1][i]),
+             "lambda_rel_diff": float((lam[0][i] - lam[1][i]).abs() / lam[0][i]),
+             "abs_corr": abs(canon(cs[0][:, i: i + 1], cs[1][:, i: i + 1]))} for i in range(n)]
+    groups = {}
+    for gap in gaps:
+        grps = [g for g in lambda_groups(lam[0], n, gap) if g[-1] < k]
+        groups[str(gap)] = [{"directions": [i + 1 for i in g], "min_canonical_corr": canon(cs[0][:, g], cs[1][:, g])}
+                            for g in grps]
+    return {"halves": [len(h) for h in halves], "directions": dirs, "groups": groups}
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(-1) == y).double().mean())
@@ -132,6 +210,12 @@ def main() -> None:
     parser.add_argument("--truncation", default="relative", choices=["relative", "absolute", "rib"],
                         help="'rib' with --threshold 1e-15 is rib's truncation_threshold rule")
     parser.add_argument("--threshold", type=float, default=None, help="gram and interaction threshold")
+    parser.add_argument("--gaps", default="0,0.1,0.2",
+                        help="relative Lambda gaps for grouping near-degenerate directions (0: per direction)")
+    parser.add_argument("--basis-data", default="train", choices=["train", "all"],
+                        help="build the basis on the training split (the paper's configuration) or on all p^2 pairs")
+    parser.add_argument("--split-half", action="store_true",
+                        help="also build the basis on two halves of the training data and compare the first layer")
     parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed in edge ablation")
     parser.add_argument("--logit-shift", default=None,
                         help="add this number to every unembedding bias (the same softmax, loss and accuracy), or "
@@ -181,6 +265,10 @@ def main() -> None:
     out["train_accuracy"], out["test_accuracy"] = accuracy(model, x_tr, y_tr), accuracy(model, x_te, y_te)
     stage(f"model: train accuracy {out['train_accuracy']:.4f}, test accuracy {out['test_accuracy']:.4f} "
           f"({len(x_tr)} / {len(x_te)} pairs)")
+    out["basis_data"] = args.basis_data
+    if args.basis_data == "all":  # every pair (a, b): the data are symmetric under a -> a + 1
+        x_tr, y_tr = torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te])
+        data = batches(x_tr, y_tr)
 
     thr = {} if args.threshold is None else {"gram_threshold": args.threshold,
                                               "interaction_threshold": args.threshold}
@@ -218,19 +306,45 @@ def main() -> None:
     E = model.embed.weight.detach()[: args.p]
     if args.arch != "mlp":  # the residual stream at the position of a, as a function of a
         E = E + model.pos_embed.W_pos.detach()[0]
-    coords = lb.to_coordinates(E)
-    conc = [fourier_concentration(coords[:, i]) for i in range(1, min(args.top + 1, lb.size))]
-    two = [float(fourier_power(coords[:, i]).sort(descending=True).values[:2].sum() / fourier_power(coords[:, i]).sum())
-           for i in range(1, len(conc) + 1)]
-    token_var = [float(coords[:, i].var()) for i in range(1, len(conc) + 1)]
-    out["fourier"] = [{"direction": i + 1, "lambda": float(lb.eigenvalues[i + 1]), "concentration": c,
-                       "frequency": w, "top2_share": two[i], "variance_over_tokens": token_var[i]}
-                      for i, (c, w) in enumerate(conc)]
-    print(f"  {layers[0]} top {len(conc)} directions (Lambda: concentration@frequency, top-2-frequency share, "
-          "variance over the token): "
-          + ", ".join(f"{float(lb.eigenvalues[i + 1]):.4g}: {c:.4f}@{w} {two[i]:.4f} {token_var[i]:.4g}"
-                      for i, (c, w) in enumerate(conc)))
-    print(f"  min concentration {min(c for c, _ in conc):.4f} (issue's target >= 0.99)")
+    first = hooks.run(model, x_tr, read=[layers[0]])[1][layers[0]].detach()  # (N, P, d)
+    gaps = [float(g) for g in args.gaps.split(",")]
+    bases = {"wdecomp": (lb.to_coordinates(E)[:, 1:], lb.eigenvalues[1:],
+                         lb.to_coordinates(first)[..., 1:])}
+    if args.rib_graph:  # rib's own saved C at its first node layer, on the same activations
+        C = next(ir for ir in g["interaction_rotations"] if RIB_LAYERS[ir["node_layer"]] == layers[0])
+        Cm, lam_rib = C["C"].to(torch.float64), C["Lambda"].to(torch.float64)
+
+        def rib_coords(f: torch.Tensor) -> torch.Tensor:
+            return (torch.cat([f, torch.ones_like(f[..., :1])], -1) @ Cm)[..., 1:]
+
+        bases["rib"] = (rib_coords(E), lam_rib[1: Cm.shape[1]], rib_coords(first))
+    out["fourier"] = {}
+    for name, (token_fn, lam, data_coords) in bases.items():
+        res = fourier_report(token_fn, lam, data_coords, args.top, gaps)
+        out["fourier"][name] = res
+        print(f"  {name} basis at {layers[0]}, top {args.top} non-constant directions, as functions of the token:")
+        print("    per direction (Lambda: concentration@frequency, top-2-frequency share, token share): "
+              + ", ".join(f"{r['lambda']:.4g}: {r['concentration']:.4f}@{r['frequency']} {r['top2_share']:.4f} "
+                          f"{r['token_share']:.3f}" for r in res["directions"]))
+        for gap, summary in res["groups"].items():
+            print(f"    groups at relative Lambda gap {gap}: "
+                  + " | ".join(f"{r['directions']}: {r['concentration']:.4f} on {r['frequencies']}"
+                               f" (one per direction {r['concentration_one_per_direction']:.4f}, token share "
+                               f"{r['token_share']:.3f})" for r in summary["groups"])
+                  + f"\n      min over token groups {summary['min_token_groups']:.4f} (issue's target >= 0.99); "
+                  f"position groups (token share < 0.5): {summary['position_groups']}")
+        print(f"    min per direction {res['min_per_direction']:.4f}, min per direction over token directions "
+              f"{res['min_per_token_direction']:.4f}")
+    if args.split_half:
+        sh = split_half(model, x_tr, y_tr, layers, first, args.top, gaps, truncation=args.truncation, **thr)
+        out["split_half"] = sh
+        stage(f"split-half bases ({sh['halves']} pairs)")
+        print("  per direction (Lambda A / B, relative difference, |corr| of the two halves' coordinate): "
+              + ", ".join(f"{d['direction']}: {d['lambda_a']:.4g}/{d['lambda_b']:.4g} {d['lambda_rel_diff']:.3f} "
+                          f"{d['abs_corr']:.4f}" for d in sh["directions"]))
+        for gap, rows in sh["groups"].items():
+            print(f"  groups at gap {gap} (smallest canonical correlation): "
+                  + ", ".join(f"{r['directions']}: {r['min_canonical_corr']:.4f}" for r in rows))
     if args.arch != "mlp":  # later layers as functions of (a, b), on all p^2 pairs
         a_ = torch.arange(args.p).repeat_interleave(args.p)
         b_ = torch.arange(args.p).repeat(args.p)
