@@ -14,6 +14,10 @@ from wdecomp.models.transformer import Transformer, TransformerConfig
 def _setup(source: str, target: str):
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(d_vocab=11, d_model=8, n_layers=1, n_heads=2, context=6)).double().eval()
+    with torch.no_grad():  # nonzero biases: a nonzero derivative along the constant
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.3)
     x = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(1))
     pair = _pair(model, x[:1], source, target, None, True, {source: 2, target: 2})
     a = pair.rows(hooks.run(model, x, read=[source, target])[1])
@@ -56,3 +60,13 @@ def test_summed_jacobian_is_the_sum_over_source_positions():
     S = next(summed_jacobians(pair.fn, a, x, torch.ones(1)))
     assert S.shape == (3, 6, 8, 1, 9)
     assert float((S[:, :, :, 0] - J.sum(3)).abs().max() / J.abs().max()) < 1e-13
+
+
+def test_holding_the_constant_changes_no_column():
+    # forward mode takes the f columns with s held (no tangents on the biases) and s's column apart
+    pair, a, x = _setup("blocks.0.resid_mid", "blocks.0")
+    alphas = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    for fast in (summed_jacobians, position_jacobians):
+        for J, H in zip(fast(pair.fn, a, x, alphas, "forward"), fast(pair.fn, a, x, alphas, "forward", pair.held)):
+            assert J.shape == H.shape and float(J[..., -1].abs().max()) > 0.1
+            assert float((J - H).abs().max() / J.abs().max()) < 1e-14

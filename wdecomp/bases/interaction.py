@@ -77,6 +77,7 @@ orthonormal; no constant node).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -193,6 +194,11 @@ class _Pair:
 
     def fn(self, a: Tensor, x: Any) -> Tensor:
         rows, s = self.section(a, x)
+        return self.target(rows, s)
+
+    def held(self, a: Tensor, x: Any) -> Tensor:
+        """:meth:`fn` with the constant held fixed (no tangents on the bias terms; ``d / d s = 0``)."""
+        rows, s = dataclasses.replace(self.section, hold_constant=True)(a, x)
         return self.target(rows, s)
 
     def projected(self, a: Tensor, xp: tuple[Any, Tensor]) -> Tensor:
@@ -533,7 +539,8 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
                     fn, xs = pair.projected, (x, phi)
                 elif opts.formula == "jacobian":  # only J^T J is needed: fewer tangents, same sums
                     jacobians = summed_jacobians if opts.sequence == "summed" else position_jacobians
-                for alpha, w, J in zip(nodes.tolist(), weights.tolist(), jacobians(fn, a, xs, nodes, mode)):
+                extra = {"held": pair.held} if jacobians is not batched_jacobians and opts.constant else {}
+                for alpha, w, J in zip(nodes.tolist(), weights.tolist(), jacobians(fn, a, xs, nodes, mode, **extra)):
                     J = J.to(torch.float64)
                     if opts.formula == "jacobian":
                         grads = w * J if grads is None else grads + w * J

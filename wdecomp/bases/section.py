@@ -254,6 +254,10 @@ class Section:
         target_axis: Feature axis of the target activation.
         biases: Module names whose biases scale with the constant (``()`` without a constant).
         constant: Whether the source carries a constant coordinate ``s``.
+        mixed: ``(bias module, pattern module)`` of each attention output whose bias is scaled by the
+            attention-weighted constant.
+        hold_constant: Hold ``s`` fixed for ``torch.func`` transforms (detached): the derivatives
+            along ``f`` are unchanged and the bias terms carry no tangents; ``d / d s`` comes out zero.
     """
 
     model: nn.Module
@@ -265,6 +269,7 @@ class Section:
     biases: tuple[str, ...] = ()
     constant: bool = False
     mixed: tuple[tuple[str, str], ...] = ()
+    hold_constant: bool = False
 
     def _bias_hook(self, s: Tensor, name: str, patterns: dict[str, Tensor]) -> Any:
         """Forward hook adding ``(s_p - 1) b`` at each output position ``p`` (``s``: ``(B, P_s)``); for an
@@ -304,6 +309,8 @@ class Section:
     def batched(self, a: Tensor, x: Any) -> tuple[Tensor, Tensor | None]:
         """``(B, P_s, d_s [+ 1]) -> ((B, P_t, d_t), (B, P_t) or None)`` for a batch of inputs ``x``."""
         s = a[..., -1] if self.constant else None
+        if s is not None and self.hold_constant:  # no tangent on s: its column comes out zero
+            s = s.detach()
         f = a[..., :-1] if self.constant else a
         value = from_rows(f, (f.shape[0], *self.source_shape), self.source_axis)
         patterns: dict[str, Tensor] = {}
@@ -412,22 +419,56 @@ def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str
             yield vmap(jac)(alpha * points, x)
 
 
-def summed_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+def summed_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto",
+                     held: Any = None) -> Iterator[Tensor]:
     """``sum_p J_tp(alpha a)`` for each ``alpha``, as ``(B, P_t, k, 1, D)``: the Jacobian along one
     direction added at every source position (``d`` tangents, where :func:`batched_jacobians` needs
     ``P_s d`` and sums afterwards; equal by linearity).
+
+    ``held``: ``fn`` with the last input column (the constant ``s``) held fixed
+    (:attr:`Section.hold_constant`); in forward mode the other columns come from it (no tangents on
+    the bias terms) and the last from one more tangent of ``fn``.
 
     Yields:
         ``(B, P_t, k, 1, D)`` per ``alpha``.
     """
 
-    def shifted(v: Tensor, xa: tuple[Any, Tensor]) -> Tensor:
+    n_s, d = points.shape[1:]
+    if held is not None and not _forward(d, _out_size(fn, points, x), mode):
+        held = None
+
+    def shifted(v: Tensor, xa: tuple[Any, Tensor], fn: Any = fn if held is None else held) -> Tensor:
         xi, ai = xa
         return fn(ai + v, xi)
 
-    zero = points.new_zeros(points.shape[0], 1, points.shape[-1])
+    zero = points.new_zeros(points.shape[0], 1, d)
     for alpha in alphas.tolist():
-        yield next(batched_jacobians(shifted, zero, (x, alpha * points), torch.ones(1), mode))
+        a = alpha * points
+        J = next(batched_jacobians(shifted, zero, (x, a), torch.ones(1), mode))
+        if held is not None:  # the constant's column: one tangent, s moved at every position
+            E = torch.zeros(1, n_s, d, dtype=a.dtype, device=a.device)
+            E[..., -1] = 1
+            J[..., 0, -1] = _tangent_images(fn, a, x, E)[:, 0]
+        yield J
+
+
+def _out_size(fn: Any, points: Tensor, x: Any) -> int:
+    with torch.no_grad():
+        return vmap(fn)(points[:1], slice_examples(x, 0, 1))[0].numel()
+
+
+def _forward(n_in: int, n_out: int, mode: str) -> bool:
+    return mode == "forward" or (mode == "auto" and n_in <= n_out)
+
+
+def _tangent_images(fn: Any, points: Tensor, x: Any, V: Tensor) -> Tensor:
+    """``(B, m, *out)``: ``J(a) V_i`` for each tangent ``V_i`` of ``V`` ``(m, P_s, D)``, per example."""
+
+    def images(ai: Tensor, xi: Any) -> Tensor:
+        return vmap(lambda v: jvp(lambda a_: fn(a_, xi), (ai,), (v,))[1])(V)
+
+    with torch.no_grad():
+        return vmap(images)(points, x)
 
 
 def position_pattern(fn: Any, points: Tensor, x: Any, seed: int = 0) -> Tensor:
@@ -481,7 +522,8 @@ def _group_basis(groups: list[list[int]], n: int, d: int, dtype: torch.dtype, de
     return torch.einsum("cp,jd->cjpd", E, torch.eye(d, dtype=dtype, device=device)).reshape(-1, n, d)
 
 
-def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto") -> Iterator[Tensor]:
+def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str = "auto",
+                       held: Any = None) -> Iterator[Tensor]:
     """Blocks of ``J(alpha a)`` whose ``J^T J`` summed over all rows is ``sum_t sum_p J_tp^T J_tp``,
     with fewer tangents where positions do not interact.
 
@@ -493,7 +535,7 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     groups target positions the same way. A position-wise section (a LayerNorm, an MLP) needs ``d``
     tangents instead of ``P d``; a causal attention layer cannot be grouped (every source position
     reaches the last target) and takes :func:`batched_jacobians`' path, the probe adding ``P_t``
-    VJPs to its ``P_t k`` (or ``P_s d``).
+    VJPs to its ``P_t k`` (or ``P_s d``). ``held``: as for :func:`summed_jacobians` (grouped forward mode).
 
     Yields:
         ``(B, X, k, Y, D)`` per ``alpha``: ``X = P_t``, ``Y`` groups of source positions (forward),
@@ -521,17 +563,16 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
             continue
         if use == "forward":
             V = _group_basis(by_source, n_s, d, a.dtype, a.device)
+            cols = _tangent_images(fn if held is None else held, a, x, V).reshape(a.shape[0], -1, d, n_t, k)
+            if held is not None:  # the constant's column of each group from fn itself
+                cols[:, :, -1] = _tangent_images(fn, a, x, V.reshape(-1, d, n_s, d)[:, -1])
+            yield cols.permute(0, 3, 4, 1, 2)
+            continue
+        U = _group_basis(by_target, n_t, k, out.dtype, out.device)
 
-            def grouped(ai: Tensor, xi: Any, V: Tensor = V) -> Tensor:
-                cols = vmap(lambda v: jvp(lambda a_: fn(a_, xi), (ai,), (v,))[1])(V)  # (Y D, P_t, k)
-                return cols.reshape(-1, d, n_t, k).permute(2, 3, 0, 1)
-
-        else:
-            U = _group_basis(by_target, n_t, k, out.dtype, out.device)
-
-            def grouped(ai: Tensor, xi: Any, U: Tensor = U) -> Tensor:
-                _, pull = vjp(lambda a_: fn(a_, xi), ai)
-                return vmap(pull)(U)[0].reshape(-1, k, n_s, d)  # (X, k, P_s, D)
+        def grouped(ai: Tensor, xi: Any, U: Tensor = U) -> Tensor:
+            _, pull = vjp(lambda a_: fn(a_, xi), ai)
+            return vmap(pull)(U)[0].reshape(-1, k, n_s, d)  # (X, k, P_s, D)
 
         with torch.no_grad():
             yield vmap(grouped)(a, x)
