@@ -34,7 +34,9 @@ Operations: :func:`split` (inputs, targets), :func:`num_examples`, :func:`slice_
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +52,7 @@ __all__ = [
     "Replayable",
     "add_example_axis",
     "as_batches",
+    "c_memcmp",
     "call",
     "chunks",
     "concat",
@@ -240,18 +243,90 @@ def fingerprint(batch: Batch) -> str:
     Equal batches give equal fingerprints; changing any single entry of any tensor (even
     ``0.0`` to ``-0.0``), a shape, a dtype, a key or a non-tensor entry changes it (see
     :func:`wdecomp.distributed.checksum`). Cost: one pass over the data on its own device (no
-    copy to the host).
+    copy to the host); for a CPU tensor fingerprinted again, one ``memcmp`` against a private copy
+    of its bits when they are unchanged (:func:`_checksum`).
     """
     h = hashlib.blake2b(digest_size=16)
     _feed(batch, h)
     return h.hexdigest()
 
 
+def c_memcmp() -> Callable[[int, int, int], int] | None:
+    """The C library's ``memcmp(a, b, n)``, or ``None`` where it cannot be loaded."""
+    for load in (lambda: ctypes.CDLL(None), lambda: ctypes.cdll.msvcrt):
+        try:
+            fn = load().memcmp
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+        fn.restype = ctypes.c_int
+        return fn
+    return None
+
+
+class _Kept:
+    """A tensor fingerprinted before: a weak reference to it and, from its second fingerprint on,
+    a private copy of its bits and their checksum."""
+
+    __slots__ = ("copy", "ref", "value")
+
+    def __init__(self, ref: weakref.ref) -> None:
+        self.ref = ref
+        self.copy: Tensor | None = None
+        self.value = 0
+
+
+_MEMCMP = c_memcmp()
+_KEPT: dict[int, _Kept] = {}
+_KEPT_BYTES = [0]
+#: Private copies kept for the fingerprints, at most this many bytes in all.
+KEEP_BUDGET = 256 << 20
+#: Tensors smaller than this are checksummed every time (as cheap as the comparison).
+KEEP_MIN = 1 << 16
+
+
+def _forget(key: int) -> None:
+    kept = _KEPT.pop(key, None)
+    if kept is not None and kept.copy is not None:
+        _KEPT_BYTES[0] -= kept.copy.numel() * kept.copy.element_size()
+
+
+def _checksum(t: Tensor) -> int:
+    """:func:`~wdecomp.distributed.checksum` of ``t``, read from the private copy of ``t``'s bits
+    kept at an earlier fingerprint when ``memcmp`` finds ``t``'s bits equal to the copy's (same
+    dtype and shape): the checksum is a function of the bits, so it is the same number, for one
+    streaming comparison instead of a multiply and a sum. A copy is kept for a contiguous CPU
+    tensor of at least :data:`KEEP_MIN` bytes fingerprinted a second time while alive (a loader
+    that yields new tensors on every pass costs no copies), within :data:`KEEP_BUDGET`."""
+    nbytes = t.numel() * t.element_size()
+    if (_MEMCMP is None or t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous()
+            or t.is_neg() or t.is_conj() or nbytes < KEEP_MIN):
+        return checksum(t)
+    key = id(t)
+    kept = _KEPT.get(key)
+    if kept is None or kept.ref() is not t:
+        _forget(key)
+        _KEPT[key] = _Kept(weakref.ref(t, lambda _r, key=key: _forget(key)))
+        return checksum(t)
+    copy = kept.copy
+    if copy is not None and copy.dtype == t.dtype and copy.shape == t.shape \
+            and _MEMCMP(t.data_ptr(), copy.data_ptr(), nbytes) == 0:
+        return kept.value
+    value = checksum(t)
+    if copy is not None:
+        _KEPT_BYTES[0] -= copy.numel() * copy.element_size()
+        kept.copy = None
+    if _KEPT_BYTES[0] + nbytes <= KEEP_BUDGET:
+        kept.copy, kept.value = t.detach().clone(), value
+        _KEPT_BYTES[0] += nbytes
+    return value
+
+
 def _feed(obj: Any, h: Any) -> None:
     if isinstance(obj, Tensor):
         if obj.is_meta:
             raise DataError("a tensor on the meta device has no values; load the data before passing it")
-        h.update(f"T{tuple(obj.shape)}{obj.dtype}:{checksum(obj)};".encode())
+        h.update(f"T{tuple(obj.shape)}{obj.dtype}:{_checksum(obj)};".encode())
     elif isinstance(obj, Mapping):
         h.update(f"M{len(obj)}(".encode())
         for k, v in obj.items():
