@@ -33,7 +33,6 @@ and ``u -> J^T u``, from one recorded pullback: ``J^T u`` is the pullback itself
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,24 +58,11 @@ def check_cache_setting(cache: Any, kind: str) -> None:
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _c_memcmp() -> Callable[[int, int, int], int] | None:
-    """The C library's ``memcmp(a, b, n)``, or ``None`` where it cannot be loaded."""
-    for load in (lambda: ctypes.CDLL(None), lambda: ctypes.cdll.msvcrt):
-        try:
-            fn = load().memcmp
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-        fn.restype = ctypes.c_int
-        return fn
-    return None
-
-
 #: Bytewise comparison of two CPU buffers: streams both once with no temporary, where
 #: ``torch.equal`` compares one entry at a time and numpy's ``==`` writes a boolean array
 #: (85k float32 entries, cold caches, one core: 90 us against 155 and 205 us; see
 #: ``benchmarks/results/products.md``).
-_MEMCMP = _c_memcmp()
+_MEMCMP = batching.c_memcmp()
 
 #: Device types whose tensors are compared one by one with ``memcmp``; the tensors of any other
 #: device (and all of them without ``memcmp``) are concatenated and compared in one kernel.
