@@ -195,6 +195,11 @@ def split_half(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[
     return {"halves": [len(h) for h in halves], "directions": dirs, "groups": groups}
 
 
+def line(title: str, rows: list, fmt, sep: str = ", ") -> None:
+    """Print ``title`` and each row formatted by ``fmt``, joined by ``sep``."""
+    print(title + sep.join(fmt(r) for r in rows))
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((model(x).argmax(-1) == y).double().mean())
@@ -323,15 +328,14 @@ def main() -> None:
         res = fourier_report(token_fn, lam, data_coords, args.top, gaps)
         out["fourier"][name] = res
         print(f"  {name} basis at {layers[0]}, top {args.top} non-constant directions, as functions of the token:")
-        print("    per direction (Lambda: concentration@frequency, top-2-frequency share, token share): "
-              + ", ".join(f"{r['lambda']:.4g}: {r['concentration']:.4f}@{r['frequency']} {r['top2_share']:.4f} "
-                          f"{r['token_share']:.3f}" for r in res["directions"]))
+        line("    per direction (Lambda: concentration@frequency, top-2-frequency share, token share): ",
+             res["directions"], lambda r: f"{r['lambda']:.4g}: {r['concentration']:.4f}@{r['frequency']} "
+                                          f"{r['top2_share']:.4f} {r['token_share']:.3f}")
         for gap, summary in res["groups"].items():
-            print(f"    groups at relative Lambda gap {gap}: "
-                  + " | ".join(f"{r['directions']}: {r['concentration']:.4f} on {r['frequencies']}"
-                               f" (one per direction {r['concentration_one_per_direction']:.4f}, token share "
-                               f"{r['token_share']:.3f})" for r in summary["groups"])
-                  + f"\n      min over token groups {summary['min_token_groups']:.4f} (issue's target >= 0.99); "
+            line(f"    groups at relative Lambda gap {gap}: ", summary["groups"],
+                 lambda r: f"{r['directions']}: {r['concentration']:.4f} on {r['frequencies']} (one per direction "
+                           f"{r['concentration_one_per_direction']:.4f}, token share {r['token_share']:.3f})", " | ")
+            print(f"      min over token groups {summary['min_token_groups']:.4f} (issue's target >= 0.99); "
                   f"position groups (token share < 0.5): {summary['position_groups']}")
         print(f"    min per direction {res['min_per_direction']:.4f}, min per direction over token directions "
               f"{res['min_per_token_direction']:.4f}")
@@ -339,12 +343,12 @@ def main() -> None:
         sh = split_half(model, x_tr, y_tr, layers, first, args.top, gaps, truncation=args.truncation, **thr)
         out["split_half"] = sh
         stage(f"split-half bases ({sh['halves']} pairs)")
-        print("  per direction (Lambda A / B, relative difference, |corr| of the two halves' coordinate): "
-              + ", ".join(f"{d['direction']}: {d['lambda_a']:.4g}/{d['lambda_b']:.4g} {d['lambda_rel_diff']:.3f} "
-                          f"{d['abs_corr']:.4f}" for d in sh["directions"]))
+        line("  per direction (Lambda A / B, relative difference, |corr| of the two halves' coordinate): ",
+             sh["directions"], lambda d: f"{d['direction']}: {d['lambda_a']:.4g}/{d['lambda_b']:.4g} "
+                                         f"{d['lambda_rel_diff']:.3f} {d['abs_corr']:.4f}")
         for gap, rows in sh["groups"].items():
-            print(f"  groups at gap {gap} (smallest canonical correlation): "
-                  + ", ".join(f"{r['directions']}: {r['min_canonical_corr']:.4f}" for r in rows))
+            line(f"  groups at gap {gap} (smallest canonical correlation): ", rows,
+                 lambda r: f"{r['directions']}: {r['min_canonical_corr']:.4f}")
     if args.arch != "mlp":  # later layers as functions of (a, b), on all p^2 pairs
         a_ = torch.arange(args.p).repeat_interleave(args.p)
         b_ = torch.arange(args.p).repeat(args.p)
