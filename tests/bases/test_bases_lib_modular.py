@@ -164,7 +164,7 @@ def test_fourier_structure_of_lib_on_the_shipped_modular_mlp():
     """
     bundle = modular_addition(p=113, arch="mlp", dtype=DT, progress=False)
     (x, y), model = bundle.data[0], bundle.model
-    lb = interaction_basis(model, [(x[:1600], y[:1600])], ["embed", "mlp.act", "unembed"])["embed"]
+    lb = interaction_basis(model, [(x[:1600], y[:1600])], ["embed", "mlp.act", "unembed"], chunk_size=400)["embed"]
     T = lb.to_coordinates(model.embed.weight.detach())[:, 1:]  # (p, k): each direction as a function of the token
     lam = lb.eigenvalues[1:]
     per = [fourier_concentration(T[:, i]) for i in range(6)]
