@@ -12,6 +12,8 @@ reference (tests/_rib_reference.py).
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,35 @@ def test_fourier_structure_of_lib_on_the_shipped_modular_mlp():
     wide = [subspace_concentration(T[:, g]) for g in lambda_groups(lam, 6, 0.2)]
     assert [f for _, f in wide] == [[13], [56, 24]]
     np.testing.assert_allclose([share for share, _ in wide], [0.9902, 0.9899], atol=2e-3)
+
+
+def test_benchmark_fourier_report_lists_position_directions_apart_and_scores_groups():
+    """benchmarks/lib_rib_modular.py's fourier_report on made-up directions (p = 31): a position
+    direction (1% of its variance within positions), a pure frequency, and a near-degenerate pair made of
+    two frequencies rotated together (each 0.5 per direction; the group 0.5 on one frequency's pair, 1.0
+    on one frequency per direction)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import lib_rib_modular
+
+    p, t = 31, torch.arange(31, dtype=DT)
+
+    def wave(w):
+        return torch.cos(2 * math.pi * w * t / p)
+
+    c = 1 / math.sqrt(2)
+    pair = [c * (wave(5) + wave(9)), c * (wave(5) - wave(9))]
+    token_fn = torch.stack([0.1 * wave(2) + 0.1 * wave(7), wave(3), *pair], 1)
+    tokens = torch.randint(0, p, (400, 2), generator=torch.Generator().manual_seed(0))
+    data = token_fn[tokens]  # (N, 2 positions, 4)
+    data[:, 1, 0] += 1.0  # direction 1: mostly the position
+    report = lib_rib_modular.fourier_report(token_fn, torch.tensor([100.0, 50.0, 20.0, 19.5], dtype=DT), data, 4,
+                                            [0.0, 0.1])
+    share = [d["token_share"] for d in report["directions"]]
+    assert share[0] < 0.05 and min(share[1:]) > 0.99  # the offset of 1 at one position dominates direction 1
+    assert [d["concentration"] for d in report["directions"]] == pytest.approx([0.5, 1.0, 0.5, 0.5], abs=1e-12)
+    grouped = report["groups"]["0.1"]
+    assert [g["directions"] for g in grouped["groups"]] == [[1], [2], [3, 4]]
+    assert grouped["groups"][2]["concentration"] == pytest.approx(0.5, abs=1e-12)
+    assert grouped["groups"][2]["concentration_one_per_direction"] == pytest.approx(1.0, abs=1e-12)
+    assert grouped["position_groups"] == [[1]] and grouped["min_token_groups"] == pytest.approx(0.5, abs=1e-12)
+    assert report["min_per_token_direction"] == pytest.approx(0.5, abs=1e-12)
