@@ -1,36 +1,33 @@
-"""LIB interaction basis of a ~1M-parameter two-layer character transformer over 10k tokens.
+"""LIB interaction basis of a ~1M-parameter two-layer character transformer over 10k tokens (issue 16).
 
 Model: :func:`wdecomp.models.char.char_transformer` with ``d_model=192, d_mlp=768, n_heads=4,
 context=64`` (942,055 parameters), trained briefly (200k tokens, 98 AdamW steps; the weights are
 cached). The benchmark measures the basis computation, not model quality: a short training run
 only gives the activations and Jacobians realistic, non-random structure.
 
-Data: 160 training windows of 64 characters = 10,240 tokens, float32, 2 threads.
+Data: the first N of 160 training windows of 64 characters (160 = 10,240 tokens), float32, 2
+threads, Jacobian chunks of 8 sequences. Each row is one ``wd.interaction_basis(model, data,
+["blocks.0", "blocks.1", "ln_f"], "lib", ...)`` call in a fresh subprocess (so ``ru_maxrss`` is
+that row's peak), timed in wall and process CPU seconds, with the stages inside it timed by
+wrapping the module-level functions it calls (``gram_matrices``; ``_moments``, which streams
+Jacobian chunks and accumulates ``M'``, per layer pair; ``_interaction_layer``/``_static_basis``,
+the eigendecompositions). Rows:
 
-Two measurements, each in a fresh subprocess (so ``ru_maxrss`` is that stage's peak):
+* ``wdecomp-centred`` (``sequence="summed"``: ``M`` from ``sum_p J_tp``, ``d + 1`` tangents per
+  sequence) on all 160 sequences: the configuration the issue's 806 s was measured on;
+* rib's default (per-position ``M'``: ``sum_t sum_p J_tp^T J_tp``, every block ``J_tp``) on a
+  subset, extrapolated: its causal attention pair needs the whole ``(P k) x (P (d + 1))``
+  Jacobian of every sequence (12,288 VJPs);
+* rib's ``stochastic_sources=R`` (``R k`` VJPs per sequence) on all 160 sequences (``R = 1``) and
+  on the subset (``R = 1, 8``), whose Lambda are compared with the exact default's;
+* with ``--before DIR`` (a checkout of the package before the change, e.g. ``git archive
+  f3008a9 wdecomp | tar -x -C DIR``), the summed and exact rows on the subset with that code.
 
-1. ``lib``: ``wd.interaction_basis(model, data, ["blocks.0", "blocks.1", "ln_f"], "lib")``. The
-   stages inside that one public call are timed by wrapping the module-level functions it calls
-   (``gram_matrices``; ``interaction_matrix``, which streams Jacobian chunks and accumulates
-   ``J^T J``; ``_interaction_layer``/``_static_basis``, the eigendecompositions). The largest
-   Jacobian chunk ever materialised is recorded (``interaction_jacobians`` is wrapped too): a
-   ``(chunk, T, k_next, d)`` tensor of activation Jacobians -- no ``(samples x params)`` or even
-   ``(samples x ...)`` Jacobian is ever held.
-2. ``speedup``: the same per-example Jacobians ``d f~_{blocks.1} / d f_{blocks.0}`` (source
-   direction added at every position, 192 x 64 x 192 per sequence) on a subset, by
-
-   * the batched path: ``interaction_jacobians`` (``vmap`` over examples of ``jacfwd``, chunks of 8);
-   * a per-example loop of ``torch.func.jacfwd`` (no ``vmap`` over examples; ``jacfwd`` itself
-     still batches its 192 tangents);
-   * a per-example, per-direction loop of ``torch.func.jvp`` (no ``vmap`` at all), on fewer examples;
-   * a per-example loop of one ``torch.autograd.grad`` per output entry (what
-     ``torch.autograd.functional.jacobian(vectorize=False)`` does: 12,288 backwards per sequence),
-     timed on the 192 rows of the last position of one sequence and scaled by 64 positions;
-
-   each checked equal to the batched result; per-example times are compared.
+``--stage speedup`` (not run by default) compares the batched ``interaction_jacobians`` with
+per-example loops of ``jacfwd``, ``jvp`` and ``autograd.grad``.
 
 Other engineers share the machine: run under ``flock /tmp/wdecomp-bench.lock``; the load average
-is recorded. Run: ``flock /tmp/wdecomp-bench.lock python benchmarks/bench_lib.py``.
+is recorded. Run: ``flock /tmp/wdecomp-bench.lock python benchmarks/bench_lib.py [--before DIR]``.
 """
 
 from __future__ import annotations
@@ -64,17 +61,17 @@ def _load() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "n/a"
 
 
-def stage_lib() -> dict:
+def stage_lib(sequences: int, variant: str, stochastic: int | None, save: str | None = None) -> dict:
+    """One ``wd.interaction_basis`` call on the first ``sequences`` windows, timed by stage."""
     import wdecomp as wd
     from wdecomp.bases import interaction as inter
 
     bundle = _bundle()
     model = bundle.model.eval()
-    data = bundle.data
-    tokens = sum(x.numel() for x, _ in data)
+    x = torch.cat([b[0] for b in bundle.data])[:sequences]
+    data = [(x[i:i + 32],) for i in range(0, len(x), 32)]
     times: dict[str, float] = {"gram": 0.0, "jacobians_and_interaction": 0.0, "eigendecompositions": 0.0}
     per_pair: dict[str, float] = {}
-    largest = {"shape": None, "bytes": 0, "chunks": 0}
 
     def timed(name, fn, pair=False):
         def wrapper(*args, **kwargs):
@@ -87,41 +84,43 @@ def stage_lib() -> dict:
             return out
         return wrapper
 
-    orig_jac = inter.interaction_jacobians
-
-    def jac_wrapper(*args, **kwargs):
-        for J in orig_jac(*args, **kwargs):
-            largest["chunks"] += 1
-            nbytes = J.numel() * J.element_size()
-            if nbytes > largest["bytes"]:
-                largest.update(shape=list(J.shape), bytes=nbytes)
-            yield J
-
     inter.gram_matrices = timed("gram", inter.gram_matrices)
-    inter.interaction_matrix = timed("jacobians_and_interaction", inter.interaction_matrix, pair=True)
+    inter._moments = timed("jacobians_and_interaction", inter._moments, pair=True)
     inter._interaction_layer = timed("eigendecompositions", inter._interaction_layer)
     inter._static_basis = timed("eigendecompositions", inter._static_basis)
-    inter.interaction_jacobians = jac_wrapper
 
-    t0 = time.perf_counter()
-    basis = wd.interaction_basis(model, data, LAYERS, "lib", chunk_size=CHUNK)
-    total = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    basis = wd.interaction_basis(model, data, LAYERS, "lib", variant=variant, stochastic_sources=stochastic,
+                                 chunk_size=CHUNK, progress=False)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if save:
+        torch.save({k: (basis[k].eigenvalues, basis[k].transform) for k in LAYERS}, save)
     n_params = sum(p.numel() for p in model.parameters())
     layers = {}
     for key in LAYERS:
-        lb = basis[key]
-        ev = lb.eigenvalues
-        layers[key] = {"k": int(lb.transform.shape[0]), "d": int(lb.transform.shape[1]),
+        ev = basis[key].eigenvalues
+        layers[key] = {"k": int(basis[key].transform.shape[0]), "d": int(basis[key].transform.shape[1]),
                        "top_eigenvalues": [float(v) for v in ev[:5]], "min_eigenvalue": float(ev[-1])}
     return {
         "n_params": n_params, "metrics": {k: bundle.metrics[k] for k in ("val_loss", "train_loss", "n_tokens")},
-        "sequences": sum(len(x) for x, _ in data), "tokens": tokens, "chunk_size": CHUNK, "layers": layers,
-        "total_s": total, "stages_s": times, "pairs_s": per_pair, "largest_jacobian_chunk": largest,
-        "full_jacobian_bytes_if_held": None if largest["shape"] is None
-        else largest["bytes"] // largest["shape"][0] * sum(len(x) for x, _ in data),
-        "params_jacobian_bytes_if_held": tokens * n_params * 4,
-        "peak_rss_mb": peak_rss_mb(), "dtype": "float32",
+        "variant": variant, "stochastic_sources": stochastic, "sequences": len(x), "tokens": x.numel(),
+        "chunk_size": CHUNK, "layers": layers, "total_s": total, "cpu_s": cpu, "stages_s": times,
+        "pairs_s": per_pair, "peak_rss_mb": peak_rss_mb(), "dtype": "float32",
     }
+
+
+def compare_saved(exact: str, approx: str) -> dict:
+    """Relative errors of ``approx``'s LIB eigenvalues against ``exact``'s (same data), per layer."""
+    E, A = torch.load(exact), torch.load(approx)
+    out = {}
+    for key in LAYERS:
+        e, a = E[key][0], A[key][0]
+        n = min(len(e), len(a))
+        top = float(e.abs().max())
+        out[key] = {"max_rel_err_vs_largest": float((a[:n] - e[:n]).abs().max()) / top,
+                    "top5_rel_err": [float(abs(a[i] - e[i]) / abs(e[i])) for i in range(min(5, n))],
+                    "dims": [len(e), len(a)]}
+    return out
 
 
 def stage_speedup(n_batched: int, n_jvp: int, n_autograd: int) -> dict:
@@ -201,80 +200,102 @@ def stage_speedup(n_batched: int, n_jvp: int, n_autograd: int) -> dict:
     }
 
 
-def _child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+def _child(args: list[str], pythonpath: str | None = None) -> dict:
+    env = dict(os.environ)
+    if pythonpath:  # another checkout of the package (the "before" code), ahead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _lib_args(r: dict) -> list[str]:
+    args = ["--stage", "lib", "--sequences", str(r["sequences"]), "--variant", r["variant"]]
+    if r.get("stochastic"):
+        args += ["--stochastic", str(r["stochastic"])]
+    if r.get("save"):
+        args += ["--save", r["save"]]
+    return args
+
+
 def markdown(r: dict) -> str:
-    lib, sp = r["lib"], r["speedup"]
+    runs = r["runs"]
+    first = next(iter(runs.values()))
     lines = [
         "# LIB interaction basis: ~1M-parameter character transformer, 10k tokens, 2 CPU threads", "",
-        f"Model: `char_transformer(d_model=192, d_mlp=768, n_heads=4, context=64)`, {lib['n_params']:,} parameters, "
-        f"trained briefly ({lib['metrics']['n_tokens']:,} tokens; "
-        f"val loss {lib['metrics']['val_loss']:.3f} nats/char). "
-        "The benchmark measures the basis computation, not model quality.",
-        f"Data: {lib['sequences']} sequences x 64 = {lib['tokens']:,} tokens, {lib['dtype']}; "
-        f"layers {LAYERS}; Jacobian chunk {lib['chunk_size']} sequences.",
-        f"Machine: {r['machine']}; load average before/after: {r['load_before']} / {r['load_after']} "
-        "(shared 2-core machine: other engineers' jobs ran at the same time, so wall times are upper bounds).", "",
-        "## LIB basis (one `wd.interaction_basis` call, fresh process)", "",
-        "| stage | wall s |", "|---|---|",
+        f"Model: `char_transformer(d_model=192, d_mlp=768, n_heads=4, context=64)`, {first['n_params']:,} "
+        f"parameters, trained briefly ({first['metrics']['n_tokens']:,} tokens; val loss "
+        f"{first['metrics']['val_loss']:.3f} nats/char). The benchmark measures the basis computation, not "
+        "model quality.",
+        f"Data: the first N of 160 windows x 64 characters (160 = 10,240 tokens), float32; layers {LAYERS}; "
+        f"Jacobian chunk {CHUNK} sequences; one fresh process per row (peak RSS is that row's).",
+        f"Machine: {r['machine']}; load average before/after: {r['load_before']} / {r['load_after']}.", "",
+        "| run | code | sequences | wall s | CPU s | CPU s / sequence | wall s at 160 (extrapolated) | peak RSS MiB "
+        "| Jacobians + M' s | per pair s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for k, v in lib["stages_s"].items():
-        lines.append(f"| {k} | {v:.1f} |")
-    for k, v in lib["pairs_s"].items():
-        lines.append(f"| &nbsp; pair {k} | {v:.1f} |")
-    lines += [f"| **total** | **{lib['total_s']:.1f}** |", "",
-              f"Peak RSS (process, incl. model + data + torch): **{lib['peak_rss_mb']:.0f} MiB**.", "",
-              f"Largest Jacobian ever held: one chunk of shape {lib['largest_jacobian_chunk']['shape']} "
-              f"({lib['largest_jacobian_chunk']['bytes'] / 2**20:.0f} MiB; {lib['largest_jacobian_chunk']['chunks']} "
-              "chunks streamed). Holding all examples' activation Jacobians at once would take "
-              f"{lib['full_jacobian_bytes_if_held'] / 2**30:.1f} GiB; a (tokens x params) Jacobian "
-              f"{lib['params_jacobian_bytes_if_held'] / 2**30:.1f} GiB. Neither is ever formed.", "",
-              "| layer | k | d | top eigenvalues |", "|---|---|---|---|"]
-    for k, v in lib["layers"].items():
-        lines.append(f"| {k} | {v['k']} | {v['d']} | {', '.join(f'{e:.3g}' for e in v['top_eigenvalues'])} |")
-    lines += ["", f"## Batched vmap Jacobians vs per-example loops ({sp['source']} -> {sp['target']}, "
-              f"{sp['jacobian_shape_per_example']} per sequence)", "",
-              "| path | sequences | s / sequence | batched speedup | max rel. diff vs batched |",
-              "|---|---|---|---|---|"]
-    for k in ("batched_vmap", "loop_jacfwd", "loop_jvp_per_direction", "loop_autograd_jacobian"):
-        spd = "1.00x" if k == "batched_vmap" else f"{sp['speedup_vs'][k]:.2f}x"
-        diff = "-" if k == "batched_vmap" else f"{sp['max_rel_diff_vs_batched'][k]:.1e}"
-        lines.append(f"| {k} | {sp['examples'][k]} | {sp['per_example_s'][k]:.2f} | {spd} | {diff} |")
-    lines += ["", f"Peak RSS of the speedup process: {sp['peak_rss_mb']:.0f} MiB.", "", r.get("notes", ""), ""]
+    for name, v in runs.items():
+        per = v["cpu_s"] / v["sequences"]
+        at160 = v["total_s"] * 160 / v["sequences"]
+        pairs = "; ".join(f"{k}: {t:.1f}" for k, t in v["pairs_s"].items())
+        lines.append(f"| {name} | {v.get('code', 'this')} | {v['sequences']} | {v['total_s']:.1f} | {v['cpu_s']:.1f} "
+                     f"| {per:.2f} | {at160:.0f} | {v['peak_rss_mb']:.0f} "
+                     f"| {v['stages_s']['jacobians_and_interaction']:.1f} | {pairs} |")
+    if r.get("accuracy"):
+        lines += ["", "## rib's stochastic sources against the exact per-position M' (same subset)", "",
+                  "| run | layer | max abs. error of Lambda / largest Lambda | top-5 relative errors |",
+                  "|---|---|---|---|"]
+        for name, acc in r["accuracy"].items():
+            for key, e in acc.items():
+                lines.append(f"| {name} | {key} | {e['max_rel_err_vs_largest']:.2e} | "
+                             f"{', '.join(f'{v:.1e}' for v in e['top5_rel_err'])} |")
+    lines += ["", r.get("notes", ""), ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["lib", "speedup"])
+    ap.add_argument("--sequences", type=int, default=160)
+    ap.add_argument("--variant", default="rib")
+    ap.add_argument("--stochastic", type=int)
+    ap.add_argument("--save")
+    ap.add_argument("--subset", type=int, default=4, help="sequences for the exact per-position run")
+    ap.add_argument("--before", help="a checkout of the package before the change (for 'before' rows)")
     ap.add_argument("--n-batched", type=int, default=24)
     ap.add_argument("--n-jvp", type=int, default=2)
     ap.add_argument("--n-autograd", type=int, default=1)
     ap.add_argument("--notes", default="")
-    ap.add_argument("--lib-json", help="use this saved --stage lib output instead of running it")
-    ap.add_argument("--speedup-json", help="use this saved --stage speedup output instead of running it")
     a = ap.parse_args()
     setup_threads(2)
     if a.stage == "lib":
-        print(json.dumps({**stage_lib(), "load": _load()}))
+        print(json.dumps({**stage_lib(a.sequences, a.variant, a.stochastic, a.save), "load": _load()}))
         return
     if a.stage == "speedup":
         print(json.dumps({**stage_speedup(a.n_batched, a.n_jvp, a.n_autograd), "load": _load()}))
         return
     _bundle()  # train (or load from the cache) once, outside the timed processes
-    res = {"machine": machine(), "load_before": _load()}
-    if a.lib_json:  # a stage run earlier on its own (``--stage lib > file``)
-        res["lib"] = json.loads(Path(a.lib_json).read_text().strip().splitlines()[-1])
-    else:
-        res["lib"] = _child(["--stage", "lib"])
-    if a.speedup_json:
-        res["speedup"] = json.loads(Path(a.speedup_json).read_text().strip().splitlines()[-1])
-    else:
-        res["speedup"] = _child(["--stage", "speedup", "--n-batched", str(a.n_batched), "--n-jvp", str(a.n_jvp),
-                                 "--n-autograd", str(a.n_autograd)])
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    sub = a.subset
+    plan = {
+        "wdecomp-centred (sequence='summed')": dict(variant="wdecomp-centred", sequences=160),
+        "rib, stochastic_sources=1": dict(variant="rib", stochastic=1, sequences=160),
+        "rib exact (default), subset": dict(variant="rib", sequences=sub, save=str(tmp / "lib_exact.pt")),
+        "rib, stochastic_sources=1, subset": dict(variant="rib", stochastic=1, sequences=sub,
+                                                  save=str(tmp / "lib_r1.pt")),
+        "rib, stochastic_sources=8, subset": dict(variant="rib", stochastic=8, sequences=sub,
+                                                  save=str(tmp / "lib_r8.pt")),
+    }
+    res: dict = {"machine": machine(), "load_before": _load(), "runs": {}}
+    for name, r in plan.items():
+        res["runs"][name] = _child(_lib_args(r))
+        print(name, json.dumps(res["runs"][name]), flush=True)
+    if a.before:
+        for name, r in (("wdecomp-centred (sequence='summed'), subset", dict(variant="wdecomp-centred", sequences=sub)),
+                        ("rib exact (default), subset", dict(variant="rib", sequences=sub))):
+            res["runs"][f"{name} [before]"] = {**_child(_lib_args(r), a.before), "code": "before"}
+            print(name, json.dumps(res["runs"][f"{name} [before]"]), flush=True)
+    res["accuracy"] = {name: compare_saved(plan["rib exact (default), subset"]["save"], plan[name]["save"])
+                       for name in ("rib, stochastic_sources=1, subset", "rib, stochastic_sources=8, subset")}
     res["load_after"] = _load()
     res["notes"] = a.notes
     write_results("lib", res, markdown(res))
