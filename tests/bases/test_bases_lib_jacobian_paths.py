@@ -62,11 +62,33 @@ def test_summed_jacobian_is_the_sum_over_source_positions():
     assert float((S[:, :, :, 0] - J.sum(3)).abs().max() / J.abs().max()) < 1e-13
 
 
-def test_holding_the_constant_changes_no_column():
-    # forward mode takes the f columns with s held (no tangents on the biases) and s's column apart
-    pair, a, x = _setup("blocks.0.resid_mid", "blocks.0")
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("points", [("blocks.0.resid_mid", "blocks.0"), ("embed", "blocks.0")])
+def test_holding_the_constant_changes_no_column(mode, points):
+    # the feature columns with s held (no tangents/cotangents through the biases), s's column apart;
+    # grouped (position-wise) and full (causal attention) paths
+    pair, a, x = _setup(*points)
     alphas = torch.tensor([0.5, 1.0], dtype=torch.float64)
     for fast in (summed_jacobians, position_jacobians):
-        for J, H in zip(fast(pair.fn, a, x, alphas, "forward"), fast(pair.fn, a, x, alphas, "forward", pair.held)):
+        for J, H in zip(fast(pair.fn, a, x, alphas, mode), fast(pair.fn, a, x, alphas, mode, pair.held)):
             assert J.shape == H.shape and float(J[..., -1].abs().max()) > 0.1
             assert float((J - H).abs().max() / J.abs().max()) < 1e-14
+
+
+def test_the_basis_is_the_same_by_every_path():
+    # grouped/full x forward/reverse x held constant, through interaction_basis with target bases
+    from wdecomp.bases import interaction_basis
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_vocab=11, d_model=8, n_layers=1, n_heads=2, context=6)).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.3)
+    x = torch.randint(0, 11, (5, 6), generator=torch.Generator().manual_seed(1))
+    layers = ["embed", "blocks.0.resid_mid", "blocks.0", "ln_f"]
+    ev = {m: interaction_basis(model, [(x,)], layers, mode=m, progress=False) for m in ("auto", "forward", "reverse")}
+    for m in ("forward", "reverse"):
+        for key in layers:
+            e, e0 = ev[m][key].eigenvalues.detach(), ev["auto"][key].eigenvalues.detach()
+            assert e.shape == e0.shape and float((e - e0).abs().max() / e0.abs().max()) < 1e-12

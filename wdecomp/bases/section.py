@@ -535,7 +535,9 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     groups target positions the same way. A position-wise section (a LayerNorm, an MLP) needs ``d``
     tangents instead of ``P d``; a causal attention layer cannot be grouped (every source position
     reaches the last target) and takes :func:`batched_jacobians`' path, the probe adding ``P_t``
-    VJPs to its ``P_t k`` (or ``P_s d``). ``held``: as for :func:`summed_jacobians` (grouped forward mode).
+    VJPs to its ``P_t k`` (or ``P_s d``). ``held``: as for :func:`summed_jacobians`, in either mode: the
+    feature columns from ``held`` (no tangents or cotangents through the bias terms), the constant's
+    from ``P_s`` tangents of ``fn`` (one per source position, or per group in grouped forward mode).
 
     Yields:
         ``(B, X, k, Y, D)`` per ``alpha``: ``X = P_t``, ``Y`` groups of source positions (forward),
@@ -548,18 +550,23 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     (n_t, k), (n_s, d) = out.shape, points.shape[1:]
     full_forward = mode == "forward" or (mode == "auto" and n_s * d <= n_t * k)
     full = n_s * d if full_forward else n_t * k
-    if n_s == 1 or n_t == 1 or 2 * (n_t + min(d, k)) > full:  # too little to gain: no probe
-        yield from batched_jacobians(fn, points, x, alphas, mode)
-        return
+    probe = n_s > 1 and n_t > 1 and 2 * (n_t + min(d, k)) <= full  # else too little to gain
     for alpha in alphas.tolist():
         a = alpha * points
-        Z = position_pattern(fn, a, x).to(torch.float64)
-        by_source = _greedy_groups((Z.T @ Z) > 0)  # sources that share a target conflict
-        by_target = _greedy_groups((Z @ Z.T) > 0)
-        cost = {"forward": len(by_source) * d, "reverse": len(by_target) * k}
-        use = mode if mode != "auto" else min(cost, key=cost.__getitem__)
-        if cost[use] >= full:
-            yield next(batched_jacobians(fn, a, x, torch.ones(1), mode))
+        if probe:
+            Z = position_pattern(fn, a, x).to(torch.float64)
+            by_source = _greedy_groups((Z.T @ Z) > 0)  # sources that share a target conflict
+            by_target = _greedy_groups((Z @ Z.T) > 0)
+            cost = {"forward": len(by_source) * d, "reverse": len(by_target) * k}
+            use = mode if mode != "auto" else min(cost, key=cost.__getitem__)
+        if not probe or cost[use] >= full:
+            J = next(batched_jacobians(fn if held is None else held, a, x, torch.ones(1), mode))
+            if held is not None:  # the constant's column: one tangent per source position
+                J = J.contiguous()  # (a zero column may come back expanded)
+                V = torch.zeros(n_s, n_s, d, dtype=a.dtype, device=a.device)
+                V[torch.arange(n_s), torch.arange(n_s), -1] = 1
+                J[..., -1] = _tangent_images(fn, a, x, V).permute(0, 2, 3, 1)
+            yield J
             continue
         if use == "forward":
             V = _group_basis(by_source, n_s, d, a.dtype, a.device)
@@ -571,11 +578,20 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
         U = _group_basis(by_target, n_t, k, out.dtype, out.device)
 
         def grouped(ai: Tensor, xi: Any, U: Tensor = U) -> Tensor:
-            _, pull = vjp(lambda a_: fn(a_, xi), ai)
+            _, pull = vjp(lambda a_: (fn if held is None else held)(a_, xi), ai)
             return vmap(pull)(U)[0].reshape(-1, k, n_s, d)  # (X, k, P_s, D)
 
         with torch.no_grad():
-            yield vmap(grouped)(a, x)
+            J = vmap(grouped)(a, x)
+        if held is not None:  # the constant's column, summed over each group of target positions
+            J = J.contiguous()
+            V = torch.zeros(n_s, n_s, d, dtype=a.dtype, device=a.device)
+            V[torch.arange(n_s), torch.arange(n_s), -1] = 1
+            E = torch.zeros(len(by_target), n_t, dtype=a.dtype, device=a.device)
+            for c, g in enumerate(by_target):
+                E[c, g] = 1
+            J[..., -1] = torch.einsum("bptk,xt->bxkp", _tangent_images(fn, a, x, V), E)
+        yield J
 
 
 
