@@ -43,6 +43,8 @@ def test_grouped_positions_give_the_full_second_moment(mode):
         assert G.shape in ((3, 6, 8, 1, 9), (3, 1, 8, 6, 9))  # 9 tangents (8 cotangents) instead of 54 (48)
         ref = _gram(J)
         assert float((_gram(G) - ref).abs().max() / ref.abs().max()) < 1e-13
+    ref = _gram(0.25 * full[0] + 0.75 * full[1])  # an integrated Jacobian: the alphas' blocks line up
+    assert float((_gram(0.25 * fast[0] + 0.75 * fast[1]) - ref).abs().max() / ref.abs().max()) < 1e-13
 
 
 def test_causal_attention_is_not_grouped():

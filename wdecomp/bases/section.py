@@ -527,7 +527,8 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     """Blocks of ``J(alpha a)`` whose ``J^T J`` summed over all rows is ``sum_t sum_p J_tp^T J_tp``,
     with fewer tangents where positions do not interact.
 
-    From the chunk's :func:`position_pattern` (nonzero blocks ``J_tp`` over its examples), source
+    From the chunk's :func:`position_pattern` (nonzero blocks ``J_tp`` over its examples and every
+    ``alpha``, so the blocks of the ``alpha`` line up for an integrated Jacobian), source
     positions that share no target position are grouped (greedy colouring), and one tangent per
     group and direction, ``e_j`` at every position of the group, gives ``sum_{p in c} J_tp e_j``
     ``= J_{t p_c(t)} e_j``: the one nonzero block of the group at each ``t``. So every nonzero block
@@ -550,16 +551,17 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     (n_t, k), (n_s, d) = out.shape, points.shape[1:]
     full_forward = mode == "forward" or (mode == "auto" and n_s * d <= n_t * k)
     full = n_s * d if full_forward else n_t * k
-    probe = n_s > 1 and n_t > 1 and 2 * (n_t + min(d, k)) <= full  # else too little to gain
+    grouping = n_s > 1 and n_t > 1 and 2 * (n_t + min(d, k)) <= full  # else too little to gain: no probe
+    if grouping:  # one grouping for every alpha (the integrated Jacobian sums their blocks)
+        Z = sum(position_pattern(fn, alpha * points, x).to(torch.float64) for alpha in alphas.tolist())
+        by_source = _greedy_groups((Z.T @ Z) > 0)  # sources that share a target conflict
+        by_target = _greedy_groups((Z @ Z.T) > 0)
+        cost = {"forward": len(by_source) * d, "reverse": len(by_target) * k}
+        use = mode if mode != "auto" else min(cost, key=cost.__getitem__)
+        grouping = cost[use] < full
     for alpha in alphas.tolist():
         a = alpha * points
-        if probe:
-            Z = position_pattern(fn, a, x).to(torch.float64)
-            by_source = _greedy_groups((Z.T @ Z) > 0)  # sources that share a target conflict
-            by_target = _greedy_groups((Z @ Z.T) > 0)
-            cost = {"forward": len(by_source) * d, "reverse": len(by_target) * k}
-            use = mode if mode != "auto" else min(cost, key=cost.__getitem__)
-        if not probe or cost[use] >= full:
+        if not grouping:
             J = next(batched_jacobians(fn if held is None else held, a, x, torch.ones(1), mode))
             if held is not None:  # the constant's column: one tangent per source position
                 J = J.contiguous()  # (a zero column may come back expanded)
