@@ -32,6 +32,20 @@ Matvecs are counted by wrapping each library's operator. The memory run reports 
 already holds the model, the data and one block product, in units of ``4 p`` bytes.
 
     flock /tmp/wdecomp-bench.lock python benchmarks/bench_eigen.py   # -> results/eigen.{json,md}
+
+A hand-written section of ``results/eigen.md`` between ``<!-- kept:begin -->`` and
+``<!-- kept:end -->`` is carried over when the script rewrites that file.
+
+``--levers`` (issue 16) measures, in one process per model and thread count, what could make the
+eigensolve cheaper: the CPU time per vector of a block product (wdecomp's cached
+reverse-over-reverse product for blocks of 1, 2, 4, 8, 16 vectors; uncached forward-over-reverse
+and reverse-over-reverse for 1 and 8; curvlinops' product for 1 and 8), and ``eigh`` against
+curvlinops + ``eigsh`` in the same process, alternating, with the CPU time spent inside the
+products. numpy's BLAS (ARPACK) gets the same thread count as torch (``OPENBLAS_NUM_THREADS``,
+``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` set before the worker starts). Writes
+``results/products_levers.{json,md}``.
+
+    python benchmarks/bench_eigen.py --levers [--threads 1,2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -48,7 +63,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import FlatLogits, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
+from common import RESULTS, FlatLogits, machine, peak_rss_mb, setup_threads, write_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 K = 20
@@ -277,6 +292,9 @@ WDECOMP_SETTINGS = (
     {"tol": 1e-3, "verify": False}, {"tol": 1e-2, "verify": False},
     {"tol": 1e-3, "block_size": 1, "verify": False}, {"tol": 1e-2, "block_size": 1, "verify": False},
     {"tol": 1e-3, "block_size": 2, "verify": False}, {"tol": 1e-2, "block_size": 2, "verify": False},
+    # issue 16: on the CPU a block costs per vector what a single product costs (results/products_levers.md),
+    # so the fewest products win; tol 5e-3 at block 1: 58 vs 76 products on the transformer at 4.7e-5 error
+    {"tol": 5e-3, "block_size": 1, "verify": False}, {"tol": 5e-3, "block_size": 2, "verify": False},
 )
 CURVLINOPS_TOLS = (1e-4, 1e-3, 1e-2)
 
@@ -313,7 +331,18 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODEL_NAMES))
     parser.add_argument("--interleave", type=int, default=5, metavar="N",
                         help="after the sweeps, N alternating runs of each library's best setting (medians)")
+    parser.add_argument("--levers", action="store_true", help="block products and in-process eigensolves (issue 16)")
+    parser.add_argument("--threads", default="1,2", help="with --levers: torch (and BLAS) thread counts")
+    parser.add_argument("--rounds", type=int, default=3, help="with --levers: interleaved rounds")
+    parser.add_argument("--lever-worker", nargs=3, metavar=("MODEL", "THREADS", "ROUNDS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lever_worker:
+        name, n, rounds = args.lever_worker
+        print(json.dumps(lever_worker(name, int(n), int(rounds))))
+        return
+    if args.levers:
+        levers(args.models.split(","), [int(t) for t in args.threads.split(",")], args.rounds)
+        return
     if args.single:
         print(json.dumps(single(args.single[0], args.single[1], json.loads(args.single[2]))))
         return
@@ -354,7 +383,187 @@ def main() -> None:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "k": K, "target_rel_error": TARGET, "references": refs, "rows": rows,
     }
-    write_results("eigen", payload, to_markdown(payload))
+    write_results("eigen", payload, to_markdown(payload) + kept_section())
+
+
+# ----------------------------------------------------------------------------- levers (issue 16)
+BLOCKS = (1, 2, 4, 8, 16)
+LEVER_EIGH = ({"tol": 1e-3, "block_size": 1, "verify": False}, {"tol": 1e-3, "block_size": 2, "verify": False},
+              {"tol": 1e-3, "block_size": 4, "verify": False}, {"tol": 1e-2, "block_size": 8, "verify": False},
+              {"tol": 1e-2, "verify": False}, {"tol": 5e-3, "block_size": 1, "verify": False},
+              {"tol": 5e-3, "block_size": 2, "verify": False})
+LEVER_EIGSH = (1e-2, 1e-3)
+
+
+def _cpu_ms_per_vector(fn, V: torch.Tensor, vectors: int = 8) -> tuple[float, float]:
+    """CPU and wall milliseconds per vector of ``fn(V)``, repeated until ``vectors`` vectors are done."""
+    reps = max(1, vectors // V.shape[1])
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(reps):
+        fn(V)
+    n = reps * V.shape[1]
+    return 1e3 * (time.process_time() - c0) / n, 1e3 * (time.perf_counter() - t0) / n
+
+
+def lever_worker(model_name: str, threads: int, rounds: int) -> dict:
+    """Block products and eigensolves of one model on ``threads`` torch threads, interleaved rounds."""
+    import numpy as np
+    from curvlinops import HessianLinearOperator
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    import wdecomp as wd
+
+    setup_threads(threads)
+    ref = reference(model_name)["eigenvalues"]
+    model, batch = load(model_name)
+    obj = wd.Objective(model, batch, loss="cross_entropy")
+    H = wd.hessian(obj)
+    ops = {"cached": H, "for": wd.hessian(obj, method="forward-over-reverse", cache=False),
+           "ror": wd.hessian(obj, method="reverse-over-reverse", cache=False)}
+    pm, pb = peer_view(model, batch)
+    L = HessianLinearOperator(pm, nn.CrossEntropyLoss(), list(pm.parameters()), [pb], check_deterministic=False)
+    p = H.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    cases = [(f"wdecomp cached ror b{b}", H, b) for b in BLOCKS]
+    cases += [(f"wdecomp uncached {m} b{b}", ops[m], b) for m in ("for", "ror") for b in (1, 8)]
+    cases += [(f"curvlinops b{b}", L, b) for b in (1, 8)]
+    blocks = {name: torch.randn(p, b, generator=gen) for name, _, b in cases}
+    for name, op, _ in cases:
+        op @ blocks[name]  # warm-up (and the cached record)
+    products: dict[str, list] = {name: [] for name, _, _ in cases}
+    for _ in range(rounds):
+        for name, op, _ in cases:
+            products[name].append(_cpu_ms_per_vector(lambda V, op=op: op @ V, blocks[name]))
+
+    # eigensolves: the time inside the products is measured by wrapping each library's product
+    inside = [0.0]
+    inner = H._matmat
+
+    def timed_matmat(V):
+        c0 = time.process_time()
+        out = inner(V)
+        inside[0] += time.process_time() - c0
+        return out
+
+    H._matmat = timed_matmat
+    S = L.to_scipy(np.float32)
+    count = [0]
+
+    def mv(v):
+        c0 = time.process_time()
+        out = S @ v
+        inside[0] += time.process_time() - c0
+        count[0] += 1 if v.ndim == 1 else v.shape[1]
+        return out
+
+    T = LinearOperator(S.shape, matvec=mv, matmat=mv, dtype=S.dtype)
+    T @ np.ones(p, dtype=np.float32)
+    eig: dict[str, list] = {}
+    for _ in range(rounds):
+        for opts in LEVER_EIGH:
+            H.clear_cache()  # building the record is part of the run
+            inside[0] = 0.0
+            c0, t0 = time.process_time(), time.perf_counter()
+            r = wd.eigh(H, k=K, progress=False, **opts)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            eig.setdefault("wdecomp " + setting_name(opts), []).append(
+                {"cpu": cpu, "wall": wall, "matvecs": r.matvecs, "inside": inside[0],
+                 "error": rel_error(r.eigenvalues.tolist(), ref)})
+        for tol in LEVER_EIGSH:
+            inside[0], count[0] = 0.0, 0
+            c0, t0 = time.process_time(), time.perf_counter()
+            ev = eigsh(T, k=K, which="LA", tol=tol, return_eigenvectors=True)[0]
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            eig.setdefault(f"curvlinops eigsh tol {tol:g}", []).append(
+                {"cpu": cpu, "wall": wall, "matvecs": count[0], "inside": inside[0],
+                 "error": rel_error(ev.tolist(), ref)})
+    return {"model": model_name, "threads": threads, "rounds": rounds, "params": p,
+            "products": products, "eigen": eig, "loadavg": os.getloadavg()}
+
+
+def levers(models: list[str], threads: list[int], rounds: int) -> None:
+    runs = []
+    for model_name in models:
+        for n in threads:
+            env = {**os.environ, "OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+            cmd = [sys.executable, __file__, "--lever-worker", model_name, str(n), str(rounds)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                runs.append({"model": model_name, "threads": n, "error": err})
+            else:
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps({k: runs[-1].get(k) for k in ("model", "threads", "error")}), flush=True)
+    payload = {"machine": machine(), "loadavg_end": os.getloadavg(), "target_rel_error": TARGET, "runs": runs}
+    write_results("products_levers", payload, levers_markdown(payload))
+
+
+def _ok(rows: list[dict]) -> bool:
+    return all(r["error"] <= TARGET for r in rows)
+
+
+def levers_markdown(payload: dict) -> str:
+    out = ["# Block products, product rules and threads: what the eigensolve could gain (issue 16)", "",
+           "Written by `python benchmarks/bench_eigen.py --levers`: one process per model and thread count "
+           "(torch threads = BLAS threads), every round runs every case in turn; numbers are medians over the "
+           "rounds of CPU time of the process (all its threads), which load inflates less than wall time. "
+           "Models and data are those of `eigen.md`. With the load average above the core count, a "
+           "multi-threaded process's CPU time includes its threads' spinning while they wait for a core: "
+           "compare rows within one table, not across thread counts.", ""]
+    for run in payload["runs"]:
+        if "error" in run:
+            out += [f"## {run['model']}, {run['threads']} thread(s): failed: {run['error']}", ""]
+            continue
+        la = run["loadavg"]
+        out += [f"## {run['model']} ({run['params']:,} parameters), {run['threads']} thread(s), "
+                f"{run['rounds']} rounds, load average {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f} at the end", ""]
+        if run["threads"] > 1 and la[0] > (payload["machine"].get("cores") or 1):
+            out += [f"**Contention run: {run['threads']} threads per process with the load average above the "
+                    f"{payload['machine'].get('cores')} cores. The times measure how each library degrades when its "
+                    "threads wait for cores, not its speed; do not read the ratios below as a speed-up.**", ""]
+        out += ["| product | CPU ms per vector (median) | range | wall ms per vector (median) | "
+                "per vector / wdecomp cached b1 |", "|---|---|---|---|---|"]
+        base = statistics.median(c for c, _ in run["products"]["wdecomp cached ror b1"])
+        for name, vals in run["products"].items():
+            cpu = [c for c, _ in vals]
+            med = statistics.median(cpu)
+            out.append(f"| {name} | {med:.2f} | {min(cpu):.2f}-{max(cpu):.2f} | "
+                       f"{statistics.median(w for _, w in vals):.2f} | {med / base:.2f} |")
+        out += ["", f"Top-{K} eigenpairs, same process, alternating (target max relative eigenvalue error "
+                f"{payload['target_rel_error']:g}):", "",
+                "| library | setting | CPU s (median) | wall s (median) | matvecs | CPU s in products | "
+                "CPU ms per matvec in products | max rel. error (worst round) |", "|---|---|---|---|---|---|---|---|"]
+        meds = {}
+        for name, rows in run["eigen"].items():
+            cpu = statistics.median(r["cpu"] for r in rows)
+            inside = statistics.median(r["inside"] for r in rows)
+            mv = statistics.median(r["matvecs"] for r in rows)
+            err = max(r["error"] for r in rows)
+            meds[name] = (cpu, _ok(rows))
+            lib, _, setting = name.partition(" ")
+            out.append(f"| {lib} | {setting} | {cpu:.3f} | {statistics.median(r['wall'] for r in rows):.3f} | "
+                       f"{mv:g} | {inside:.3f} | {1e3 * inside / mv:.2f} | {err:.2e} |")
+        w = [(c, n) for n, (c, ok) in meds.items() if ok and n.startswith("wdecomp")]
+        c = [(c, n) for n, (c, ok) in meds.items() if ok and n.startswith("curvlinops")]
+        if w and c:
+            (wc, wn), (cc, cn) = min(w), min(c)
+            out += ["", f"**CPU-time ratio at the target (fastest setting of each that met it in every round): "
+                        f"{cn} {cc:.3f} s / {wn} {wc:.3f} s = {cc / wc:.2f}x.**"]
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+KEEP_BEGIN, KEEP_END = "<!-- kept:begin -->", "<!-- kept:end -->"
+
+
+def kept_section() -> str:
+    """The hand-written section of ``results/eigen.md`` between the kept markers (a rerun keeps it)."""
+    path = RESULTS / "eigen.md"
+    text = path.read_text() if path.exists() else ""
+    if KEEP_BEGIN not in text or KEEP_END not in text:
+        return ""
+    start = text.index(KEEP_BEGIN)
+    return "\n" + text[start : text.index(KEEP_END) + len(KEEP_END)] + "\n"
 
 
 def to_markdown(payload: dict) -> str:
