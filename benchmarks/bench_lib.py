@@ -61,7 +61,8 @@ def _load() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "n/a"
 
 
-def stage_lib(sequences: int, variant: str, stochastic: int | None, save: str | None = None) -> dict:
+def stage_lib(sequences: int, variant: str, stochastic: int | None, save: str | None = None,
+              chunk: int | None = CHUNK) -> dict:
     """One ``wd.interaction_basis`` call on the first ``sequences`` windows, timed by stage."""
     import wdecomp as wd
     from wdecomp.bases import interaction as inter
@@ -91,7 +92,7 @@ def stage_lib(sequences: int, variant: str, stochastic: int | None, save: str | 
 
     t0, c0 = time.perf_counter(), time.process_time()
     basis = wd.interaction_basis(model, data, LAYERS, "lib", variant=variant, stochastic_sources=stochastic,
-                                 chunk_size=CHUNK, progress=False)
+                                 chunk_size=chunk, progress=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     if save:
         torch.save({k: (basis[k].eigenvalues, basis[k].transform) for k in LAYERS}, save)
@@ -104,7 +105,7 @@ def stage_lib(sequences: int, variant: str, stochastic: int | None, save: str | 
     return {
         "n_params": n_params, "metrics": {k: bundle.metrics[k] for k in ("val_loss", "train_loss", "n_tokens")},
         "variant": variant, "stochastic_sources": stochastic, "sequences": len(x), "tokens": x.numel(),
-        "chunk_size": CHUNK, "layers": layers, "total_s": total, "cpu_s": cpu, "stages_s": times,
+        "chunk_size": chunk, "layers": layers, "total_s": total, "cpu_s": cpu, "stages_s": times,
         "pairs_s": per_pair, "peak_rss_mb": peak_rss_mb(), "dtype": "float32",
     }
 
@@ -214,6 +215,8 @@ def _lib_args(r: dict) -> list[str]:
         args += ["--stochastic", str(r["stochastic"])]
     if r.get("save"):
         args += ["--save", r["save"]]
+    if r.get("chunk", CHUNK) != CHUNK:
+        args += ["--chunk", str(r["chunk"])]
     return args
 
 
@@ -259,6 +262,8 @@ def main() -> None:
     ap.add_argument("--variant", default="rib")
     ap.add_argument("--stochastic", type=int)
     ap.add_argument("--save")
+    ap.add_argument("--chunk", type=int, default=CHUNK, help="Jacobian chunk (0: the default plan)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in $TMPDIR/lib_rows.jsonl")
     ap.add_argument("--subset", type=int, default=4, help="sequences for the exact per-position run")
     ap.add_argument("--before", help="a checkout of the package before the change (for 'before' rows)")
     ap.add_argument("--n-batched", type=int, default=24)
@@ -268,7 +273,8 @@ def main() -> None:
     a = ap.parse_args()
     setup_threads(2)
     if a.stage == "lib":
-        print(json.dumps({**stage_lib(a.sequences, a.variant, a.stochastic, a.save), "load": _load()}))
+        print(json.dumps({**stage_lib(a.sequences, a.variant, a.stochastic, a.save, a.chunk or None),
+                          "load": _load()}))
         return
     if a.stage == "speedup":
         print(json.dumps({**stage_speedup(a.n_batched, a.n_jvp, a.n_autograd), "load": _load()}))
@@ -276,24 +282,37 @@ def main() -> None:
     _bundle()  # train (or load from the cache) once, outside the timed processes
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     sub = a.subset
+    # the exact per-position Jacobian of one sequence is 0.6 GB (float32) + 1.2 GB (float64): the
+    # exact rows (this code's and the "before" code's, which also forms it for the summed form) take
+    # one sequence per chunk (the default plan refuses: its estimate, 24 GiB, is over the 2 GiB budget)
     plan = {
         "wdecomp-centred (sequence='summed')": dict(variant="wdecomp-centred", sequences=160),
         "rib, stochastic_sources=1": dict(variant="rib", stochastic=1, sequences=160),
-        "rib exact (default), subset": dict(variant="rib", sequences=sub, save=str(tmp / "lib_exact.pt")),
+        "rib exact (default), subset": dict(variant="rib", sequences=sub, save=str(tmp / "lib_exact.pt"), chunk=1),
         "rib, stochastic_sources=1, subset": dict(variant="rib", stochastic=1, sequences=sub,
                                                   save=str(tmp / "lib_r1.pt")),
         "rib, stochastic_sources=8, subset": dict(variant="rib", stochastic=8, sequences=sub,
                                                   save=str(tmp / "lib_r8.pt")),
     }
+    if a.before:
+        plan["wdecomp-centred (sequence='summed'), subset [before]"] = dict(variant="wdecomp-centred",
+                                                                            sequences=sub, chunk=1, before=True)
+        plan["rib exact (default), subset [before]"] = dict(variant="rib", sequences=sub, chunk=1, before=True)
+    rows_file = tmp / "lib_rows.jsonl"
+    done = {}
+    if a.resume and rows_file.exists():
+        done = {json.loads(line)["name"]: json.loads(line)["row"] for line in rows_file.read_text().splitlines()}
+    elif rows_file.exists():
+        rows_file.unlink()
     res: dict = {"machine": machine(), "load_before": _load(), "runs": {}}
     for name, r in plan.items():
-        res["runs"][name] = _child(_lib_args(r))
-        print(name, json.dumps(res["runs"][name]), flush=True)
-    if a.before:
-        for name, r in (("wdecomp-centred (sequence='summed'), subset", dict(variant="wdecomp-centred", sequences=sub)),
-                        ("rib exact (default), subset", dict(variant="rib", sequences=sub))):
-            res["runs"][f"{name} [before]"] = {**_child(_lib_args(r), a.before), "code": "before"}
-            print(name, json.dumps(res["runs"][f"{name} [before]"]), flush=True)
+        if name not in done:
+            row = _child(_lib_args(r), a.before if r.get("before") else None)
+            done[name] = {**row, "code": "before" if r.get("before") else "this"}
+            with rows_file.open("a") as f:
+                f.write(json.dumps({"name": name, "row": done[name]}) + "\n")
+            print(name, json.dumps(done[name]), flush=True)
+        res["runs"][name] = done[name]
     res["accuracy"] = {name: compare_saved(plan["rib exact (default), subset"]["save"], plan[name]["save"])
                        for name in ("rib, stochastic_sources=1, subset", "rib, stochastic_sources=8, subset")}
     res["load_after"] = _load()
