@@ -107,3 +107,15 @@ def test_finite_activations_whose_sum_overflows_are_not_refused() -> None:
     X[5, 1] = float("nan")
     with pytest.raises(NonFiniteError):
         _check_finite(X)
+
+
+def test_encoder_only_training_keeps_the_dictionary() -> None:
+    sae = BindingSAE(6, 8, slots=2, activation="topk", k=2, seed=0)
+    X = torch.randn(512, 6, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    before = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    fit_sae(sae, X, steps=20, batch_size=32, lr=1e-2, encoder_only=True)
+    for name in ("D", "R", "b_dec"):
+        assert torch.equal(getattr(sae, name), before[name])  # bit for bit
+    for name in ("W_enc", "b_enc"):
+        assert not torch.equal(getattr(sae, name), before[name])
+    assert all(p.requires_grad is False for p in sae.parameters())  # eval state restored

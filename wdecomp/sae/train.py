@@ -230,6 +230,7 @@ def fit_sae(
     log_every: int = 50,
     callback: Callable[[int, SparseAutoencoder, Tensor], None] | None = None,
     progress: bool | None = None,
+    encoder_only: bool = False,
 ) -> SAETrainResult:
     """Train ``sae`` in place on a stream of activations (see the module docstring).
 
@@ -255,6 +256,8 @@ def fit_sae(
         log_every: Steps between history rows.
         callback: Called after every step as ``callback(step, sae, latents)``.
         progress: Progress bar (default: on a terminal).
+        encoder_only: Train only ``W_enc`` and ``b_enc`` (the dictionary and ``b_dec`` stay as
+            they are; no resampling, which rewrites dictionary columns).
 
     Returns:
         :class:`SAETrainResult`.
@@ -283,7 +286,13 @@ def fit_sae(
     g = torch.Generator().manual_seed(int(seed) + 1)
     dtype = sae.W_enc.dtype
     sae.train().requires_grad_(True)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    if encoder_only:
+        for prm in sae.parameters():
+            prm.requires_grad_(False)
+        sae.W_enc.requires_grad_(True)
+        sae.b_enc.requires_grad_(True)
+        every = 0  # resampling rewrites decoder columns
+    opt = torch.optim.Adam([prm for prm in sae.parameters() if prm.requires_grad], lr=lr)
     decay_start = int(round((1 - lr_decay) * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if s < decay_start else max(0.0, (steps - s) / max(1, steps - decay_start)))
@@ -310,10 +319,12 @@ def fit_sae(
             loss = mse + l1 * f.sum(-1).mean() if sae.activation == "relu" else mse
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            sae.remove_parallel_gradient_()
+            if not encoder_only:
+                sae.remove_parallel_gradient_()
             opt.step()
             sched.step()
-            sae.normalize_decoder_()
+            if not encoder_only:
+                sae.normalize_decoder_()
             fired = (f.detach() > 0).any(0).cpu()
             since += batch_size
             since[fired] = 0
