@@ -70,6 +70,15 @@ out 116,700 with the default, 116,762 with ``"rib"``, and rib saved 116,758
 (``benchmarks/results/lib_rib_modular.md``).
 Not offered: rib's layer-norm variance node (``isolate_ln_var``).
 
+Cost (``formula="jacobian"``; ``benchmarks/results/lib.md``): ``sequence="summed"`` takes the
+Jacobian along one direction shared by all source positions (``d + 1`` tangents per example,
+:func:`~wdecomp.bases.section.summed_jacobians`); the per-position ``M'`` needs every block
+``J_tp``, but source (target) positions that share no target (source) position share tangents
+(:func:`~wdecomp.bases.section.position_jacobians`: ``d + 1`` for a position-wise section instead
+of ``P (d + 1)``; a causal attention layer takes the whole Jacobian); ``stochastic_sources=R``
+takes ``R k`` VJPs. The feature columns are taken with the folded constant held fixed (no tangents
+through the bias terms), the constant's column from separate tangents.
+
 Controls with the same interface: ``"pca"`` (rib's ``"svd"``), ``"neuron"`` (``C = I``),
 ``"jacobian"`` (a wdecomp control: ``M`` diagonalised without whitening or scaling, ``C = V^T U^T``
 orthonormal; no constant node).
