@@ -27,8 +27,8 @@ dictionary drifted to ``1 - cos ~ 0.07`` from the planted one.) The recovered ``
 compared with ``R*`` by relative Frobenius error ``||R - R*||_F / ||R*||_F``; the slots of the
 planted data are exchangeable (``D* -> R* D*``, ``R* -> R*^{-1}`` gives the same data), so the
 error is taken for both orientations and the smaller one is reported, with the orientation
-(which slot the search calls "slot 1" is arbitrary: of the six planted runs in the benchmark one,
-orthogonal seed 1, came out as ``R^{-1}``). ``R`` acts on the whole space and ``D*`` spans it
+(which slot the search calls "slot 1" is arbitrary: 8 of the 18 planted benchmark runs came out
+as ``R^{-1}``). ``R`` acts on the whole space and ``D*`` spans it
 (``m >= d``), so no further permutation or sign alignment is needed: the dictionary's order and
 signs do not change ``R``. ``R``'s overall scale is not fixed by the reconstruction; it is
 compared under the convention that a feature's mean code is the same in both slots
@@ -210,7 +210,8 @@ class BindingReport:
         plain: The trained plain SAE.
         notes: Caveats.
         dict_residual: Median ``1 - cos`` between ``R w_i`` and the matched slot-2 column of the
-            plain SAE read as two slots (:func:`match_slots`; ``None`` for another start).
+            plain SAE's dictionary (polished for ``k <= 2``) read as two slots
+            (:func:`match_slots`; ``None`` for another start).
     """
 
     R: Tensor = field(repr=False)
@@ -696,12 +697,16 @@ def binding_report(
         lr: Adam learning rate.
         seed: Seeds both SAEs.
         R_true: A planted ``R*`` to report the recovery error against.
-        threshold: Fit-ratio flag level.
+        threshold: Fit-ratio flag level. With this search the fit ratio alone does not separate
+            the planted runs (0.48-1.11 on seeds 0-8) from the controls (0.97-2.28 on seeds
+            0-3): the dictionary residual does.
         dict_threshold: Flag level of the two-slot reading's ``dict_residual`` (median
-            ``1 - cos``; ``init="plain"`` only). Measured on the planted benchmark (d 16, m 24):
-            1.3e-4 where ``R*`` was recovered, 3.3e-3 on the no-binding control, 1.05e-3 to
-            6.8e-3 where the search failed on planted data; so above it the report says "not
-            found", which is not evidence against binding.
+            ``1 - cos``; ``init="plain"`` only). Set (at 1e-3) from an earlier search's runs on
+            seeds 0-2; measured with this search on the planted benchmark (d 16, m 24,
+            ``benchmarks/results/sae_binding*.md``): 9.0e-7 to 5.8e-5 on the 12 planted runs of
+            seeds 0-5, 4.4e-3 on both controls of seed 0, and on held-out seeds 1.2e-6 to 2.3e-5
+            (planted, seeds 6-8) against 2.5e-3 to 8.8e-3 (controls, seeds 1-3). Above it the
+            report says "not found", which is not evidence against binding.
         eval_source: Activations for the FVU (default: ``source``).
         init: ``"plain"`` (default): start from the plain SAE's dictionary read as two slots
             (:func:`match_slots`, :func:`binding_from_plain`; 2 slots only), refit, train the
