@@ -117,6 +117,11 @@ def test_report_bookkeeping() -> None:
     assert "fit ratio" in text and "relative error vs planted R*" in text
     small = binding_report(P.X, n_free=3, k=2, steps=2, batch_size=128)
     assert not small.supported and "m = 3 <= d = 4" in small.notes[0]
+    # k > 2: no exact coding; the binding SAE is trained from the seed, refitted, encoder retrained
+    wide = binding_report(P.X, n_free=6, k=3, steps=8, batch_size=128, refit_rounds=2)
+    assert wide.l0_binding <= 3 and wide.l0_plain <= 3 and wide.dict_residual is not None
+    assert not torch.equal(wide.binding.D, binding_report(P.X, n_free=6, k=3, steps=8, batch_size=128,
+                                                          refit_rounds=0, encoder_steps=0).binding.D)
 
 
 @pytest.mark.refuses("a binding SAE warm start whose shape differs from the requested one",

@@ -52,7 +52,9 @@ start does not find a planted ``R*`` (relative error 1.6; the slots mix in ``D``
    refitted in closed form on exact codes (:func:`refit_binding`, 20 rounds; ``R``'s scale
    pinned by equal typical codes in both slots), and then only its encoder is trained
    (``steps``), the dictionary fixed. Training the whole binding SAE by gradient between the
-   seed and the refit moved ``R`` away (orthogonal ``R*`` seed 4: 0.45 against 0.016).
+   seed and the refit moved ``R`` away (orthogonal ``R*`` seed 4: 0.45 against 0.016). For
+   ``k > 2`` (no exact coding, no polish) the binding SAE is trained from the seed, then
+   refitted on the encoder's supports, then its encoder trained for ``steps // 4``.
 
 Measured errors per seed: ``benchmarks/results/sae_binding.md``.
 """
@@ -717,9 +719,10 @@ def binding_report(
             0: none).
         refit_rows: Activations the refit uses (the first ones of the source).
         encoder_steps: Steps training only the binding SAE's encoder at the end (default: ``steps``
-            for the seeded search, whose dictionary is not trained by gradient at all but read off
-            the plain SAE and refitted in closed form; ``steps // 4`` after the refit otherwise;
-            0: none). The fit ratio compares this binding SAE with a plain SAE trained for
+            for the seeded search with ``k <= 2``, whose dictionary is not trained by gradient at
+            all but read off the polished plain SAE and refitted on exact codes; otherwise the
+            binding SAE is trained for ``steps``, refitted, and its encoder trained for
+            ``steps // 4``; 0: none). The fit ratio compares this binding SAE with a plain SAE trained for
             ``steps``.
         refine_rows: Rows polishing the plain dictionary (:func:`match_slots`, ``k <= 2``).
         restarts: Plain SAEs trained (seeds ``seed + 1000 r``) for ``init="plain"``; the one whose
@@ -762,7 +765,10 @@ def binding_report(
     if (bind.n_free, bind.slots, bind.k, bind.d_in) != (n_free, slots, k, d):
         raise ShapeError(f"init has n_free={bind.n_free}, slots={bind.slots}, k={bind.k}, d={bind.d_in}; "
                          f"expected {n_free}, {slots}, {k}, {d}")
-    seeded = isinstance(init, str) and init == "plain"
+    # the seeded search with exact codes (k <= 2) skips gradient training of the dictionary; for
+    # k > 2 the refit has only the encoder's supports (and no D update when d m is large), so the
+    # binding SAE is trained from the seed first, as before
+    seeded = isinstance(init, str) and init == "plain" and k <= 2
     if not seeded:
         fit_sae(bind, stream(), steps=steps, batch_size=batch_size, lr=lr, seed=seed + 1, progress=progress,
                 **kwargs)
