@@ -10,7 +10,8 @@
   explained variance, MSE, cosine similarity, ``l2_ratio``, relative reconstruction bias, dead
   fraction, feature density (SAELens' names) next to the compute- and parameter-equivalent.
 * :mod:`~wdecomp.sae.binding`: the planted binding benchmark and :func:`binding_report` (the fit
-  test of the binding hypothesis), seeded by :func:`match_slots` (a plain SAE read as two bound
+  test of the binding hypothesis), seeded by :func:`match_slots` (a plain SAE, its dictionary
+  polished by :func:`refine_dictionary` with :func:`exact_codes` for ``k <= 2``, read as two bound
   slots) and finished by :func:`refit_binding`.
 
 Example:
@@ -27,9 +28,11 @@ from wdecomp.sae.binding import (
     SlotMatch,
     binding_from_plain,
     binding_report,
+    exact_codes,
     match_slots,
     planted_binding,
     r_error,
+    refine_dictionary,
     refit_binding,
 )
 from wdecomp.sae.metrics import ReconstructionStats, SAEMetrics, evaluate_sae, reconstruction_stats
@@ -49,6 +52,7 @@ __all__ = [
     "binding_from_plain",
     "binding_report",
     "evaluate_sae",
+    "exact_codes",
     "fit_sae",
     "hook_activations",
     "load_sae",
@@ -56,6 +60,7 @@ __all__ = [
     "planted_binding",
     "r_error",
     "reconstruction_stats",
+    "refine_dictionary",
     "refit_binding",
     "train_sae",
 ]
