@@ -411,9 +411,7 @@ def batched_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str
     Yields:
         ``(B, P_t, k, P_s, D)`` per ``alpha``, batched over the examples of ``points``/``x``.
     """
-    with torch.no_grad():
-        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))
-    jac = _jac(fn, points[0].numel(), out[0].numel(), mode)
+    jac = _jac(fn, points[0].numel(), _first_output(fn, points, x).numel(), mode)
     for alpha in alphas.tolist():
         with torch.no_grad():
             yield vmap(jac)(alpha * points, x)
@@ -434,7 +432,7 @@ def summed_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str 
     """
 
     n_s, d = points.shape[1:]
-    if held is not None and not _forward(d, _out_size(fn, points, x), mode):
+    if held is not None and not _forward(d, _first_output(fn, points, x).numel(), mode):
         held = None
 
     def shifted(v: Tensor, xa: tuple[Any, Tensor], fn: Any = fn if held is None else held) -> Tensor:
@@ -452,9 +450,25 @@ def summed_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: str 
         yield J
 
 
-def _out_size(fn: Any, points: Tensor, x: Any) -> int:
+def _first_output(fn: Any, points: Tensor, x: Any) -> Tensor:
+    """``fn`` on the first example of ``points`` / ``x`` (shapes for planning the Jacobian)."""
     with torch.no_grad():
-        return vmap(fn)(points[:1], slice_examples(x, 0, 1))[0].numel()
+        return vmap(fn)(points[:1], slice_examples(x, 0, 1))[0]
+
+
+def _constant_tangents(n_s: int, d: int, like: Tensor) -> Tensor:
+    """``(n_s, n_s, d)``: tangent ``p`` moves the constant (last input column) at source position ``p`` alone."""
+    V = torch.zeros(n_s, n_s, d, dtype=like.dtype, device=like.device)
+    V[torch.arange(n_s), torch.arange(n_s), -1] = 1
+    return V
+
+
+def _group_indicator(groups: list[list[int]], n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(len(groups), n)``: row ``c`` is 1 at the positions of group ``c``."""
+    E = torch.zeros(len(groups), n, dtype=dtype, device=device)
+    for c, g in enumerate(groups):
+        E[c, g] = 1
+    return E
 
 
 def _forward(n_in: int, n_out: int, mode: str) -> bool:
@@ -480,8 +494,7 @@ def position_pattern(fn: Any, points: Tensor, x: Any, seed: int = 0) -> Tensor:
     with probability zero). Zeros come from the structure (a causal mask, a position-wise map) or
     from the data (a ReLU off at every path); either way they are the example's own.
     """
-    with torch.no_grad():
-        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))[0]  # (P_t, k)
+    out = _first_output(fn, points, x)  # (P_t, k)
     n_t = out.shape[0]
     r = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     U = (torch.eye(n_t, dtype=torch.float64)[:, :, None] * r[None]).to(out.dtype).to(out.device)
@@ -516,9 +529,7 @@ def _greedy_groups(conflict: Tensor) -> list[list[int]]:
 
 def _group_basis(groups: list[list[int]], n: int, d: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(len(groups) d, n, d)``: for group ``c`` and direction ``j``, ``e_j`` at every position of ``c``."""
-    E = torch.zeros(len(groups), n, dtype=dtype, device=device)
-    for c, g in enumerate(groups):
-        E[c, g] = 1
+    E = _group_indicator(groups, n, dtype, device)
     return torch.einsum("cp,jd->cjpd", E, torch.eye(d, dtype=dtype, device=device)).reshape(-1, n, d)
 
 
@@ -546,8 +557,7 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
     """
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not '{mode}'")
-    with torch.no_grad():
-        out = vmap(fn)(points[:1], slice_examples(x, 0, 1))[0]
+    out = _first_output(fn, points, x)
     (n_t, k), (n_s, d) = out.shape, points.shape[1:]
     full_forward = mode == "forward" or (mode == "auto" and n_s * d <= n_t * k)
     full = n_s * d if full_forward else n_t * k
@@ -565,9 +575,7 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
             J = next(batched_jacobians(fn if held is None else held, a, x, torch.ones(1), mode))
             if held is not None:  # the constant's column: one tangent per source position
                 J = J.contiguous()  # (a zero column may come back expanded)
-                V = torch.zeros(n_s, n_s, d, dtype=a.dtype, device=a.device)
-                V[torch.arange(n_s), torch.arange(n_s), -1] = 1
-                J[..., -1] = _tangent_images(fn, a, x, V).permute(0, 2, 3, 1)
+                J[..., -1] = _tangent_images(fn, a, x, _constant_tangents(n_s, d, a)).permute(0, 2, 3, 1)
             yield J
             continue
         if use == "forward":
@@ -587,12 +595,8 @@ def position_jacobians(fn: Any, points: Tensor, x: Any, alphas: Tensor, mode: st
             J = vmap(grouped)(a, x)
         if held is not None:  # the constant's column, summed over each group of target positions
             J = J.contiguous()
-            V = torch.zeros(n_s, n_s, d, dtype=a.dtype, device=a.device)
-            V[torch.arange(n_s), torch.arange(n_s), -1] = 1
-            E = torch.zeros(len(by_target), n_t, dtype=a.dtype, device=a.device)
-            for c, g in enumerate(by_target):
-                E[c, g] = 1
-            J[..., -1] = torch.einsum("bptk,xt->bxkp", _tangent_images(fn, a, x, V), E)
+            E = _group_indicator(by_target, n_t, a.dtype, a.device)
+            J[..., -1] = torch.einsum("bptk,xt->bxkp", _tangent_images(fn, a, x, _constant_tangents(n_s, d, a)), E)
         yield J
 
 
