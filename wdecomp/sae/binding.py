@@ -394,6 +394,11 @@ def exact_codes(W: Tensor, Y: Tensor, k: int, *, chunk: int | None = None) -> Te
     return out
 
 
+def _codes64(W: Tensor, Y: Tensor, k: int) -> Tensor:
+    """:func:`exact_codes` searched in float32 (the exhaustive search's cost), returned in float64."""
+    return exact_codes(W.float(), Y.float(), k).double()
+
+
 def _mod(W: Tensor, b: Tensor, X: Tensor, k: int, rounds: int, fit_bias: bool = True,
          ) -> tuple[Tensor, Tensor, Tensor, float]:
     """``rounds`` of exact coding and the least-squares dictionary (and bias) update (method of
@@ -402,14 +407,14 @@ def _mod(W: Tensor, b: Tensor, X: Tensor, k: int, rounds: int, fit_bias: bool = 
     N = W.shape[1]
     ones = torch.ones(X.shape[0], 1 if fit_bias else 0, dtype=torch.float64)
     for _ in range(rounds):
-        F = exact_codes(W.float(), (X - b).float(), k).double()
+        F = _codes64(W, X - b, k)
         Fa = torch.cat([F, ones], 1)
         sol = torch.linalg.solve(Fa.T @ Fa + 1e-9 * torch.eye(Fa.shape[1], dtype=torch.float64),
                                  Fa.T @ (X if fit_bias else X - b))
         W = sol[:N].T
         b = sol[N] if fit_bias else b
         W = W / W.norm(dim=0).clamp_min(1e-30)
-    F = exact_codes(W.float(), (X - b).float(), k).double()
+    F = _codes64(W, X - b, k)
     return W, b, F, float((X - b - F @ W.T).pow(2).sum(1).mean())
 
 
@@ -577,7 +582,7 @@ def match_slots(
             raise ShapeError(f"refine=True needs a TopK SAE with k <= 2, got k={plain.k}")
         X = (source if isinstance(source, Tensor) else torch.cat(list(source))).detach().to(torch.float64).cpu()
         Vr, b_ref, _ = refine_dictionary(plain.decoder(), plain.b_dec, X, k=plain.k, rows=refine_rows)
-        F = exact_codes(Vr.float(), (X - b_ref).float(), plain.k).double()
+        F = _codes64(Vr, X - b_ref, plain.k)
         co, fired, total = F.T @ F, (F > 0).sum(0).double(), F.sum(0)
     else:
         co, fired, total = _latent_statistics(plain, source)
@@ -916,7 +921,7 @@ def refit_binding(bind: BindingSAE, X: Tensor, *, rounds: int = 6, max_unknowns:
     for r in range(rounds):
         W = torch.cat([D, R @ D], 1)
         if support == "exact" and (r < 3 or r % search_every == 0 or r == rounds - 1):
-            F = exact_codes(W.float(), Y.float(), k).double()
+            F = _codes64(W, Y, k)
             top = F.topk(k, dim=-1)
             idx, live = top.indices, top.values > 0
         A = W.T[idx] * live[..., None]
