@@ -5,9 +5,12 @@ frequencies (Nanda et al. 2023, "Progress measures for grokking via mechanistic
 interpretability", arXiv 2301.05217). For a function ``c: Z_p -> R`` (a basis direction read
 on each token), the power at frequency ``w = 1..(p-1)/2`` is ``P(w) = |F(w)|^2 + |F(p - w)|^2``
 with ``F`` the DFT of ``c - mean(c)``; the *concentration* is ``max_w P(w) / sum_w P(w)``: 1 for a
-pure frequency, ``2 / (p - 1)`` for power spread evenly. It is the per-direction share that
-rib's ``run_generate_labels_mod_add.py`` (Apollo Research ``rib``, the LIB paper's code, arXiv
-2405.10928) writes as the node label ``"cos(wx) + cos(wy)"`` at the embedding.
+pure frequency, ``2 / (p - 1)`` for power spread evenly. It plays the role of the per-direction
+share that rib's ``run_generate_labels_mod_add.py`` (Apollo Research ``rib``, the LIB paper's code,
+arXiv 2405.10928) writes into its node labels (``"cos(wx) + cos(wy)"`` at the embedding): on rib's
+seed-0 checkpoint the two agree to the labels' printed percent (0.510 vs 51%, 0.914 vs 91%, ...;
+``benchmarks/results/lib_rib_modular.md``, a benchmark measurement, since rib's files are not
+shipped and no test reproduces rib's labels).
 
 A per-direction number is not a property of a LIB basis where eigenvalues are (nearly) equal:
 inside a degenerate eigenspace of ``Lambda`` the directions are fixed only up to a rotation.
