@@ -9,6 +9,10 @@ squared edges ``E_ij = 1/(N P_in) sum_x sum_t (sum_s Jhat_{ti,sj} f_hat_{sj})^2`
 ``Jhat`` the gradient (``integration_method="gradient"``) or the integrated gradient along
 ``alpha x``. Models supply per-example analytic Jacobians of ``x^{l+1}`` w.r.t. ``x^l``
 (``(P_out, d_out[+1], P_in, d_in+1)``) as numpy arrays.
+
+``center=False`` (rib's uncentred mode, ``rib_layer_uncentred``): the Gram matrix of ``x = [f, 1]``
+itself (no centring matrix, ``W = U``), no direction masked (``n_masked = 0``), ``R = U D^{-1/2}``,
+``M = R^+ M' R^{+T}``, ``V`` the full eigendecomposition, ``C = R V L``, ``C^+ = L^{-1} V^T R^+``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,22 @@ def rib_layer(x: np.ndarray, M_dash: np.ndarray, rel_threshold: float) -> RibLay
     Lam = np.concatenate([[M[0, 0]], sub_vals])
     keep = np.abs(Lam) > rel_threshold * np.abs(Lam).max()
     keep[0] = True
+    L = np.diag(np.sqrt(Lam))[:, keep]
+    L_inv = np.diag(1 / np.sqrt(Lam))[keep, :]
+    return RibLayer(R @ V @ L, L_inv @ V.T @ R_pinv, Lam[keep])
+
+
+def rib_layer_uncentred(x: np.ndarray, M_dash: np.ndarray, rel_threshold: float) -> RibLayer:
+    """One uncentred (``center=False``) ``jacobian``-formula layer from ``x = [f, 1]`` ``(n, d+1)`` and ``M'``."""
+    G = x.T @ x / len(x)
+    D, U = eigendecompose(G)
+    keep = D > rel_threshold * D.max()
+    D, U = D[keep], U[:, keep]
+    R = U @ np.diag(1 / np.sqrt(D))
+    R_pinv = np.diag(np.sqrt(D)) @ U.T
+    M = R_pinv @ M_dash @ R_pinv.T
+    Lam, V = eigendecompose(M)
+    keep = Lam > rel_threshold * Lam.max()
     L = np.diag(np.sqrt(Lam))[:, keep]
     L_inv = np.diag(1 / np.sqrt(Lam))[keep, :]
     return RibLayer(R @ V @ L, L_inv @ V.T @ R_pinv, Lam[keep])
@@ -158,14 +178,16 @@ def _ones(f: np.ndarray) -> np.ndarray:
     return np.concatenate([f, np.ones(f.shape[:-1] + (1,))], -1)
 
 
-def rib_mlp(model: nn.Module, x: torch.Tensor, alpha: float = 1.0):
-    """rib's layers at '1' and '3' of a tanh MLP, and the x-space Jacobians at ``alpha x``."""
+def rib_mlp(model: nn.Module, x: torch.Tensor, center: bool = True):
+    """rib's layers at '1' and '3' of a tanh MLP (``center``: rib's option), and the x-space
+    Jacobians at ``alpha x``."""
+    layer = rib_layer if center else rib_layer_uncentred
     W2, b2, W4, b4 = (to_np(p) for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
     f1 = np.tanh(to_np(model[0](x)))
     f3 = np.tanh(f1 @ W2.T + b2)
     N = len(x)
     J34 = np.broadcast_to(np.concatenate([W4, b4[:, None]], 1)[None, None, :, None, :], (N, 1, 3, 1, 6)).copy()
-    L3 = rib_layer(_ones(f3), m_dash(J34), THR)
+    L3 = layer(_ones(f3), m_dash(J34), THR)
 
     def J13x(a: float) -> np.ndarray:
         g = 1 - np.tanh(a * (f1 @ W2.T + b2)) ** 2  # (N, 5)
@@ -176,11 +198,12 @@ def rib_mlp(model: nn.Module, x: torch.Tensor, alpha: float = 1.0):
         return J
 
     J13 = np.einsum("ntapb,al->ntlpb", J13x(1.0), L3.C)
-    L1 = rib_layer(_ones(f1), m_dash(J13), THR)
+    L1 = layer(_ones(f1), m_dash(J13), THR)
     return {"1": (L1, _ones(f1)), "3": (L3, _ones(f3))}, J13x, J34
 
 
-def rib_seq(model: SeqMix, t: torch.Tensor):
+def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
+    layer = rib_layer if center else rib_layer_uncentred
     K, W1, b1, W2, b2 = (to_np(p) for p in (model.K, model.lin1.weight, model.lin1.bias, model.lin2.weight,
                                           model.lin2.bias))
     e = to_np(model.embed(t))  # (N, 3, 4)
@@ -191,7 +214,7 @@ def rib_seq(model: SeqMix, t: torch.Tensor):
     for p in range(3):
         J2[:, p, :, p, :5] = W2
         J2[:, p, :, p, 5] = b2
-    L_act = rib_layer(_ones(act).reshape(-1, 6), m_dash(J2), THR)
+    L_act = layer(_ones(act).reshape(-1, 6), m_dash(J2), THR)
 
     def J1x(a: float) -> np.ndarray:
         g = 1 - np.tanh(a * m) ** 2  # (N, 3, 5)
@@ -204,6 +227,6 @@ def rib_seq(model: SeqMix, t: torch.Tensor):
         return J
 
     J1 = np.einsum("ntapb,al->ntlpb", J1x(1.0), L_act.C)
-    L_e = rib_layer(_ones(e).reshape(-1, 5), m_dash(J1), THR)
+    L_e = layer(_ones(e).reshape(-1, 5), m_dash(J1), THR)
     return {"embed": (L_e, _ones(e)), "act": (L_act, _ones(act))}, J1x, J2
 

@@ -284,7 +284,7 @@ def edge_ablation(
     with bar:
         for li, (sp, tp) in enumerate(zip(names[:-1], names[1:])):
             src, tgt = basis[sp], basis[tp]
-            sec = build_section(model, probe, sp, tp, constant=src.constant is not None, feature_dims=axes)
+            sec = build_section(model, probe, sp, tp, constant=src.folded, feature_dims=axes)
             ev = _PairEval(model, src, tgt, sec, sec.target_axis, resolved)
             if original is None:
                 original = ev.score(batches, None, all_kept=True)

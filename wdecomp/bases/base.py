@@ -6,6 +6,15 @@ the basis centres) and back with ``f = C^+ c + mu`` (``C^+``: ``inverse``, ``d x
 the basis was fit on, ``C^+ C`` is the identity on the span of the activations, so inserting
 ``f -> C^+ C (f - mu) + mu`` at the hook leaves the network's outputs unchanged. ``k <= d``:
 directions in which the activations never vary are dropped.
+
+A *folded* basis is linear in the activation with the bias folded in as a constant input,
+``[f; s]`` (``s = 1`` on the data): ``c = C f + b s``, ``s = r . c``, ``f = A c``. Two forms:
+
+* a constant node (``constant``, LIB as rib runs it by default): ``b = constant e_0 - C mu``,
+  ``r = e_0 / constant``, ``A = C^+ + mu r^T``; stored as ``transform = C``, ``inverse = C^+``,
+  ``center = mu``;
+* the general form (``const_column = b``, ``const_row = r``, ``inverse = A``; rib's
+  ``center: false``, where the constant is mixed into every direction and no node is constant).
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ class LayerBasis:
             ``inverse`` are zero, and the maps are linear in ``[f; s]``:
             ``c = C (f - mu s) + constant s e_0`` and ``s = c_0 / constant``,
             ``f = C^+ c + mu s``. ``None``: no constant node (``s = 1`` always).
+        const_column: ``b``, ``(k,)``: the general folded form (module docstring), ``c = C f + b s``,
+            with ``s = const_row . c`` and ``f = inverse c``; ``None`` otherwise. Set together with
+            ``const_row``, never with ``constant`` or ``center``.
+        const_row: ``r``, ``(k,)``: ``s = r . c`` in the general folded form, or ``None``.
     """
 
     point: str
@@ -48,6 +61,8 @@ class LayerBasis:
     center: Tensor | None = None
     method: str = "neuron"
     constant: float | None = None
+    const_column: Tensor | None = None
+    const_row: Tensor | None = None
 
     def __post_init__(self) -> None:
         k, d = self.transform.shape
@@ -56,6 +71,22 @@ class LayerBasis:
             raise ShapeError(f"basis at '{self.point}': inverse has shape {got}, expected {(d, k)}")
         if self.eigenvalues.shape != (k,):
             raise ShapeError(f"basis at '{self.point}': {self.eigenvalues.shape[0]} eigenvalues for {k} directions")
+        if (self.const_column is None) != (self.const_row is None):
+            raise ShapeError(f"basis at '{self.point}': const_column and const_row are given together or not at all")
+        if self.const_column is not None:
+            assert self.const_row is not None
+            if self.const_column.shape != (k,) or self.const_row.shape != (k,):
+                raise ShapeError(f"basis at '{self.point}': const_column {tuple(self.const_column.shape)} and "
+                                 f"const_row {tuple(self.const_row.shape)}, expected ({k},) each")
+            if self.constant is not None or self.center is not None:
+                raise ShapeError(f"basis at '{self.point}': the general folded form (const_column, const_row) "
+                                 "has no constant node and no centre")
+
+    @property
+    def folded(self) -> bool:
+        """Whether the basis is linear in ``[f; s]`` (a constant node or the general folded form):
+        sections into and out of it carry the constant ``s``."""
+        return self.constant is not None or self.const_column is not None
 
     @property
     def size(self) -> int:
@@ -99,7 +130,8 @@ class LayerBasis:
 
     def to_coordinates(self, f: Tensor) -> Tensor:
         """``c = C (f - mu)`` along the last axis of ``f`` (``(..., d) -> (..., k)``); with a
-        constant node, coordinate 0 is ``constant`` (the activation taken at ``s = 1``)."""
+        constant node, coordinate 0 is ``constant``; in the general folded form ``c = C f + b``
+        (the activation taken at ``s = 1``)."""
         if f.shape[-1] != self.dim:
             raise ShapeError(f"activations at '{self.point}' have width {f.shape[-1]}, basis expects {self.dim}")
         if self.center is not None:
@@ -107,16 +139,21 @@ class LayerBasis:
         c = f @ self.transform.T.to(f.dtype)
         if self.constant is not None:
             c = torch.cat([c[..., :1] + self.constant, c[..., 1:]], dim=-1)
+        if self.const_column is not None:
+            c = c + self.const_column.to(c.dtype)
         return c
 
     def scale_of(self, c: Tensor) -> Tensor | None:
-        """The constant input ``s = c_0 / constant`` of coordinates ``c`` (``(..., k) -> (..., 1)``),
-        or ``None`` without a constant node."""
+        """The constant input of coordinates ``c`` (``(..., k) -> (..., 1)``): ``s = c_0 / constant``
+        with a constant node, ``s = r . c`` in the general folded form, ``None`` otherwise."""
+        if self.const_row is not None:
+            return (c @ self.const_row.to(c.dtype)).unsqueeze(-1)
         return None if self.constant is None else c[..., :1] / self.constant
 
     def from_coordinates(self, c: Tensor) -> Tensor:
         """``f = C^+ c + mu`` (``(..., k) -> (..., d)``); with a constant node ``f = C^+ c + mu s``,
-        ``s = c_0 / constant`` (so scaling every coordinate scales ``[f; s]``)."""
+        ``s = c_0 / constant`` (so scaling every coordinate scales ``[f; s]``); in the general folded
+        form ``f = A c`` (``A``: ``inverse``)."""
         f = c @ self.inverse.T.to(c.dtype)
         if self.center is None:
             return f

@@ -115,7 +115,7 @@ from wdecomp.bases.section import (
 )
 from wdecomp.batch import as_batches, chunks, num_examples, slice_examples, split
 from wdecomp.distributed import all_reduce_sum_many
-from wdecomp.errors import DataError, NonFiniteError, SelectionError
+from wdecomp.errors import ArgumentError, DataError, NonFiniteError, SelectionError
 from wdecomp.progress import progress_bar
 
 __all__ = ["FORMULAS", "METHODS", "VARIANTS", "LibOptions", "interaction_basis", "interaction_jacobians",
@@ -166,6 +166,7 @@ VARIANTS: dict[str, LibOptions] = {
     "rib": LibOptions(),
     "wdecomp-uncentred": LibOptions(center=False, constant=False, sequence="summed", rotate_final=True),
     "wdecomp-centred": LibOptions(center=True, constant=False, sequence="summed", rotate_final=True),
+    "rib-uncentred": LibOptions(center=False, constant=True),
 }
 
 
@@ -180,9 +181,6 @@ def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
         raise ValueError(f"sequence must be one of {SEQUENCE_FORMS}, not '{opts.sequence}'")
     if opts.truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be one of {TRUNCATIONS}, not '{opts.truncation}'")
-    if opts.constant and not opts.center:
-        raise ValueError("constant=True needs center=True (rib's uncentred mode mixes the constant into every "
-                         "direction, which wdecomp does not offer)")
     if opts.stochastic_sources is not None and (opts.stochastic_sources < 1 or opts.formula != "jacobian"
                                                 or opts.sequence != "per-position"):
         raise ValueError("stochastic_sources must be >= 1 and needs formula='jacobian', sequence='per-position'")
@@ -458,6 +456,10 @@ def interaction_basis(
                                   stochastic_sources=stochastic_sources, seed=seed))
     if method == "neuron" or (method == "jacobian" and constant is None):
         opts = LibOptions(**{**opts.__dict__, "constant": False})
+    if method == "jacobian" and opts.constant and not opts.center:
+        raise ArgumentError("method='jacobian' (a wdecomp control without a constant node) has no form with the "
+                            "constant folded in uncentred (variant='rib-uncentred', center=False, constant=True); "
+                            "pass constant=False")
     batches = as_batches(data, what="interaction_basis")
     first = next(iter(batches), None)
     if first is None:
@@ -470,8 +472,8 @@ def interaction_basis(
     fdims = {str(hooks.HookPoint.parse(k)): v for k, v in fdims.items()}
     axes = {k: feature_axis(model, k, acts[k].dim(), fdims.get(k)) for k in keys}
     center_ = opts.center and method != "neuron"
-    grams = gram_matrices(model, batches, keys, center=center_, progress=progress, distributed=distributed,
-                          feature_dim={k: axes[k] for k in keys})
+    grams = gram_matrices(model, batches, keys, center=center_, constant=opts.constant and not center_,
+                          progress=progress, distributed=distributed, feature_dim={k: axes[k] for k in keys})
     out = hooks.run(model, probe)[0]
     is_output = {k: isinstance(out, Tensor) and out.shape == acts[k].shape and torch.equal(out, acts[k])
                  for k in keys}
@@ -593,10 +595,31 @@ def _identity(point: str, d: int, constant: bool, method: str) -> LayerBasis:
     return LayerBasis(point, C, C.T.contiguous(), torch.ones(d + 1, dtype=torch.float64), None, method, 1.0)
 
 
+def _general(point: str, C: Tensor, A: Tensor, eigenvalues: Tensor, method: str) -> LayerBasis:
+    """The general folded :class:`LayerBasis` from ``C`` ``(k, d+1)`` and ``A`` ``(d+1, k)`` over ``[f; s]``
+    (the constant last): ``c = C [f; s]``, ``[f; s] = A c``."""
+    d = C.shape[1] - 1
+    return LayerBasis(point, C[:, :d].contiguous(), A[:d].contiguous(), eigenvalues.contiguous(), None, method,
+                      None, C[:, d].contiguous(), A[d].contiguous())
+
+
+def _unfolded(gram: GramResult) -> GramResult:
+    """The Gram matrix of ``f`` alone from one of ``[f; 1]``."""
+    d = gram.dim
+    return dataclasses.replace(gram, gram=gram.gram[:d, :d], constant=False) if gram.constant else gram
+
+
 def _static_basis(gram: GramResult, kind: str, opts: LibOptions, threshold: float, allow_constant: bool, *,
                   method: str | None = None) -> LayerBasis:
     name = method or kind
     constant = opts.constant and allow_constant
+    if constant and gram.constant:  # rib's center=false: identity / PCA on [f; s], the constant mixed in
+        if kind == "identity":  # rib's C = None on the folded activation: c = [f; s]
+            eye = torch.eye(gram.dim + 1, dtype=torch.float64)
+            return _general(gram.point, eye, eye.clone(), torch.ones(gram.dim + 1, dtype=torch.float64), name)
+        D, U = _pca(gram, opts, threshold)  # rib's basis_formula="svd" with center=false: C = U
+        return _general(gram.point, U.T, U, D, name)
+    gram = _unfolded(gram)
     if kind in ("neuron", "identity"):
         if kind == "neuron":
             d = gram.dim
@@ -616,9 +639,10 @@ def _static_basis(gram: GramResult, kind: str, opts: LibOptions, threshold: floa
 
 def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOptions, gram_threshold: float,
                        interaction_threshold: float, drop: bool) -> LayerBasis:
-    D, U = _pca(gram, opts, gram_threshold)
+    D, U = _pca(gram, opts, gram_threshold)  # over [f; 1] (the constant last) in rib's center=false mode
     mu = gram.mean if gram.centered else None
     d = gram.dim
+    node = opts.constant and not gram.constant  # the constant node (centred); else no node is constant
     M = mom.M
     if method == "jacobian":  # wdecomp's control: no whitening, no scaling, no constant
         lam, V = _sorted_eigh(U.T @ M[:d, :d] @ U)
@@ -628,19 +652,19 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
             lam, V = lam[live], V[:, live]
         return LayerBasis(gram.point, (V.T @ U.T).contiguous(), (U @ V).contiguous(), lam.contiguous(), mu, method)
     s = D.sqrt()
-    W = U * s  # (d, r): whitened -> centred activations
-    if opts.constant:
+    W = U * s  # (d, r) or (d+1, r) over [f; 1]: whitened -> (centred) activations; rib's R^{+T}
+    if node:
         P = torch.zeros(d + 1, W.shape[1] + 1, dtype=torch.float64)
         P[:d, 0], P[d, 0], P[:d, 1:] = mu, 1.0, W
     else:
         P = W
     Mz = P.T @ M @ P
-    off = 1 if opts.constant else 0
+    off = 1 if node else 0
     lam, V = _rib_abs(*_sorted_eigh(Mz[off:, off:]), opts.truncation)
     if opts.formula != "jacobian":  # rib: Lambda is the attribution, directions sorted by it
         assert mom.Lam is not None
         Pplus = torch.zeros_like(P.T)
-        if opts.constant:
+        if node:
             Pplus[0, d] = 1.0
             Pplus[1:, :d] = (U / s).T
             Pplus[1:, d] = -(U / s).T @ mu
@@ -650,10 +674,10 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
         lam = torch.einsum("ij,ik,kj->j", V, Lz[off:, off:], V).abs()
         order = torch.argsort(lam, descending=True)
         lam, V = lam[order], V[:, order]
-        lam0 = Lz[0, 0].abs() if opts.constant else None
+        lam0 = Lz[0, 0].abs() if node else None
     else:
         lam = lam.clamp_min(0)
-        lam0 = Mz[0, 0].clamp_min(0) if opts.constant else None
+        lam0 = Mz[0, 0].clamp_min(0) if node else None
     top = max(float(lam.max()) if lam.numel() else 0.0, float(lam0) if lam0 is not None else 0.0)
     live = _keep(lam, interaction_threshold, opts.truncation, top)
     if drop:
@@ -664,6 +688,8 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
     # c = Lambda^{1/2} V^T D^{-1/2} U^T (f - mu s)  and  C^+ = U D^{1/2} V Lambda^{-1/2}
     C = scale[:, None] * (V.T @ (U / s).T)
     Cinv = (W @ V) / scale[None, :]
+    if gram.constant:  # rib's center=false: C = R V L and C^+ = L^{-1} V^T R^+ over [f; 1]
+        return _general(gram.point, C, Cinv, lam, method)
     if lam0 is None:
         return LayerBasis(gram.point, C.contiguous(), Cinv.contiguous(), lam.contiguous(), mu, method)
     value = math.sqrt(float(lam0)) if float(lam0) > 0 else 1.0

@@ -380,8 +380,8 @@ def _attention_outputs(model: nn.Module, biases: Sequence[str]) -> tuple[tuple[s
 @dataclass(frozen=True)
 class TargetCoordinates:
     """Coordinates of the target layer from its rows ``(..., P_t, d_t)`` and constant ``(..., P_t)``: linear
-    in ``[f; s]`` for a basis with a constant node, ``basis.to_coordinates`` otherwise, the rows
-    themselves without a basis."""
+    in ``[f; s]`` for a folded basis (a constant node, or ``c = C f + b s`` in the general form),
+    ``basis.to_coordinates`` otherwise, the rows themselves without a basis."""
 
     basis: LayerBasis | None
 
@@ -389,6 +389,9 @@ class TargetCoordinates:
         lb = self.basis
         if lb is None:
             return rows
+        if lb.const_column is not None:
+            s = torch.ones_like(rows[..., :1]) if s is None else s.unsqueeze(-1)
+            return rows @ lb.transform.T.to(rows.dtype) + s * lb.const_column.to(rows.dtype)
         if lb.constant is None:
             return lb.to_coordinates(rows)
         s = torch.ones_like(rows[..., :1]) if s is None else s.unsqueeze(-1)

@@ -5,8 +5,9 @@ point ``l``, node ``(l, j)`` is coordinate ``c_{l,j}``; its importance is the ba
 basis with a constant node (LIB as rib runs it) gives node ``(l, 0)`` the attribute
 ``constant=True``. Writing ``h_x(c)`` for the map from layer ``l``'s coordinates (at every source
 position ``p``) to layer ``l+1``'s coordinates (at every target position ``t``) on input ``x``
-(:mod:`wdecomp.bases.section`: with a constant node the coordinates are linear in ``[f; s]``,
-``s`` scaling the biases between the two hook points), the edge ``(l, j) -> (l+1, i)`` carries
+(:mod:`wdecomp.bases.section`: for a folded basis, with a constant node or rib's ``center: false``
+form without one, the coordinates are linear in ``[f; s]``, ``s`` scaling the biases between the
+two hook points), the edge ``(l, j) -> (l+1, i)`` carries
 
 **squared edges** (``formula="squared"``, default; rib's ``edge_formula="squared"``,
 ``rib.linalg.calc_edge_squared``)::
@@ -16,7 +17,7 @@ position ``p``) to layer ``l+1``'s coordinates (at every target position ``t``) 
 
 with ``method="jacobian"`` the single node ``alpha = 1`` (rib's ``integration_method="gradient"``,
 the configuration of the paper's runs) and with ``method="integrated_gradients"`` a quadrature
-(``steps`` nodes, ``rule``) along ``alpha c``: for a basis with a constant node this is rib's path
+(``steps`` nodes, ``rule``) along ``alpha c``: for a folded basis this is rib's path
 ``alpha [f; 1]`` (biases scale with ``alpha``, baseline the all-zero input); for a basis without one
 ``c = 0`` is the activation ``f = mu`` with the biases unchanged (a wdecomp variant:
 integrated gradients from the basis centre, Sundararajan, Taly & Yan 2017, arXiv:1703.01365).
@@ -287,7 +288,7 @@ def interaction_graph(
                 if order != sorted(order):
                     reached = [names[i] for i in order]
                     raise SelectionError(f"layers must be in forward order; the forward pass reaches them as {reached}")
-                edges = [_Edge(s, t, build_section(model, probe, s.point, t.point, constant=s.constant is not None,
+                edges = [_Edge(s, t, build_section(model, probe, s.point, t.point, constant=s.folded,
                                                    feature_dims=axes), torch.zeros(t.size, s.size, dtype=torch.float64))
                          for s, t in zip(bases[:-1], bases[1:])]
                 per = max(_bytes(model, probe, e, len(nodes_q), mode) for e in edges)
