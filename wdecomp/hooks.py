@@ -2,8 +2,26 @@
 
 A *hook point* names a module and a side of it: ``"mlp.act"`` is the output of module
 ``mlp.act`` (the first element when the module returns a tuple), ``"mlp.act:input"`` its first
-positional input. Every other module of wdecomp that changes or reads what a model computes goes
-through this module; nothing else registers a PyTorch hook.
+positional input, and ``"blocks.0.ln1:variance"`` the layer-norm *variance point* of an
+``nn.LayerNorm`` (below). Every other module of wdecomp that changes or reads what a model computes
+goes through this module; nothing else registers a PyTorch hook.
+
+**Variance points** (rib's split of a LayerNorm into ``LayerNormIn`` and ``LayerNormOut``,
+``rib.models.components``): for an ``nn.LayerNorm`` ``ln`` over the last axis (``d`` features, with
+or without elementwise affine), ``"ln:variance"`` is the activation ``[v; f]`` (``d + 1`` features,
+the variance first) with ``f`` the LayerNorm's input and ``v = mean_i (f_i - mean f)^2`` (rib's
+``variance``: the biased variance over the features, no ``eps``). Downstream, ``ln`` normalises
+its input with the *given* ``v``: ``y = (f - mean f) / sqrt(max(v, 0) + eps) * weight + bias``
+(rib's ``LayerNormOut``, whose ``layer_norm(x, var + eps)`` sets a negative variance to 0 first), so
+writing an edited ``[v'; f']`` changes the output through ``v'`` exactly as rib's ``LayerNormOut``
+does, and Jacobians, sections and ablations see ``v`` as an input of their own. When the
+LayerNorm's input also feeds another path (the residual stream of a pre-LN transformer block),
+name the hook point that produces it: ``"blocks.0.ln1:variance@blocks.0:input"`` reads ``f`` at
+``blocks.0:input`` and writes ``f'`` there, so the skip connection sees ``f'`` too (rib's
+``ln1_out.0``, whose input ``(var, residual)`` carries the residual on); the LayerNorm's input
+must then be that very tensor (else :class:`SelectionError` at the forward pass). Without ``@``,
+``f`` is read and written at ``ln``'s own input. An edit that leaves ``[v; f]`` unchanged (reading
+it) leaves the LayerNorm's own computation in place.
 
 * :func:`edit` — for the duration of a ``with`` block, replace or transform the activation at
   hook points (``f -> fn(f)``, or ``f -> value``), replace or transform weights and buffers
@@ -49,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +77,7 @@ from wdecomp.errors import SelectionError, ShapeError
 
 __all__ = [
     "Edit",
+    "SIDES",
     "HookPoint",
     "ModuleHook",
     "call",
@@ -78,27 +98,44 @@ ModuleHook: TypeAlias = Callable[[nn.Module, tuple, dict, Any], Any]
 """A raw forward hook ``(module, args, kwargs, output) -> new output | None``."""
 
 
+SIDES = ("output", "input", "variance")
+
+
 @dataclass(frozen=True)
 class HookPoint:
-    """A parsed hook point: ``module`` name and ``side`` (``"output"`` or ``"input"``)."""
+    """A parsed hook point: ``module`` name and ``side`` (``"output"``, ``"input"`` or
+    ``"variance"``); for a variance point, ``anchor`` is the hook point where the LayerNorm's input
+    is read and written (``None``: the LayerNorm's own input; module docstring)."""
 
     module: str
     side: str = "output"
+    anchor: str | None = None
 
     @classmethod
     def parse(cls, spec: str | HookPoint) -> HookPoint:
-        """``"name"`` (output) or ``"name:input"`` (first positional input)."""
+        """``"name"`` (output), ``"name:input"`` (first positional input), ``"ln:variance"`` or
+        ``"ln:variance@point"`` (the variance point of LayerNorm ``ln``, its input at ``point``)."""
         if isinstance(spec, HookPoint):
             return spec
         if not isinstance(spec, str):
             raise SelectionError(f"a hook point is a string like 'mlp.act' or 'mlp.act:input', not {spec!r}")
         name, _, side = spec.partition(":")
-        side = side or "output"
-        if side not in ("output", "input"):
-            raise SelectionError(f"hook point '{spec}': side must be 'output' or 'input', not '{side}'")
-        return cls(name, side)
+        side, at, anchor = (side or "output").partition("@")
+        if side not in SIDES:
+            raise SelectionError(f"hook point '{spec}': side must be one of {SIDES}, not '{side}'")
+        if not at:
+            return cls(name, side)
+        if side != "variance":
+            raise SelectionError(f"hook point '{spec}': only a variance point ('ln:variance@point') names a point "
+                                 f"after '@'")
+        where = cls.parse(anchor)
+        if where.side == "variance":
+            raise SelectionError(f"hook point '{spec}': the point after '@' is a module's input or output")
+        return cls(name, side, None if where == cls(name, "input") else str(where))
 
     def __str__(self) -> str:
+        if self.side == "variance":
+            return f"{self.module}:variance" + (f"@{self.anchor}" if self.anchor else "")
         return self.module if self.side == "output" else f"{self.module}:input"
 
 
@@ -159,9 +196,98 @@ def _as_edit(point: str, value: Edit | Tensor, check_shapes: bool) -> Edit:
     return checked
 
 
+def _variance(f: Tensor) -> Tensor:
+    """rib's ``variance``: ``mean_i (f_i - mean f)^2`` over the last axis, kept as an axis of size 1."""
+    return (f - f.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
+
+
+class _NormSplit:
+    """The variance point of one ``nn.LayerNorm``: every edit registered at it, in order.
+
+    One hook at the anchor computes ``[v; f]``, applies the edits and writes ``f'`` back; one forward
+    hook on the LayerNorm (run before any other of its forward hooks) then normalises its input
+    with ``v'``. Both are removed with the last edit."""
+
+    def __init__(self, model: nn.Module, hp: HookPoint, norm: nn.LayerNorm) -> None:
+        self.point, self.norm = hp, norm
+        self.edits: list[tuple[object, Edit]] = []
+        self.passed: tuple[Tensor, Tensor | None] | None = None  # (f', v') from the anchor to the norm
+        self.handles = [_register_point(model, hp.anchor or f"{hp.module}:input", self._at_anchor),
+                        norm.register_forward_hook(self._normalise, prepend=True)]
+
+    def _at_anchor(self, f: Tensor) -> Tensor:
+        self.passed = None
+        d = self.norm.normalized_shape[0]
+        if f.dim() == 0 or f.shape[-1] != d:
+            raise ShapeError(f"the activation read for '{self.point}' has shape {tuple(f.shape)}; the LayerNorm "
+                             f"normalises a last axis of {d}")
+        a0 = torch.cat([_variance(f), f], dim=-1)
+        a = a0
+        for _key, fn in list(self.edits):
+            a = fn(a)
+        # read only (``a`` unchanged): the LayerNorm computes as it would (``v`` None)
+        self.passed = (f, None) if a is a0 else (a[..., 1:], a[..., :1])
+        return self.passed[0]
+
+    def _normalise(self, _m: nn.Module, args: tuple, out: Any) -> Any:
+        passed, self.passed = self.passed, None
+        if passed is None or not args or args[0] is not passed[0]:
+            where = self.point.anchor or f"{self.point.module}:input"
+            raise SelectionError(f"at variance point '{self.point}' the LayerNorm '{self.point.module}' ran on an "
+                                 f"input other than the activation written at '{where}' (not reached first in "
+                                 f"this forward pass, edited after it, or the LayerNorm's input is not that "
+                                 f"tensor): name the point that produces its input after '@'")
+        f, v = passed
+        if v is None:
+            return None
+        y = (f - f.mean(-1, keepdim=True)) / torch.sqrt(v.clamp_min(0) + self.norm.eps)
+        if self.norm.weight is not None:
+            y = y * self.norm.weight
+        if self.norm.bias is not None:
+            y = y + self.norm.bias
+        return y
+
+    def add(self, fn: Edit) -> Any:
+        key = object()
+        self.edits.append((key, fn))
+        split = self
+
+        class Handle:
+            def remove(self) -> None:
+                split.edits[:] = [(k, g) for k, g in split.edits if k is not key]
+                if not split.edits:
+                    for h in reversed(split.handles):
+                        h.remove()
+                    _SPLITS.pop(split.norm, None)
+
+        return Handle()
+
+
+_SPLITS: WeakKeyDictionary[nn.Module, _NormSplit] = WeakKeyDictionary()
+
+
+def _register_variance(model: nn.Module, hp: HookPoint, fn: Edit) -> Any:
+    """Register ``[v; f] -> fn([v; f])`` at a variance point (module docstring); returns the handle."""
+    norm = resolve_module(model, hp.module)
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+        what = (f"an nn.LayerNorm over {len(norm.normalized_shape)} axes" if isinstance(norm, nn.LayerNorm)
+                else f"a {type(norm).__name__}")
+        raise SelectionError(f"variance point '{hp}': '{hp.module}' is {what}; a variance point needs an "
+                             f"nn.LayerNorm normalising the last axis")
+    split = _SPLITS.get(norm)
+    if split is None:
+        split = _SPLITS[norm] = _NormSplit(model, hp, norm)
+    elif split.point != hp:
+        raise SelectionError(f"variance point '{hp}': LayerNorm '{hp.module}' is already split at "
+                             f"'{split.point}' in this block; use one anchor per LayerNorm")
+    return split.add(fn)
+
+
 def _register_point(model: nn.Module, point: str | HookPoint, fn: Edit) -> Any:
     """Register ``f -> fn(f)`` at one hook point; returns the handle."""
     hp = HookPoint.parse(point)
+    if hp.side == "variance":
+        return _register_variance(model, hp, fn)
     module = resolve_module(model, hp.module)
     if hp.side == "output":
 
