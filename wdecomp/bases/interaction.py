@@ -68,7 +68,15 @@ at ``ln2.0`` against 26 with the default, the extra ones with ``Lambda`` below `
 largest) whose eigenvectors are set by round-off; the constant's ``Lambda`` at ``ln1.0`` comes
 out 116,700 with the default, 116,762 with ``"rib"``, and rib saved 116,758
 (``benchmarks/results/lib_rib_modular.md``).
-Not offered: rib's layer-norm variance node (``isolate_ln_var``).
+**Layer-norm variance points** (``"ln:variance"``, :class:`~wdecomp.hooks.HookPoint`: ``[v; f]``,
+rib's ``ln1_out`` / ``ln2_out`` node layers): with ``isolate_ln_var=True`` (rib's default) the
+variance coordinate ``v`` (0) is kept out of the PCA mixing (rib's ``masked_eigendecompose(gram, 1)``:
+``U = diag(1, U')`` with ``Cov_{1:,1:} = U' D' U'^T``, ``D = [Cov_00, D']``) and out of the rotation
+(``masked_eigendecompose(M, n_masked)``, ``n_masked`` = 1 for ``v`` plus 1 for the constant):
+``Lambda_v = M_vv``, the variance node's coordinate ``c_v = Lambda_v^{1/2} (v - mu_v) / Cov_00^{1/2}``,
+node 1 after the constant (node 0 without one), unsorted; its index is recorded in
+``basis.info["ln_variance_nodes"]``. rib applies this only at node layers named ``ln1_out`` and
+``ln2_out`` (not ``ln_final_out``); here at every variance point.
 
 Cost (``formula="jacobian"``; ``benchmarks/results/lib.md``): ``sequence="summed"`` takes the
 Jacobian along one direction shared by all source positions (``d + 1`` tangents per example,
@@ -148,6 +156,8 @@ class LibOptions:
             ``1/(N P R) sum_x sum_r sum_p J_{rp}^T J_{rp}`` with ``J_{rp} = sum_t phi_{rt} J_{tp}``,
             at ``R/P_t`` of the cost; exact without positions. ``None``: exact.
         seed: Seed of the random signs.
+        isolate_ln_var: At a layer-norm variance point (``"ln:variance"``) the variance is its own node,
+            second after the constant (rib's ``isolate_ln_var``; module docstring).
     """
 
     center: bool = True
@@ -160,6 +170,7 @@ class LibOptions:
     truncation: str = "relative"
     stochastic_sources: int | None = None
     seed: int = 0
+    isolate_ln_var: bool = True
 
 
 VARIANTS: dict[str, LibOptions] = {
@@ -367,9 +378,35 @@ def _keep(values: Tensor, threshold: float, truncation: str, top: float | None =
     return values > max(threshold * top, torch.finfo(torch.float64).tiny)
 
 
+def _masked_eigh(A: Tensor, n: int, truncation: str) -> tuple[Tensor, Tensor]:
+    """rib's ``masked_eigendecompose``: coordinates ``0..n-1`` kept as they are (their diagonal entries
+    and unit vectors, first), the rest eigendecomposed, descending."""
+    evals, evecs = _rib_abs(*_sorted_eigh(A[n:, n:]), truncation)
+    return torch.cat([A.diagonal()[:n], evals]), torch.block_diag(torch.eye(n, dtype=A.dtype), evecs)
+
+
+def _ln_var(point: str, opts: LibOptions, U: Tensor | None = None) -> int:
+    """1 at a layer-norm variance point with ``isolate_ln_var`` (and, given ``U``, its variance direction
+    ``e_0`` kept by the truncation as ``U``'s first column), else 0."""
+    if not (opts.isolate_ln_var and hooks.HookPoint.parse(point).side == "variance"):
+        return 0
+    return int(U is None or (U.shape[1] > 0 and bool(U[0, 0] == 1) and not bool(U[1:, 0].any())))
+
+
+def _variance_nodes(bases: dict[str, LayerBasis], opts: LibOptions) -> dict[str, int]:
+    """Point -> index of the node that reads the variance coordinate alone, at isolated variance points."""
+    found = {}
+    for key, lb in bases.items():
+        i, T = (0 if lb.constant is None else 1), lb.transform
+        if _ln_var(key, opts) and T.shape[0] > i and bool(T[i, 0] != 0) and not bool(T[i, 1:].any()):
+            found[key] = i
+    return found
+
+
 def _pca(gram: GramResult, opts: LibOptions, threshold: float) -> tuple[Tensor, Tensor]:
-    """``(D, U)`` of the covariance (``center``) or Gram matrix, truncated."""
-    evals, evecs = _rib_abs(*_sorted_eigh(gram.gram), opts.truncation)
+    """``(D, U)`` of the covariance (``center``) or Gram matrix, truncated; at a variance point the
+    variance coordinate first, unmixed (``isolate_ln_var``; module docstring)."""
+    evals, evecs = _masked_eigh(gram.gram, _ln_var(gram.point, opts), opts.truncation)
     keep = _keep(evals, threshold, opts.truncation)
     return evals[keep].clamp_min(0), evecs[:, keep]
 
@@ -391,6 +428,7 @@ def interaction_basis(
     truncation: str | None = None,
     stochastic_sources: int | None = None,
     seed: int = 0,
+    isolate_ln_var: bool | None = None,
     gram_threshold: float = 1e-10,
     interaction_threshold: float = 1e-10,
     drop_noninteracting: bool = True,
@@ -424,6 +462,8 @@ def interaction_basis(
         stochastic_sources: Estimate ``M'`` with this many random sign combinations of the target
             positions (rib's ``n_stochastic_sources_basis_pos``; :class:`LibOptions`), or exactly (``None``).
         seed: Seed of those signs.
+        isolate_ln_var: At a layer-norm variance point (``"ln:variance"``) the variance is its own
+            node, second after the constant (default on, as rib's ``isolate_ln_var``).
         gram_threshold: Covariance (Gram) eigenvalues at or below it are null directions, dropped.
         interaction_threshold: ``Lambda`` at or below it: non-interacting directions.
         drop_noninteracting: Drop those (rib) or keep them unscaled (then the basis stays
@@ -453,7 +493,8 @@ def interaction_basis(
         raise ValueError(f"unknown method '{method}'; choose from {METHODS}")
     opts = _options(variant, dict(center=center, constant=constant, formula=formula, integration=integration,
                                   steps=steps, sequence=sequence, rotate_final=rotate_final, truncation=truncation,
-                                  stochastic_sources=stochastic_sources, seed=seed))
+                                  stochastic_sources=stochastic_sources, seed=seed,
+                                  isolate_ln_var=isolate_ln_var))
     if method == "neuron" or (method == "jacobian" and constant is None):
         opts = LibOptions(**{**opts.__dict__, "constant": False})
     if method == "jacobian" and opts.constant and not opts.center:
@@ -487,7 +528,8 @@ def interaction_basis(
     if method in ("neuron", "pca"):
         for key in keys:
             bases[key] = _static_basis(grams[key], method, opts, gram_threshold, not is_output[key])
-        return Basis(tuple(keys), bases, method, model_signature(model), info)
+        return Basis(tuple(keys), bases, method, model_signature(model), {**info, "ln_variance_nodes":
+                                                                           _variance_nodes(bases, opts)})
 
     bar = progress_bar(len(keys), desc=f"{method} basis", enabled=progress)
     with bar:
@@ -502,7 +544,9 @@ def interaction_basis(
             bases[key] = _interaction_layer(grams[key], moments, method, opts, gram_threshold, interaction_threshold,
                                             drop_noninteracting)
             bar.update(1)
-    return Basis(tuple(keys), {k: bases[k] for k in keys}, method, model_signature(model), info)
+    ordered = {k: bases[k] for k in keys}
+    info["ln_variance_nodes"] = _variance_nodes(ordered, opts)
+    return Basis(tuple(keys), ordered, method, model_signature(model), info)
 
 
 @dataclass
@@ -660,7 +704,8 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
         P = W
     Mz = P.T @ M @ P
     off = 1 if node else 0
-    lam, V = _rib_abs(*_sorted_eigh(Mz[off:, off:]), opts.truncation)
+    n_var = _ln_var(gram.point, opts, U)  # the variance node: kept apart, unsorted (rib's n_masked)
+    lam, V = _masked_eigh(Mz[off:, off:], n_var, opts.truncation)
     if opts.formula != "jacobian":  # rib: Lambda is the attribution, directions sorted by it
         assert mom.Lam is not None
         Pplus = torch.zeros_like(P.T)
@@ -672,7 +717,7 @@ def _interaction_layer(gram: GramResult, mom: _Moments, method: str, opts: LibOp
             Pplus = (U / s).T
         Lz = P.T @ mom.Lam @ Pplus.T
         lam = torch.einsum("ij,ik,kj->j", V, Lz[off:, off:], V).abs()
-        order = torch.argsort(lam, descending=True)
+        order = torch.cat([torch.arange(n_var), n_var + torch.argsort(lam[n_var:], descending=True)])
         lam, V = lam[order], V[:, order]
         lam0 = Lz[0, 0].abs() if node else None
     else:
