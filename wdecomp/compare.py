@@ -52,7 +52,9 @@ __all__ = ["ComparisonRow", "ComparisonTable", "compare_decompositions", "trunca
 
 def truncation(basis: LayerBasis, k: int) -> Callable[[Tensor], Tensor]:
     """``f -> mu + C^+_S C_S (f - mu)`` with ``S`` the ``k`` directions of largest eigenvalue
-    (a constant node, which writes nothing to ``f``, is not counted in ``k``)."""
+    (a constant node, which writes nothing to ``f``, is not counted in ``k``); in the general folded
+    form (rib's ``center: false``, where every direction carries part of the constant)
+    ``f -> A_S (C_S f + b_S)``, the ``f`` part of the kept directions."""
     order = torch.argsort(basis.eigenvalues.detach().to(torch.float64).cpu(), descending=True, stable=True)
     if basis.constant is not None:
         order = order[order != 0]
@@ -63,9 +65,12 @@ def truncation(basis: LayerBasis, k: int) -> Callable[[Tensor], Tensor]:
     Cp = basis.inverse[:, idx]
     P = (C.T @ Cp.T).to(torch.float64)  # (d, d): row-vector form f -> f P
     mu = None if basis.center is None else basis.center.to(torch.float64)
+    shift = None if basis.const_column is None else (Cp @ basis.const_column[idx]).to(torch.float64)
 
     def fn(f: Tensor) -> Tensor:
         Pf = P.to(dtype=f.dtype, device=f.device)
+        if shift is not None:
+            return f @ Pf + shift.to(dtype=f.dtype, device=f.device)
         if mu is None:
             return f @ Pf
         m = mu.to(dtype=f.dtype, device=f.device)

@@ -5,9 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _rib_reference import SeqMix, rib_mlp, rib_seq, tanh_mlp, to_np
+from _rib_reference import (
+    THR,
+    SeqMix,
+    _ones,
+    eigendecompose,
+    m_dash,
+    rib_layer_uncentred,
+    rib_mlp,
+    rib_seq,
+    tanh_mlp,
+    to_np,
+)
 
+from wdecomp import hooks
 from wdecomp.bases import interaction_basis
+from wdecomp.bases.base import LayerBasis
+from wdecomp.errors import ArgumentError, ShapeError
 
 DT = torch.float64
 
@@ -83,8 +97,6 @@ def test_sequence_forms_differ_and_summed_is_named():
 
 def test_constant_node_rewrites_exactly():
     """Through the basis and back at every layer, the outputs stay the same (1e-10)."""
-    from wdecomp import hooks
-
     model = tanh_mlp()
     x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
     basis = interaction_basis(model, x, ["1", "3", "4"], drop_noninteracting=False)
@@ -152,3 +164,192 @@ def test_truncation_rib_keeps_by_absolute_value_as_ribs_eigendecompose():
         lam = rib[point].eigenvalues
         assert bool((lam >= 0).all()) and bool((lam[1:].diff() <= 0).all())
         assert bool((lam > 1e-15).all())
+
+
+# ----------------------------------------------------------------------------- rib's center: false
+def _mlp_data():
+    model = tanh_mlp()
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def _seq_data():
+    model = SeqMix().to(DT).eval()
+    return model, torch.randint(0, 7, (20, 3), generator=torch.Generator().manual_seed(2))
+
+
+def _mlp_acts(model, x):
+    f1 = model[1](model[0](x))
+    return {"1": f1.detach(), "3": model[3](model[2](f1)).detach()}
+
+
+def _seq_acts(model, t):
+    e = model.embed(t)
+    return {"embed": e.detach(), "act": model.act(torch.einsum("pq,bqd->bpd", model.K, model.lin1(e))).detach()}
+
+
+def assert_same_folded(lb, layer) -> None:
+    """rib's ``C`` (``(d+1, k)``, ``f_hat = [f, 1] @ C``) and ``C_pinv`` equal the folded maps ``[C | b]``
+    and ``[A; r]`` of the general form, up to the sign of each direction (relative to the largest entry)."""
+    C = to_np(torch.cat([lb.transform, lb.const_column[:, None]], 1))  # (k, d+1)
+    A = to_np(torch.cat([lb.inverse, lb.const_row[None]], 0))  # (d+1, k)
+    signs = np.sign(np.sum(C * layer.C.T, 1))
+    for got, ref in ((C * signs[:, None], layer.C.T), (A * signs[None], layer.C_pinv.T)):
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert err < 1e-10, err
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_rib_uncentred_equals_rib_on_mlp(duplicate):
+    """variant='rib-uncentred' is rib's center=false: coordinates, Lambda, C and C+ of the numpy
+    reference (rib_layer_uncentred) to 1e-10; no node is constant."""
+    model = tanh_mlp(duplicate=duplicate)
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    basis = interaction_basis(model, (x, None), ["1", "3", "4"], variant="rib-uncentred")
+    assert basis.info["center"] is False and basis.info["constant"] is True
+    ref, _, _ = rib_mlp(model, x, center=False)
+    for point, f in _mlp_acts(model, x).items():
+        layer, xr = ref[point]
+        lb = basis[point]
+        assert lb.constant is None and lb.center is None and lb.folded and lb.size == len(layer.Lambda)
+        assert_same_coordinates(lb.to_coordinates(f), xr @ layer.C, lb.eigenvalues, layer.Lambda)
+        assert_same_folded(lb, layer)
+    assert basis["1"].size == 6  # of the 7 folded directions: M' has rank 6 (5 tanh rows + the constant's)
+    assert not basis["4"].folded and torch.equal(basis["4"].transform, torch.eye(3, dtype=DT))
+
+
+def test_rib_uncentred_equals_rib_on_sequence_model():
+    model, t = _seq_data()
+    basis = interaction_basis(model, [(t[:12],), (t[12:],)], ["embed", "act", "lin2"], variant="rib-uncentred")
+    ref, _, _ = rib_seq(model, t, center=False)
+    for point, f in _seq_acts(model, t).items():
+        layer, xr = ref[point]
+        lb = basis[point]
+        assert lb.constant is None and lb.folded
+        assert_same_coordinates(lb.to_coordinates(f), xr.reshape(-1, xr.shape[-1]) @ layer.C, lb.eigenvalues,
+                                layer.Lambda)
+        assert_same_folded(lb, layer)
+
+
+def test_rib_uncentred_last_layer_is_ribs_identity_on_the_folded_activation():
+    """A last node layer that is not the output: rib's C = None on [f, 1], so c = [f; s] (the constant
+    last, no node marked constant); the layer before it is LIB of M' = E J^T J, J = d[f3; s]/d[f1; s]."""
+    model, x = _mlp_data()
+    basis = interaction_basis(model, x, ["1", "3"], variant="rib-uncentred")
+    acts = _mlp_acts(model, x)
+    lb = basis["3"]
+    assert lb.folded and lb.constant is None
+    assert np.array_equal(to_np(lb.to_coordinates(acts["3"])), _ones(to_np(acts["3"])))
+    _, J13x, _ = rib_mlp(model, x, center=False)
+    x1 = _ones(to_np(acts["1"]))
+    layer = rib_layer_uncentred(x1, m_dash(J13x(1.0)), THR)
+    assert_same_coordinates(basis["1"].to_coordinates(acts["1"]), x1 @ layer.C, basis["1"].eigenvalues, layer.Lambda)
+    assert_same_folded(basis["1"], layer)
+
+
+def test_rib_uncentred_pca_is_ribs_uncentred_svd():
+    """method='pca' in this mode is rib's basis_formula='svd' with center=false: C = U, the eigenvectors
+    of the Gram matrix of [f, 1], eigenvalues D."""
+    model, x = _mlp_data()
+    basis = interaction_basis(model, x, ["1", "3", "4"], method="pca", variant="rib-uncentred")
+    x1 = _ones(to_np(_mlp_acts(model, x)["1"]))
+    D, U = eigendecompose(x1.T @ x1 / len(x1))
+    assert_same_coordinates(basis["1"].to_coordinates(_mlp_acts(model, x)["1"]), x1 @ U, basis["1"].eigenvalues, D)
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_rib_uncentred_rewrites_exactly(seq, tmp_path):
+    """Through the basis and back at every layer, and as rewritten components (the embedding's folded
+    producer included), the model computes the same outputs (1e-10); s = r . c is 1 on the data; the
+    components save and load unchanged."""
+    from wdecomp.components import decompose, load_components
+
+    model, x = _seq_data() if seq else _mlp_data()
+    layers = ["embed", "act", "lin2"] if seq else ["1", "3", "4"]
+    basis = interaction_basis(model, x, layers, variant="rib-uncentred", drop_noninteracting=False)
+    ref = model(x)
+    acts = _seq_acts(model, x) if seq else _mlp_acts(model, x)
+    for point in layers[:-1]:
+        lb = basis[point]
+        assert float((lb.scale_of(lb.to_coordinates(acts[point])) - 1).abs().max()) < 1e-10
+        out, _ = hooks.run(model, x, write={point: lambda f, lb=lb: lb.from_coordinates(lb.to_coordinates(f))})
+        assert float((out - ref).abs().max()) < 1e-10
+    comps = decompose(model, basis, [(x, None)])
+    assert comps.verify(model, [(x, None)]) < 1e-10
+    loaded = load_components(comps.save(tmp_path / "c.safetensors"), model)
+    for point in layers:
+        a, b = basis[point], loaded.basis[point]
+        for name in ("transform", "inverse", "const_column", "const_row"):
+            u, v = getattr(a, name), getattr(b, name)
+            assert (u is None and v is None) or torch.equal(u, v)
+    assert loaded.verify(model, [(x, None)]) < 1e-10
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_rib_uncentred_pieces_remove_the_folded_coordinate(seq):
+    """Removing components S from the weights takes ``A_S c_S = A_S (C_S f + b_S)`` out of the activation:
+    on the consuming Linear (the MLP's '1') or the producing Embedding (the sequence model's 'embed')."""
+    from wdecomp.components import decompose
+
+    model, x = _seq_data() if seq else _mlp_data()
+    layers = ["embed", "act", "lin2"] if seq else ["1", "3", "4"]
+    basis = interaction_basis(model, x, layers, variant="rib-uncentred", drop_noninteracting=False)
+    comps = decompose(model, basis, [(x, None)])
+    point, idx = layers[0], [0, 2]
+    projected = comps.projected_model(model, keep=lambda c: not (c.layer == point and c.index in idx))
+    lb = basis[point]
+    i = torch.tensor(idx)
+
+    def removed(f):
+        return f - (f @ lb.transform[i].T + lb.const_column[i]) @ lb.inverse[:, i].T
+
+    expected, _ = hooks.run(model, x, write={point: removed})
+    assert float((projected(x) - expected).abs().max()) < 1e-10
+    assert float((expected - model(x)).abs().max()) > 1e-3  # the removal changes the outputs
+
+
+def test_rib_uncentred_activation_ablation_and_truncation():
+    """An activation edit of a folded basis is ``f - A_S (c_S(f) - c_S(f~))`` on ``f`` (the folded constant
+    stays 1 at the hook); compare's LIB-k keeps ``A_S (C_S f + b_S)``."""
+    from wdecomp.ablation.edits import BatchContext, activation_edit
+    from wdecomp.ablation.methods import get_method
+    from wdecomp.compare import truncation
+
+    model, x = _mlp_data()
+    basis = interaction_basis(model, x, ["1", "3", "4"], variant="rib-uncentred", drop_noninteracting=False)
+    lb, f = basis["1"], _mlp_acts(model, x)["1"]
+    idx = torch.tensor([1, 3, 4])
+    c = lb.to_coordinates(f)
+    mean = f.mean(0)
+    for name, stand in (("zero", torch.zeros_like(f)), ("mean", mean.expand_as(f))):
+        edit = activation_edit(lb, idx, get_method(name), mean, BatchContext(), DT, f.device)
+        c_new = c.clone()
+        c_new[:, idx] = lb.to_coordinates(stand)[:, idx]
+        assert float((edit(f) - lb.from_coordinates(c_new)).abs().max()) < 1e-12
+    keep = torch.argsort(lb.eigenvalues, descending=True)[:3]
+    c_k = torch.zeros_like(c)
+    c_k[:, keep] = c[:, keep]
+    assert float((truncation(lb, 3)(f) - lb.from_coordinates(c_k)).abs().max()) < 1e-12
+
+
+@pytest.mark.refuses("method='jacobian' with the constant folded in uncentred (variant='rib-uncentred', "
+                     "constant=True)", "the Jacobian control has no constant node and no folded form: "
+                     "ArgumentError says to pass constant=False")
+def test_jacobian_control_has_no_uncentred_folded_form():
+    model, x = _mlp_data()
+    with pytest.raises(ArgumentError, match="rib-uncentred"):
+        interaction_basis(model, x, ["1", "3", "4"], method="jacobian", variant="rib-uncentred", constant=True)
+    ctrl = interaction_basis(model, x, ["1", "3", "4"], method="jacobian", variant="rib-uncentred")
+    assert not any(ctrl[p].folded for p in ("1", "3"))  # without constant=True: the control, no constant
+
+
+@pytest.mark.refuses("a LayerBasis with only one of const_column / const_row, or with them and a centre",
+                     "the general folded form needs both (c = C f + b s, s = r . c) and has no centre: ShapeError")
+def test_general_folded_form_needs_both_maps():
+    eye, ones = torch.eye(2, dtype=DT), torch.ones(2, dtype=DT)
+    with pytest.raises(ShapeError, match="together"):
+        LayerBasis("x", eye, eye, ones, const_column=ones)
+    with pytest.raises(ShapeError, match="no constant node and no centre"):
+        LayerBasis("x", eye, eye, ones, center=ones, const_column=ones, const_row=ones)
+    with pytest.raises(ShapeError, match="expected"):
+        LayerBasis("x", eye, eye, ones, const_column=torch.ones(3, dtype=DT), const_row=ones)

@@ -87,3 +87,60 @@ def test_functional_edges_equal_rib_on_mlp():
         J = hat_jacobian(J13x(a), L1.C_pinv, L3.C)[:, 0, :, 0, :]  # (N, k3, k1)
         E += 2 * wm * np.einsum("ni,nij,nj->ij", h(1.0) - h(a), J, c)
     _close(g.attribution_matrix(0), E / len(x))
+
+
+# ----------------------------------------------------------------------------- rib's center: false
+@pytest.mark.parametrize("duplicate", [False, True])
+@pytest.mark.parametrize("steps", [None, 3])
+def test_rib_uncentred_squared_edges_equal_rib_on_mlp(duplicate, steps):
+    """variant='rib-uncentred': squared edges (gradient, and integrated gradients along rib's alpha [f; 1])
+    equal the numpy reference's with rib's center=false C, C+; no node is constant."""
+    model = tanh_mlp(duplicate=duplicate)
+    x = torch.randn(25, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
+    basis = interaction_basis(model, x, ["1", "3", "4"], variant="rib-uncentred")
+    kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
+    g = interaction_graph(model, x, basis, **kw)
+    ref, J13x, J34 = rib_mlp(model, x, center=False)
+    (L1, x1), (L3, x3) = ref["1"], ref["3"]
+    J13 = hat_jacobian(J13x(1.0), L1.C_pinv, L3.C) if steps is None else _integrated(J13x, L1.C_pinv, L3.C, steps)
+    _close(g.attribution_matrix(0), squared_edges(J13, (x1 @ L1.C)[:, None]))
+    _close(g.attribution_matrix(1), squared_edges(hat_jacobian(J34, L3.C_pinv, None), (x3 @ L3.C)[:, None]))
+    assert not any(c for _, c in g.nx.nodes(data="constant"))
+
+
+def test_rib_uncentred_squared_edges_equal_rib_on_sequence_model():
+    model = SeqMix().to(DT).eval()
+    t = torch.randint(0, 7, (16, 3), generator=torch.Generator().manual_seed(4))
+    basis = interaction_basis(model, t, ["embed", "act", "lin2"], variant="rib-uncentred")
+    ref, J1x, J2 = rib_seq(model, t, center=False)
+    (Le, xe), (La, xa) = ref["embed"], ref["act"]
+    for steps in (None, 2):
+        kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
+        g = interaction_graph(model, [(t[:9],), (t[9:],)], basis, **kw)
+        J1 = hat_jacobian(J1x(1.0), Le.C_pinv, La.C) if steps is None else _integrated(J1x, Le.C_pinv, La.C, steps)
+        _close(g.attribution_matrix(0), squared_edges(J1, xe @ Le.C))
+        _close(g.attribution_matrix(1), squared_edges(hat_jacobian(J2, La.C_pinv, None), xa @ La.C))
+
+
+def test_rib_uncentred_edge_ablation_keeps_no_edge_for_free():
+    """rib's always_keep_const_dir = center: False here, so keep_constant_edges frees no edge; with every
+    edge kept, the section through the folded basis (s = r . c carried) gives the original loss (1e-10)."""
+    import torch.nn.functional as F
+
+    from wdecomp.ablation.edges import _PairEval, edge_ablation
+    from wdecomp.bases.section import build_section
+    from wdecomp.objective import resolve_loss
+
+    model = tanh_mlp()
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(-1).detach()
+    basis = interaction_basis(model, x, ["1", "3", "4"], variant="rib-uncentred", drop_noninteracting=False)
+    res = edge_ablation(model, (x, y), basis, keep_constant_edges=True, metric="loss", tolerance=0.01,
+                        curve_points=0)
+    for pair, (s, t) in zip(res.pairs, (("1", "3"), ("3", "4"))):
+        assert pair.total_edges == basis[s].size * basis[t].size
+    original = float(F.cross_entropy(model(x), y).detach())
+    sec = build_section(model, x[:1], "1", "3", constant=True)
+    ev = _PairEval(model, basis["1"], basis["3"], sec, sec.target_axis, resolve_loss("cross_entropy"))
+    full = np.ones((basis["3"].size, basis["1"].size), dtype=bool)
+    assert abs(ev.score([(x, y)], full, all_kept=False)[0] - original) < 1e-10

@@ -11,7 +11,9 @@
   ``i``'s output weights). Component ``i``'s weight-space *piece* is what removing it
   (``c_i -> 0``) takes out of the weights: ``C^+_{:,i} C_{i,:} W`` and ``C^+_{:,i} C_{i,:} (b - mu)``
   on the producing side (or ``W' C^+_{:,i} C_{i,:}`` and ``-W' C^+_{:,i} C_{i,:} mu`` on the consuming
-  side when nothing linear produces the activation).
+  side when nothing linear produces the activation). A basis in the general folded form
+  (``c = C f + b``, ``f = A c``; rib's ``center: false``, ``variant="rib-uncentred"``) is rewritten
+  the same way with ``-C mu`` replaced by ``b`` and ``C^+`` by ``A`` (no bias on the way back).
 * **Conv nets** (a basis over the channels, axis 1, of a conv activation ``(B, d, *pixels)``, as
   :func:`~wdecomp.bases.interaction_basis` builds by default; every pixel is a position). The same
   folds act on the channel axis at every pixel: a producing ``Conv1d/2d/3d`` (one group) becomes one

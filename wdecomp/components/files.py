@@ -95,6 +95,9 @@ def write_basis(basis: Basis | CurvatureBasis, path: str | os.PathLike, adjacenc
             tensors[f"{i}/eigenvalues"] = lb.eigenvalues
             if lb.center is not None:
                 tensors[f"{i}/center"] = lb.center
+            if lb.const_column is not None and lb.const_row is not None:  # the general folded form
+                tensors[f"{i}/const_column"] = lb.const_column
+                tensors[f"{i}/const_row"] = lb.const_row
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta["tensors_fingerprint"] = _tensors_fingerprint(plain)
     meta["dtypes"] = {k: _dtype_name(v) for k, v in plain.items()}
@@ -261,11 +264,18 @@ def _basis_from(h: _Header, t: Mapping[str, Tensor]) -> Basis | CurvatureBasis:
             T = _tensor(h, t, f"{i}/transform", (None, None))
             k, d = T.shape
             center = _tensor(h, t, f"{i}/center", (d,)) if f"{i}/center" in t else None
-            extra = {"constant": float(constant)} if constant is not None else {}
+            extra: dict[str, Any] = {"constant": float(constant)} if constant is not None else {}
+            folded = {f"{i}/const_column", f"{i}/const_row"} & set(t)
+            if folded:
+                if len(folded) == 1 or center is not None or constant is not None:
+                    raise h.error(f"layer '{point}': const_column and const_row come together, without a centre "
+                                  "or constant node (the general folded form)")
+                extra.update(const_column=_tensor(h, t, f"{i}/const_column", (k,)),
+                             const_row=_tensor(h, t, f"{i}/const_row", (k,)))
             bases[point] = LayerBasis(point, T, _tensor(h, t, f"{i}/inverse", (d, k)),
                                       _tensor(h, t, f"{i}/eigenvalues", (k,)), center, methods[point], **extra)
             expected |= {f"{i}/transform", f"{i}/inverse", f"{i}/eigenvalues"} | ({f"{i}/center"} if center is not None
-                                                                                 else set())
+                                                                                 else set()) | folded
         basis = Basis(tuple(layers), bases, h.get("method", str, "a string"), sig, info)
     else:
         raise h.error(f"kind {kind!r} is neither 'activation' nor 'curvature'")

@@ -300,6 +300,7 @@ class Components(ComponentModel, Sequence[Component]):
         C_i = lb.transform[comp.index].to(torch.float64)
         P_i = lb.inverse[:, comp.index].to(torch.float64)
         mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros_like(P_i)
+        o_i = None if lb.const_column is None else lb.const_column[comp.index].to(torch.float64)  # c_i = C_i f + o_i
         adj = self.adjacency.get(comp.layer, {})
         axis = self.axes.get(comp.layer)
         out: dict[str, Tensor] = {}
@@ -308,24 +309,27 @@ class Components(ComponentModel, Sequence[Component]):
             m = resolve_module(model, producer)
             W = m.weight.detach().to(torch.float64)
             if isinstance(m, nn.Embedding):
-                out[f"{producer}.weight"] = torch.outer((W - mu) @ C_i, P_i)
+                read = (W - mu) @ C_i if o_i is None else W @ C_i + o_i
+                out[f"{producer}.weight"] = torch.outer(read, P_i)
             else:  # Linear (d, in) or convolution (d, in, *kernel): rows are output channels
                 out[f"{producer}.weight"] = torch.outer(P_i, C_i @ W.reshape(W.shape[0], -1)).reshape(W.shape)
                 if m.bias is not None:
-                    out[f"{producer}.bias"] = P_i * (C_i @ (m.bias.detach().to(torch.float64) - mu))
+                    b = m.bias.detach().to(torch.float64)
+                    out[f"{producer}.bias"] = P_i * (C_i @ (b - mu) if o_i is None else C_i @ b + o_i)
             return out
         for name in adj.get("consumers", []):
             m = resolve_module(model, name)
             Wp = m.weight.detach().to(torch.float64)
             col = torch.einsum("odr,d->or", _consumer_view(m, Wp, lb.dim, axis), P_i)
             out[f"{name}.weight"] = _consumer_back(m, torch.einsum("or,c->ocr", col, C_i), Wp, axis)
-            shift = float(C_i @ mu)
+            shift = float(C_i @ mu) if o_i is None else -float(o_i)
             if _is_conv(m) and shift != 0.0 and _mean_through_padding(m):
+                what = "centre's" if o_i is None else "folded constant's (variant='rib-uncentred')"
                 raise ShapeError(
                     f"component {comp.layer}[{comp.index}] is read by '{name}', which pads with zeros: the basis "
-                    "centre's contribution differs at the border and cannot be folded into its bias. Use a "
-                    "basis without a centre (center=False), padding_mode other than 'zeros', or ablate the "
-                    "activations instead (wd.ablate)")
+                    f"{what} contribution differs at the border and cannot be folded into its bias. Use a "
+                    "basis without a centre or constant (center=False, constant=False), padding_mode other than "
+                    "'zeros', or ablate the activations instead (wd.ablate)")
             if m.bias is not None:
                 out[f"{name}.bias"] = -col.sum(1) * shift
         return out
@@ -395,10 +399,10 @@ class Components(ComponentModel, Sequence[Component]):
             back = _along(_inverse_linear(lb, dtype), axis)
             if hp.side == "output":
                 folded = _fold_producer(inner, lb, dtype) if producer == hp.module else None
-                to = None if folded is not None else _along(_linear(lb.transform, _neg_center(lb), dtype), axis)
+                to = None if folded is not None else _along(_linear(lb.transform, _offset(lb), dtype), axis)
                 new: nn.Module = _InBasis(folded if folded is not None else inner, to, back)
             else:
-                new = _InBasisInput(inner, _along(_linear(lb.transform, _neg_center(lb), dtype), axis), back)
+                new = _InBasisInput(inner, _along(_linear(lb.transform, _offset(lb), dtype), axis), back)
             parent_name, _, child = hp.module.rpartition(".")
             setattr(resolve_module(clone, parent_name), child, new)
         return clone.eval()
@@ -443,7 +447,12 @@ class Components(ComponentModel, Sequence[Component]):
         return load_components(path, model, weights=weights)
 
 
-def _neg_center(lb: LayerBasis) -> Tensor | None:
+def _offset(lb: LayerBasis) -> Tensor | None:
+    """``o`` in ``c = C f + o`` at ``s = 1``: ``-C mu`` (a centred basis; a constant node's coordinate
+    is written as 0, it writes nothing back), the constant's column ``b`` (the general folded form,
+    rib's ``center: false``), or ``None``."""
+    if lb.const_column is not None:
+        return lb.const_column.to(torch.float64)
     return None if lb.center is None else -(lb.transform.to(torch.float64) @ lb.center.to(torch.float64))
 
 
@@ -462,22 +471,28 @@ def _inverse_linear(lb: LayerBasis, dtype: torch.dtype) -> nn.Linear:
 
 
 def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Module | None:
+    """``m`` with ``C`` folded into its outputs: ``C (W a + b - mu)``, or ``C (W a + b) + o`` in the
+    general folded form (``o``: the constant's column)."""
     C = lb.transform.to(torch.float64)
     mu = lb.center.to(torch.float64) if lb.center is not None else None
+    o = None if lb.const_column is None else lb.const_column.to(torch.float64)
     if isinstance(m, nn.Linear):
         W = m.weight.detach().to(torch.float64)
         b = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
         if mu is not None:
             b = b - mu
+        if o is not None:
+            return _linear(C @ W, C @ b + o, dtype)
         return _linear(C @ W, C @ b if (m.bias is not None or mu is not None) else None, dtype)
     if _is_conv(m):  # output channel i of the folded convolution is row i of C (W, b - mu)
         W = m.weight.detach().to(torch.float64)
         conv = copy.deepcopy(m).to(dtype)
         conv.out_channels = C.shape[0]
         conv.weight = nn.Parameter((C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:]).to(dtype))
-        if m.bias is not None or mu is not None:
+        if m.bias is not None or mu is not None or o is not None:
             b = torch.zeros(W.shape[0], dtype=torch.float64) if m.bias is None else m.bias.detach().to(torch.float64)
-            conv.bias = nn.Parameter((C @ (b - mu if mu is not None else b)).to(dtype))
+            cb = C @ (b - mu if mu is not None else b)
+            conv.bias = nn.Parameter((cb if o is None else cb + o).to(dtype))
         return conv
     if isinstance(m, nn.Embedding) and m.padding_idx is None and m.max_norm is None:
         E = m.weight.detach().to(torch.float64)
@@ -485,7 +500,7 @@ def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Modul
             E = E - mu
         emb = nn.Embedding(E.shape[0], C.shape[0]).to(dtype)
         with torch.no_grad():
-            emb.weight.copy_(E @ C.T)
+            emb.weight.copy_(E @ C.T if o is None else E @ C.T + o)
         return emb
     return None
 
@@ -586,18 +601,20 @@ def decompose(
         C = lb.transform.to(torch.float64)
         Cinv = lb.inverse.to(torch.float64)
         mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros(lb.dim, dtype=torch.float64)
+        o = None if lb.const_column is None else lb.const_column.to(torch.float64)  # c = C f + o
         adj = adjacency.get(point, {})
         rows: dict[str, Tensor] = {}
         producer = adj.get("producer")
         if producer is not None:
             m = resolve_module(model, producer)
             W = params[f"{producer}.weight"].detach().to(torch.float64)
-            if isinstance(m, nn.Embedding):
-                rows[f"{producer}.weight"] = ((W - mu) @ C.T).T  # (k, V): column i of (E - mu) C^T
+            if isinstance(m, nn.Embedding):  # (k, V): column i of (E - mu) C^T (or E C^T + o)
+                rows[f"{producer}.weight"] = ((W - mu) @ C.T).T if o is None else (W @ C.T + o).T
             else:  # (k, in) or (k, in, *kernel): output channel i of C W
                 rows[f"{producer}.weight"] = (C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:])
                 if getattr(m, "bias", None) is not None:
-                    rows[f"{producer}.bias"] = C @ (m.bias.detach().to(torch.float64) - mu)
+                    b = m.bias.detach().to(torch.float64)
+                    rows[f"{producer}.bias"] = C @ (b - mu) if o is None else C @ b + o
         for name in adj.get("consumers", []):
             m = resolve_module(model, name)
             Wp = params[f"{name}.weight"].detach().to(torch.float64)
