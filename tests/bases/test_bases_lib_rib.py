@@ -255,6 +255,12 @@ def test_rib_uncentred_pca_is_ribs_uncentred_svd():
     x1 = _ones(to_np(_mlp_acts(model, x)["1"]))
     D, U = eigendecompose(x1.T @ x1 / len(x1))
     assert_same_coordinates(basis["1"].to_coordinates(_mlp_acts(model, x)["1"]), x1 @ U, basis["1"].eigenvalues, D)
+    # rotate_final=True: the last node layer (not the output) is rotated the same way
+    last = interaction_basis(model, x, ["1", "3"], variant="rib-uncentred", rotate_final=True)["3"]
+    x3 = _ones(to_np(_mlp_acts(model, x)["3"]))
+    D, U = eigendecompose(x3.T @ x3 / len(x3))
+    assert last.folded and last.constant is None
+    assert_same_coordinates(last.to_coordinates(_mlp_acts(model, x)["3"]), x3 @ U, last.eigenvalues, D)
 
 
 @pytest.mark.parametrize("seq", [False, True])

@@ -48,10 +48,23 @@ output it also carries the constant ``s`` as node 0, as rib's non-output node la
 Named variants (select by ``variant=``; each option can also be set on its own):
 
 * ``"rib"`` (default): the above.
+* ``"rib-uncentred"``: rib's ``center: false`` (``center=False, constant=True``). The Gram matrix
+  of ``a = [f; s]`` itself, ``E a a^T = U D U^T`` (no centring matrix: rib's ``W = U``; the
+  constant is one more input column, so it mixes into the PCA directions), ``R = U D^{-1/2}``,
+  ``M = R^+ M' R^{+T}`` with ``M'`` as above, and no direction masked (``masked_eigendecompose``
+  with ``n_masked = 0``): ``M = V Lambda V^T`` whole, ``C = R V L``, ``C^+ = L^{-1} V^T R^+``
+  (``build_sorted_lambda_matrices``, ``ignore_first_n = 0``). Every coordinate is affine in
+  ``f``, ``c = Lambda^{1/2} V^T D^{-1/2} U^T [f; s]``, and no node is constant: the
+  :class:`~wdecomp.bases.base.LayerBasis` holds the general folded form (``const_column``,
+  ``const_row``). The last hook point (``rotate_final=False``, not the output) is the identity on
+  ``[f; s]`` (rib's ``C = None`` on the folded activation); ``rotate_final=True`` and
+  ``method="pca"`` give rib's uncentred ``svd``, ``C = U``. ``method="jacobian"`` with
+  ``constant=True`` is refused (that control has no folded form).
 * ``"wdecomp-uncentred"``: wdecomp before this version: uncentred Gram ``E f f^T``, no constant
   node, the Jacobian summed over source positions before the product
   (``M = 1/N sum_x (sum_p J_p)^T (sum_p J_p)``, ``sequence="summed"``), the last layer rotated to
-  PCA. Not a rib mode (rib's ``center=false`` keeps the constant mixed into the Gram matrix).
+  PCA. Not a rib mode (rib's ``center=false`` keeps the constant mixed into the Gram matrix:
+  ``"rib-uncentred"``).
 * ``"wdecomp-centred"``: as ``"wdecomp-uncentred"`` with centred activations; on the non-constant
   directions this equals ``"rib"`` for non-sequence models.
 
@@ -141,7 +154,8 @@ class LibOptions:
 
     Attributes:
         center: Centre the activations (rib's ``center``).
-        constant: Fold biases in as a constant node, first (needs ``center``).
+        constant: Fold biases in as a constant input: with ``center`` a constant node, first; without
+            it rib's uncentred mode (the constant mixed into every direction, ``"rib-uncentred"``).
         formula: rib's ``basis_formula``: ``"jacobian"``, ``"(1-0)*alpha"`` or ``"(1-alpha)^2"``.
         integration: Quadrature rule for ``M`` (rib's ``integration_method``): ``"gradient"`` or a
             rule of :func:`~wdecomp.bases.section.quadrature`.
@@ -448,10 +462,14 @@ def interaction_basis(
             see :mod:`wdecomp.batch`.
         layers: Hook points in forward order (``["embed", "mlp.act", "unembed"]``).
         method: ``"lib"``, ``"pca"`` (rib's ``"svd"``), ``"neuron"`` or ``"jacobian"`` (module docstring).
-        variant: ``"rib"`` (default; the paper's configuration), ``"wdecomp-uncentred"`` or
-            ``"wdecomp-centred"`` (:data:`VARIANTS`); the options below override it one by one.
+        variant: ``"rib"`` (default; the paper's configuration), ``"rib-uncentred"`` (rib's
+            ``center: false``: the Gram matrix of ``[f; 1]``, no masked direction, the constant mixed
+            into every direction; module docstring), ``"wdecomp-uncentred"`` or ``"wdecomp-centred"``
+            (:data:`VARIANTS`); the options below override it one by one.
         center: Centre the activations (``LayerBasis.center`` holds the mean).
-        constant: Constant node first (biases folded in; :mod:`wdecomp.bases.section`).
+        constant: Fold the biases in as a constant input (:mod:`wdecomp.bases.section`): with
+            ``center`` a constant node first, without it rib's uncentred form (``"rib-uncentred"``;
+            ``LayerBasis.const_column`` / ``const_row``, no constant node).
         formula: rib's ``basis_formula`` (:data:`FORMULAS`).
         integration: ``"gradient"`` or a quadrature rule for ``M`` (integrated-gradient M).
         steps: Quadrature nodes.
@@ -488,6 +506,7 @@ def interaction_basis(
         NonFiniteError: NaN or infinite activations or Jacobians.
         DataError: Malformed or empty data.
         DenseTooLargeError: Out of memory (names ``chunk_size`` / ``max_memory``).
+        ArgumentError: ``method="jacobian"`` with ``constant=True`` and ``center=False``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; choose from {METHODS}")
