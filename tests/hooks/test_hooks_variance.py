@@ -9,20 +9,16 @@ anything but an ``nn.LayerNorm`` is refused.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _rib_reference_ln import POINTS, LnResMLP
 from torch import nn
 
 from wdecomp import hooks
 from wdecomp.errors import SelectionError
 from wdecomp.hooks import HookPoint
 from wdecomp.models.transformer import Transformer, TransformerConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _rib_reference_ln import POINTS, LnResMLP  # noqa: E402
 
 DT = torch.float64
 TF_POINTS = ["blocks.0.ln1:variance@blocks.0:input", "blocks.0.ln2:variance@blocks.0.resid_mid",

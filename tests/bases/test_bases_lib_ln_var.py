@@ -1,0 +1,123 @@
+"""rib's layer-norm variance node (``isolate_ln_var``) at variance points equals rib's formulas,
+re-implemented independently in numpy (``tests/_rib_reference_ln.py``), on a residual MLP with
+LayerNorms (float64, nonzero biases and LayerNorm gains/biases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _rib_reference_ln import DT, POINTS, LnResMLP, rib_ln_model, to_np
+
+from wdecomp import hooks
+from wdecomp.bases import interaction_basis
+from wdecomp.models.transformer import Transformer, TransformerConfig
+
+
+def _inputs() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)  # per-example scales, so the variance varies
+    return torch.randn(40, 4, dtype=DT, generator=g) * torch.exp(0.7 * torch.randn(40, 1, dtype=DT, generator=g)) + 0.3
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _compare(lb, layer, X: np.ndarray, f: torch.Tensor) -> dict[str, float]:
+    """Relative differences of wdecomp's layer ``lb`` against rib's ``layer`` (rows ``X = [v, f, 1]``):
+    Lambdas, coordinates on the data and ``C^+`` (each direction up to sign)."""
+    d = X.shape[1] - 1
+    assert lb.size == len(layer.Lambda)
+    got = to_np(lb.to_coordinates(f.detach()))
+    ref = X @ layer.C
+    signs = np.sign(np.sum(got * ref, 0))
+    signs[signs == 0] = 1
+    Cp = layer.C_pinv * signs[:, None]  # (k, d+1)
+    ours = to_np(lb.inverse).T  # (k, d)
+    return {
+        "lambda": _rel(to_np(lb.eigenvalues), layer.Lambda),
+        "coordinates": _rel(got * signs, ref),
+        # C^+: the non-constant rows map coordinates back to [v, f]; the constant's row is 1 / constant
+        "inverse": _rel(ours[1:], Cp[1:, :d]),
+        "constant": abs(Cp[0, d] - 1 / lb.constant) * lb.constant,
+        "constant row": _rel(Cp[0, :d], to_np(lb.center) / lb.constant),
+    }
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_variance_node_equals_rib(affine):
+    model = LnResMLP(affine=affine)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS)
+    ref = rib_ln_model(model, x, isolate=True)
+    acts = hooks.run(model, x, read=POINTS[:3])[1]
+    assert basis.info["isolate_ln_var"] is True
+    assert basis.info["ln_variance_nodes"] == dict.fromkeys(POINTS[:3], 1)
+    for p in POINTS[:3]:
+        layer, X = ref[p]
+        lb = basis[p]
+        err = _compare(lb, layer, X, acts[p])
+        assert max(err.values()) < 1e-10, (p, err)
+        # the variance node (1, after the constant) reads the variance alone, and only it reads it:
+        # c_1 = Lambda_v^{1/2} (v - mu_v) / Cov_vv^{1/2}, rib's C[:, 1] = (that, 0, ..., 0)
+        T, Ci = to_np(lb.transform), to_np(lb.inverse)
+        assert not T[1, 1:].any() and not T[2:, 0].any()
+        assert not Ci[1:, 1].any() and not Ci[0, 2:].any()
+        np.testing.assert_allclose(T[1, 0], layer.C[0, 1], rtol=1e-10)
+        np.testing.assert_allclose(to_np(lb.eigenvalues)[1], layer.Lambda[1], rtol=1e-10)
+        cov_vv = X[:, 0].var()
+        np.testing.assert_allclose(T[1, 0], np.sqrt(layer.Lambda[1] / cov_vv), rtol=1e-10)
+    # the read-out is the model's output: its neurons, no constant node
+    assert basis["unembed"].constant is None
+
+
+def test_without_isolation_equals_rib_and_mixes_the_variance():
+    model = LnResMLP(affine=True)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS, isolate_ln_var=False)
+    ref = rib_ln_model(model, x, isolate=False)
+    acts = hooks.run(model, x, read=POINTS[:3])[1]
+    assert basis.info["ln_variance_nodes"] == {}
+    for p in POINTS[:3]:
+        layer, X = ref[p]
+        err = _compare(basis[p], layer, X, acts[p])
+        assert max(err.values()) < 1e-10, (p, err)
+        assert np.count_nonzero(to_np(basis[p].transform)[1:, 0]) > 1  # the variance is mixed in
+
+
+def test_rewriting_at_variance_points_leaves_the_outputs():
+    """``[v; f] -> C^+ C [v; f]`` at every variance point (the variance written back through the
+    split) changes the outputs only by the directions LIB dropped (the all-ones shift, which every
+    LayerNorm removes): to round-off."""
+    model = LnResMLP(affine=True)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS)
+    with torch.no_grad():
+        y = model(x)
+        write = {p: (lambda a, lb=basis[p]: lb.from_coordinates(lb.to_coordinates(a))) for p in POINTS[:3]}
+        out, _ = hooks.run(model, x, write=write)
+    assert float((out - y).abs().max() / y.abs().max()) < 1e-10
+
+
+def test_transformer_with_layer_norms_has_a_variance_node_per_point():
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(d_vocab=7, d_model=6, n_layers=1, n_heads=2, context=3)).to(DT).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    t = torch.randint(0, 7, (12, 3), generator=torch.Generator().manual_seed(2))
+    points = ["blocks.0.ln1:variance@blocks.0:input", "blocks.0.ln2:variance@blocks.0.resid_mid", "ln_f:variance",
+              "unembed"]
+    basis = interaction_basis(m, t, points)
+    assert basis.info["ln_variance_nodes"] == dict.fromkeys(points[:3], 1)
+    with torch.no_grad():
+        y = m(t)
+        write = {p: (lambda a, lb=basis[p]: lb.from_coordinates(lb.to_coordinates(a))) for p in points[:3]}
+        out, acts = hooks.run(m, t, read=points[:3], write=write)
+    for p in points[:3]:
+        T, Ci = to_np(basis[p].transform), to_np(basis[p].inverse)
+        assert T[1, 0] > 0 and not T[1, 1:].any() and not T[2:, 0].any() and not Ci[0, 2:].any()
+    assert float((out - y).abs().max() / y.abs().max()) < 1e-10
