@@ -32,15 +32,18 @@ def _integrated(Jfn, C_in_pinv, C_out, steps):
     return sum(wm * hat_jacobian(Jfn(a), C_in_pinv, C_out) for a, wm in zip(nodes, w))
 
 
+@pytest.mark.parametrize("variant", ["rib", "rib-uncentred"])
 @pytest.mark.parametrize("duplicate", [False, True])
 @pytest.mark.parametrize("steps", [None, 3])
-def test_squared_edges_equal_rib_on_mlp(duplicate, steps):
+def test_squared_edges_equal_rib_on_mlp(duplicate, steps, variant):
+    """Squared edges (gradient, and integrated gradients along rib's alpha [f; 1]) equal the reference's,
+    for rib's default and its center=false (variant='rib-uncentred', where no node is constant)."""
     model = tanh_mlp(duplicate=duplicate)
     x = torch.randn(25, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
-    basis = interaction_basis(model, x, ["1", "3", "4"])
+    basis = interaction_basis(model, x, ["1", "3", "4"], variant=variant)
     kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
     g = interaction_graph(model, x, basis, **kw)
-    ref, J13x, J34 = rib_mlp(model, x)
+    ref, J13x, J34 = rib_mlp(model, x, center=variant == "rib")
     (L1, x1), (L3, x3) = ref["1"], ref["3"]
     J13 = hat_jacobian(J13x(1.0), L1.C_pinv, L3.C) if steps is None else _integrated(J13x, L1.C_pinv, L3.C, steps)
     J34h = hat_jacobian(J34, L3.C_pinv, None)  # affine in [f; s]: its integral is itself
@@ -48,15 +51,16 @@ def test_squared_edges_equal_rib_on_mlp(duplicate, steps):
     _close(g.attribution_matrix(1), squared_edges(J34h, (x3 @ L3.C)[:, None]))
     # the constant node is marked; weight and attribution agree
     const = [n for n, c in g.nx.nodes(data="constant") if c]
-    assert const == ["L0_0", "L1_0"]
+    assert const == (["L0_0", "L1_0"] if variant == "rib" else [])
     assert all(d["weight"] == d["attribution"] for _, _, d in g.nx.edges(data=True))
 
 
-def test_squared_edges_equal_rib_on_sequence_model():
+@pytest.mark.parametrize("variant", ["rib", "rib-uncentred"])
+def test_squared_edges_equal_rib_on_sequence_model(variant):
     model = SeqMix().to(DT).eval()
     t = torch.randint(0, 7, (16, 3), generator=torch.Generator().manual_seed(4))
-    basis = interaction_basis(model, t, ["embed", "act", "lin2"])
-    ref, J1x, J2 = rib_seq(model, t)
+    basis = interaction_basis(model, t, ["embed", "act", "lin2"], variant=variant)
+    ref, J1x, J2 = rib_seq(model, t, center=variant == "rib")
     (Le, xe), (La, xa) = ref["embed"], ref["act"]
     for steps in (None, 2):
         kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
@@ -90,37 +94,6 @@ def test_functional_edges_equal_rib_on_mlp():
 
 
 # ----------------------------------------------------------------------------- rib's center: false
-@pytest.mark.parametrize("duplicate", [False, True])
-@pytest.mark.parametrize("steps", [None, 3])
-def test_rib_uncentred_squared_edges_equal_rib_on_mlp(duplicate, steps):
-    """variant='rib-uncentred': squared edges (gradient, and integrated gradients along rib's alpha [f; 1])
-    equal the numpy reference's with rib's center=false C, C+; no node is constant."""
-    model = tanh_mlp(duplicate=duplicate)
-    x = torch.randn(25, 4, dtype=DT, generator=torch.Generator().manual_seed(3))
-    basis = interaction_basis(model, x, ["1", "3", "4"], variant="rib-uncentred")
-    kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
-    g = interaction_graph(model, x, basis, **kw)
-    ref, J13x, J34 = rib_mlp(model, x, center=False)
-    (L1, x1), (L3, x3) = ref["1"], ref["3"]
-    J13 = hat_jacobian(J13x(1.0), L1.C_pinv, L3.C) if steps is None else _integrated(J13x, L1.C_pinv, L3.C, steps)
-    _close(g.attribution_matrix(0), squared_edges(J13, (x1 @ L1.C)[:, None]))
-    _close(g.attribution_matrix(1), squared_edges(hat_jacobian(J34, L3.C_pinv, None), (x3 @ L3.C)[:, None]))
-    assert not any(c for _, c in g.nx.nodes(data="constant"))
-
-
-def test_rib_uncentred_squared_edges_equal_rib_on_sequence_model():
-    model = SeqMix().to(DT).eval()
-    t = torch.randint(0, 7, (16, 3), generator=torch.Generator().manual_seed(4))
-    basis = interaction_basis(model, t, ["embed", "act", "lin2"], variant="rib-uncentred")
-    ref, J1x, J2 = rib_seq(model, t, center=False)
-    (Le, xe), (La, xa) = ref["embed"], ref["act"]
-    for steps in (None, 2):
-        kw = {} if steps is None else {"method": "integrated_gradients", "steps": steps}
-        g = interaction_graph(model, [(t[:9],), (t[9:],)], basis, **kw)
-        J1 = hat_jacobian(J1x(1.0), Le.C_pinv, La.C) if steps is None else _integrated(J1x, Le.C_pinv, La.C, steps)
-        _close(g.attribution_matrix(0), squared_edges(J1, xe @ Le.C))
-        _close(g.attribution_matrix(1), squared_edges(hat_jacobian(J2, La.C_pinv, None), xa @ La.C))
-
 
 def test_rib_uncentred_edge_ablation_keeps_no_edge_for_free():
     """rib's always_keep_const_dir = center: False here, so keep_constant_edges frees no edge; with every
