@@ -359,3 +359,53 @@ def test_general_folded_form_needs_both_maps():
         LayerBasis("x", eye, eye, ones, center=ones, const_column=ones, const_row=ones)
     with pytest.raises(ShapeError, match="expected"):
         LayerBasis("x", eye, eye, ones, const_column=torch.ones(3, dtype=DT), const_row=ones)
+
+
+def _conv_net(pad: int) -> torch.nn.Module:
+    """Conv2d -> ReLU -> Conv2d -> ReLU -> Flatten -> Linear, float64, on 1 x 6 x 6 images; the second
+    convolution 3 x 3 with zero padding (``pad=1``) or 1 x 1 without (the positions kept either way, so
+    the folded constant scales its bias pixel by pixel)."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1 + 2 * pad, padding=pad),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).to(DT).eval()
+
+
+@pytest.mark.parametrize("point", ["0", "1", "3"])
+def test_rib_uncentred_channel_components_rewrite_and_remove_exactly(point):
+    """A channel basis (every pixel a position) of a conv net: the rewrite (the producing convolution
+    folded to C W, C b + b_c) computes the same outputs (1e-10); removing component i in weight space
+    (producer conv '0', unpadded 1 x 1 consuming conv '1', Flatten -> Linear '3') equals writing
+    ``f - A_i (C_i f + b_i)`` at every pixel."""
+    from wdecomp.components import decompose
+
+    m = _conv_net(pad=0)
+    X = torch.randn(12, 1, 6, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
+    basis = interaction_basis(m, [(X, None)], ["0", "1", "3", "5"], variant="rib-uncentred",
+                              drop_noninteracting=False)
+    comps = decompose(m, basis, [(X, None)])
+    assert comps.verify(m, [(X, None)]) < 1e-10
+    lb, i = basis[point], 1
+    projected = comps.projected_model(m, keep=lambda c: (c.layer, c.index) != (point, i))
+    _, acts = hooks.run(m, X, read=[point])
+    f = acts[point]
+    coord = torch.einsum("c,bchw->bhw", lb.transform[i], f) + lb.const_column[i]
+    ref, _ = hooks.run(m, X, write={point: f - torch.einsum("c,bhw->bchw", lb.inverse[:, i], coord)})
+    assert float(coord.abs().max()) > 1e-3
+    assert float((projected(X) - ref).detach().abs().max()) < 1e-10 * float(ref.detach().abs().max())
+
+
+@pytest.mark.refuses("weight-space pieces of a rib-uncentred channel basis read by a zero-padded convolution",
+                     "the folded constant's contribution differs at the border and is no bias: ShapeError names "
+                     "the mode; the rewrite itself stays exact")
+def test_rib_uncentred_zero_padded_consumer_refuses_pieces_but_rewrites():
+    from wdecomp.components import decompose
+
+    m = _conv_net(pad=1)
+    X = torch.randn(12, 1, 6, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
+    basis = interaction_basis(m, [(X, None)], ["0", "1", "3", "5"], variant="rib-uncentred")
+    comps = decompose(m, basis, [(X, None)])
+    assert comps.verify(m, [(X, None)]) < 1e-10
+    with pytest.raises(ShapeError, match="rib-uncentred"):
+        comps.project(m)
