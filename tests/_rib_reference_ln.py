@@ -189,11 +189,11 @@ def _rows(v: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.concatenate([v[:, None], x, np.ones((len(x), 1))], 1)
 
 
-def rib_ln_model(model: LnResMLP, x: torch.Tensor, isolate: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
-    """rib's layers at the three variance points of ``model`` on inputs ``x`` ``(N, d)``: point ->
-    (layer, activation rows ``[var, f, 1]``). The read-out is the last node layer (not rotated)."""
+def _activations_and_jacobians(model: LnResMLP, x: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Rows ``[var, f, 1]`` at the three variance points and the Jacobians between them (the last to
+    the read-out's output)."""
     x0 = to_np(x)
-    N, d = x0.shape
+    d = x0.shape[1]
     v0 = _var(x0)
     x1, v1, J01 = _block_jacobian(model.blocks[0], x0, v0)
     x2, v2, J12 = _block_jacobian(model.blocks[1], x1, v1)
@@ -202,8 +202,29 @@ def rib_ln_model(model: LnResMLP, x: torch.Tensor, isolate: bool = True) -> dict
     _, Ju = _ln_out_jacobian(x2, v2, g, be, eps)
     J2o = np.einsum("od,ndk->nok", Wu, Ju)
     J2o[:, :, d + 1] += bu
-    X0, X1, X2 = _rows(v0, x0), _rows(v1, x1), _rows(v2, x2)
-    L2 = rib_layer_ln(X2, m_dash(J2o), isolate)
-    L1 = rib_layer_ln(X1, m_dash(np.einsum("nak,al->nlk", J12, L2.C)), isolate)
-    L0 = rib_layer_ln(X0, m_dash(np.einsum("nak,al->nlk", J01, L1.C)), isolate)
-    return {POINTS[0]: (L0, X0), POINTS[1]: (L1, X1), POINTS[2]: (L2, X2)}
+    return [_rows(v0, x0), _rows(v1, x1), _rows(v2, x2)], [J01, J12, J2o]
+
+
+def rib_ln_model(model: LnResMLP, x: torch.Tensor, isolate: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
+    """rib's layers at the three variance points of ``model`` on inputs ``x`` ``(N, d)``: point ->
+    (layer, activation rows ``[var, f, 1]``). The read-out is the last node layer (not rotated)."""
+    X, J = _activations_and_jacobians(model, x)
+    L2 = rib_layer_ln(X[2], m_dash(J[2]), isolate)
+    L1 = rib_layer_ln(X[1], m_dash(np.einsum("nak,al->nlk", J[1], L2.C)), isolate)
+    L0 = rib_layer_ln(X[0], m_dash(np.einsum("nak,al->nlk", J[0], L1.C)), isolate)
+    return {POINTS[0]: (L0, X[0]), POINTS[1]: (L1, X[1]), POINTS[2]: (L2, X[2])}
+
+
+def rib_ln_edges(model: LnResMLP, x: torch.Tensor, layers: dict[str, tuple[RibLayer, np.ndarray]]) -> list[np.ndarray]:
+    """rib's squared edges (``calc_edge_squared``, ``integration_method="gradient"``) between the
+    variance points and to the output: ``E_ij = 1/N sum_x (d f_hat_i / d f_hat_j  f_hat_j)^2``."""
+    X, J = _activations_and_jacobians(model, x)
+    Ls = [layers[p][0] for p in POINTS[:3]]
+    out = []
+    for i in range(3):
+        Jhat = np.einsum("nab,kb->nak", J[i], Ls[i].C_pinv)  # d x_out / d f_hat_in
+        if i < 2:
+            Jhat = np.einsum("nak,al->nlk", Jhat, Ls[i + 1].C)
+        f_hat = X[i] @ Ls[i].C
+        out.append(np.mean((Jhat * f_hat[:, None, :]) ** 2, 0))
+    return out

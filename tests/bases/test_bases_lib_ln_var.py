@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _rib_reference_ln import DT, POINTS, LnResMLP, rib_ln_model, to_np
+from _rib_reference_ln import DT, POINTS, LnResMLP, rib_ln_edges, rib_ln_model, to_np
 
 from wdecomp import hooks
 from wdecomp.bases import interaction_basis
+from wdecomp.graph import interaction_graph
 from wdecomp.models.transformer import Transformer, TransformerConfig
 
 
@@ -69,6 +70,40 @@ def test_variance_node_equals_rib(affine):
         np.testing.assert_allclose(T[1, 0], np.sqrt(layer.Lambda[1] / cov_vv), rtol=1e-10)
     # the read-out is the model's output: its neurons, no constant node
     assert basis["unembed"].constant is None
+
+
+def test_squared_edges_equal_rib():
+    """rib's squared edges (gradient) through the variance nodes: the graph built on the basis equals
+    the reference's, the variance node's edges included."""
+    model = LnResMLP(affine=True)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS)
+    g = interaction_graph(model, (x, None), basis)
+    ref = rib_ln_edges(model, x, rib_ln_model(model, x, isolate=True))
+    for i, E in enumerate(ref):
+        got = to_np(torch.as_tensor(g.attribution_matrix(i)))
+        assert got.shape == E.shape
+        assert _rel(got, E) < 1e-10, (i, _rel(got, E))
+        assert (E[:, 1] > 0).any()  # the variance node interacts
+
+
+def test_pca_keeps_the_variance_apart():
+    """``method="pca"`` (rib's ``svd`` basis, whose PCA is masked the same way): node 1 is ``v - mu_v``."""
+    model = LnResMLP(affine=True)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS, method="pca")
+    acts = hooks.run(model, x, read=POINTS[:3])[1]
+    assert basis.info["ln_variance_nodes"] == dict.fromkeys(POINTS[:3], 1)
+    for p in POINTS[:3]:
+        v = to_np(acts[p].detach())[:, 0]
+        c = to_np(basis[p].to_coordinates(acts[p].detach()))
+        assert _rel(c[:, 1], v - v.mean()) < 1e-12
+        assert not to_np(basis[p].transform)[2:, 0].any()
+    # the last layer rotated to PCA (rib's svd for the final node layer) keeps it apart too
+    last = interaction_basis(model, (x, None), POINTS[:3], rotate_final=True)["ln_f:variance"]
+    c = to_np(last.to_coordinates(acts["ln_f:variance"].detach()))
+    v = to_np(acts["ln_f:variance"].detach())[:, 0]
+    assert _rel(c[:, 1], v - v.mean()) < 1e-12
 
 
 def test_without_isolation_equals_rib_and_mixes_the_variance():
