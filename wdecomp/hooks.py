@@ -14,7 +14,7 @@ the variance first) with ``f`` the LayerNorm's input and ``v = mean_i (f_i - mea
 its input with the *given* ``v``: ``y = (f - mean f) / sqrt(max(v, 0) + eps) * weight + bias``
 (rib's ``LayerNormOut``, whose ``layer_norm(x, var + eps)`` sets a negative variance to 0 first), so
 writing an edited ``[v'; f']`` changes the output through ``v'`` exactly as rib's ``LayerNormOut``
-does, and Jacobians, sections and ablations see ``v`` as an input of their own. When the
+does, and sections, Jacobians and graphs see ``v`` as an input of their own. When the
 LayerNorm's input also feeds another path (the residual stream of a pre-LN transformer block),
 name the hook point that produces it: ``"blocks.0.ln1:variance@blocks.0:input"`` reads ``f`` at
 ``blocks.0:input`` and writes ``f'`` there, so the skip connection sees ``f'`` too (rib's
