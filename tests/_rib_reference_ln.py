@@ -8,7 +8,8 @@ folded bias last). With ``isolate_ln_var`` (``_calculate_one_interaction_rotatio
 of the centred activations is decomposed with coordinate 0 (the variance) masked
 (``masked_eigendecompose(G, 1)``), the constant moved first (``move_const_dir_first``), and ``M`` with
 ``n_masked = 2`` (constant and variance) masked; ``build_sorted_lambda_matrices`` sorts and truncates
-the rest. The model is a residual MLP with LayerNorms (``LnResMLP``) whose per-example Jacobians
+the rest (rib's ``eigendecompose``, ``move_const_dir_first`` and ``centering_matrix`` are taken from
+``tests/_rib_reference.py``). The model is a residual MLP with LayerNorms (``LnResMLP``) whose per-example Jacobians
 ``d x^{l+1} / d x^l`` between the variance points are written out by hand below.
 """
 
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from _rib_reference import centering_matrix, eigendecompose, move_const_dir_first, to_np
 from torch import nn
+
+from wdecomp.models.transformer import Transformer, TransformerConfig
 
 DT = torch.float64
 THR = 1e-10
@@ -31,14 +35,6 @@ class RibLayer:
     Lambda: np.ndarray  # (rib,)
 
 
-def eigendecompose(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """rib's ``eigendecompose``: |eigenvalues|, descending."""
-    vals, vecs = np.linalg.eigh(A)
-    vals = np.abs(vals)
-    order = np.argsort(-vals, kind="stable")
-    return vals[order], vecs[:, order]
-
-
 def masked_eigendecompose(A: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """rib's ``masked_eigendecompose``: the first ``n`` rows/columns kept apart."""
     sub_vals, sub_vecs = eigendecompose(A[n:, n:])
@@ -46,20 +42,6 @@ def masked_eigendecompose(A: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
     vecs[:n, :n] = np.eye(n)
     vecs[n:, n:] = sub_vecs
     return np.concatenate([np.diag(A)[:n], sub_vals]), vecs
-
-
-def move_const_dir_first(D: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    is_const = (np.abs(U[-1, :]) > 1e-6) & (np.abs(D) > 1e-6)
-    assert is_const.sum() == 1
-    i = int(np.nonzero(is_const)[0][0])
-    order = [i] + [j for j in range(len(D)) if j != i]
-    return D[order], U[:, order]
-
-
-def centering_matrix(mean: np.ndarray, inverse: bool = False) -> np.ndarray:
-    S = np.eye(len(mean))
-    S[-1, :-1] = mean[:-1] if inverse else -mean[:-1]
-    return S
 
 
 def rib_layer_ln(x: np.ndarray, M_dash: np.ndarray, isolate: bool, rel_threshold: float = THR) -> RibLayer:
@@ -130,11 +112,21 @@ class LnResMLP(nn.Module):
         return self.unembed(self.ln_f(x))
 
 
+def ln_transformer(n_layers: int = 2, d_model: int = 8) -> Transformer:
+    """wdecomp's ``Transformer`` with LayerNorms (float64), gains and biases moved off 1 and 0."""
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(d_vocab=7, d_model=d_model, n_layers=n_layers, n_heads=2, context=4))
+    m = m.to(DT).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return m
+
+
 POINTS = ["blocks.0.ln:variance@blocks.0:input", "blocks.1.ln:variance@blocks.1:input", "ln_f:variance", "unembed"]
-
-
-def to_np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy().astype(np.float64)
 
 
 def _ln_params(ln: nn.LayerNorm, d: int) -> tuple[np.ndarray, np.ndarray, float]:

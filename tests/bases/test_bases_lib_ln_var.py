@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _rib_reference_ln import DT, POINTS, LnResMLP, rib_ln_edges, rib_ln_model, to_np
+from _rib_reference_ln import DT, POINTS, LnResMLP, ln_transformer, rib_ln_edges, rib_ln_model, to_np
 
 from wdecomp import hooks
 from wdecomp.bases import interaction_basis
 from wdecomp.graph import interaction_graph
-from wdecomp.models.transformer import Transformer, TransformerConfig
 
 
 def _inputs() -> torch.Tensor:
@@ -135,15 +134,8 @@ def test_rewriting_at_variance_points_leaves_the_outputs():
 
 
 def test_transformer_with_layer_norms_has_a_variance_node_per_point():
-    torch.manual_seed(0)
-    m = Transformer(TransformerConfig(d_vocab=7, d_model=6, n_layers=1, n_heads=2, context=3)).to(DT).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "ln" in name:
-                p.add_(0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn_like(p))
-    t = torch.randint(0, 7, (12, 3), generator=torch.Generator().manual_seed(2))
+    m = ln_transformer(n_layers=1, d_model=6)
+    t = torch.randint(0, 7, (12, 4), generator=torch.Generator().manual_seed(2))
     points = ["blocks.0.ln1:variance@blocks.0:input", "blocks.0.ln2:variance@blocks.0.resid_mid", "ln_f:variance",
               "unembed"]
     basis = interaction_basis(m, t, points)

@@ -12,13 +12,12 @@ import math
 
 import pytest
 import torch
-from _rib_reference_ln import POINTS, LnResMLP
+from _rib_reference_ln import POINTS, LnResMLP, ln_transformer
 from torch import nn
 
 from wdecomp import hooks
 from wdecomp.errors import SelectionError
 from wdecomp.hooks import HookPoint
-from wdecomp.models.transformer import Transformer, TransformerConfig
 
 DT = torch.float64
 TF_POINTS = ["blocks.0.ln1:variance@blocks.0:input", "blocks.0.ln2:variance@blocks.0.resid_mid",
@@ -31,15 +30,7 @@ def _inputs() -> torch.Tensor:
 
 
 def _transformer() -> tuple[nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    m = Transformer(TransformerConfig(d_vocab=7, d_model=8, n_layers=2, n_heads=2, context=4)).to(DT).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "ln" in name:
-                p.add_(0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn_like(p))
-    return m, torch.randint(0, 7, (5, 4), generator=torch.Generator().manual_seed(4))
+    return ln_transformer(), torch.randint(0, 7, (5, 4), generator=torch.Generator().manual_seed(4))
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
