@@ -44,23 +44,28 @@ def masked_eigendecompose(A: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([np.diag(A)[:n], sub_vals]), vecs
 
 
-def rib_layer_ln(x: np.ndarray, M_dash: np.ndarray, isolate: bool, rel_threshold: float = THR) -> RibLayer:
-    """One centred ``jacobian``-formula layer at a ``ln*_out`` node layer from rows ``x = [var, f, 1]``.
+def rib_layer_ln(x: np.ndarray, M_dash: np.ndarray, isolate: bool, center: bool = True,
+                 rel_threshold: float = THR) -> RibLayer:
+    """One ``jacobian``-formula layer at a ``ln*_out`` node layer from rows ``x = [var, f, 1]``
+    (``center``: rib's option; without it no centring matrix, no constant moved first, and only the
+    variance masked).
 
     ``rel_threshold`` plays rib's ``truncation_threshold``, relative to the largest eigenvalue.
     """
     mean = x.mean(0)
-    Y, Y_inv = centering_matrix(mean), centering_matrix(mean, inverse=True)
+    Y = centering_matrix(mean) if center else np.eye(len(mean))
+    Y_inv = centering_matrix(mean, inverse=True) if center else np.eye(len(mean))
     xc = x @ Y
     G = xc.T @ xc / len(x)
     D, U = masked_eigendecompose(G, 1) if isolate else eigendecompose(G)
-    D, U = move_const_dir_first(D, U)
+    if center:
+        D, U = move_const_dir_first(D, U)
     keep = D > rel_threshold * D.max()
     D, U = D[keep], U[:, keep]
     R = Y @ U @ np.diag(1 / np.sqrt(D))
     R_pinv = np.diag(np.sqrt(D)) @ U.T @ Y_inv
     M = R_pinv @ M_dash @ R_pinv.T
-    n_masked = 2 if isolate else 1
+    n_masked = int(center) + int(isolate)
     Lam, V = masked_eigendecompose(M, n_masked)
     # build_sorted_lambda_matrices(ignore_first_n=n_masked): the rest is already sorted; truncate it
     keep = np.abs(Lam) > rel_threshold * np.abs(Lam).max()
@@ -197,13 +202,14 @@ def _activations_and_jacobians(model: LnResMLP, x: torch.Tensor) -> tuple[list[n
     return [_rows(v0, x0), _rows(v1, x1), _rows(v2, x2)], [J01, J12, J2o]
 
 
-def rib_ln_model(model: LnResMLP, x: torch.Tensor, isolate: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
+def rib_ln_model(model: LnResMLP, x: torch.Tensor, isolate: bool = True,
+                 center: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
     """rib's layers at the three variance points of ``model`` on inputs ``x`` ``(N, d)``: point ->
     (layer, activation rows ``[var, f, 1]``). The read-out is the last node layer (not rotated)."""
     X, J = _activations_and_jacobians(model, x)
-    L2 = rib_layer_ln(X[2], m_dash(J[2]), isolate)
-    L1 = rib_layer_ln(X[1], m_dash(np.einsum("nak,al->nlk", J[1], L2.C)), isolate)
-    L0 = rib_layer_ln(X[0], m_dash(np.einsum("nak,al->nlk", J[0], L1.C)), isolate)
+    L2 = rib_layer_ln(X[2], m_dash(J[2]), isolate, center)
+    L1 = rib_layer_ln(X[1], m_dash(np.einsum("nak,al->nlk", J[1], L2.C)), isolate, center)
+    L0 = rib_layer_ln(X[0], m_dash(np.einsum("nak,al->nlk", J[0], L1.C)), isolate, center)
     return {POINTS[0]: (L0, X[0]), POINTS[1]: (L1, X[1]), POINTS[2]: (L2, X[2])}
 
 

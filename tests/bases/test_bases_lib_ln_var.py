@@ -119,6 +119,32 @@ def test_without_isolation_equals_rib_and_mixes_the_variance():
         assert np.count_nonzero(to_np(basis[p].transform)[1:, 0]) > 1  # the variance is mixed in
 
 
+def test_uncentred_variance_node_equals_rib():
+    """rib's ``center: false`` (``variant="rib-uncentred"``) with ``isolate_ln_var``: only the variance is
+    masked (node 0; the constant mixed into the others): coordinates, Lambdas, ``C^+`` and the row
+    that recovers ``s`` equal rib's."""
+    model = LnResMLP(affine=True)
+    x = _inputs()
+    basis = interaction_basis(model, (x, None), POINTS, variant="rib-uncentred")
+    ref = rib_ln_model(model, x, isolate=True, center=False)
+    acts = hooks.run(model, x, read=POINTS[:3])[1]
+    assert basis.info["ln_variance_nodes"] == dict.fromkeys(POINTS[:3], 0)
+    for p in POINTS[:3]:
+        layer, X = ref[p]
+        lb = basis[p]
+        d = X.shape[1] - 1
+        got = to_np(lb.to_coordinates(acts[p].detach()))
+        want = X @ layer.C
+        signs = np.sign(np.sum(got * want, 0))
+        Cp = layer.C_pinv * signs[:, None]
+        assert _rel(to_np(lb.eigenvalues), layer.Lambda) < 1e-10
+        assert _rel(got * signs, want) < 1e-10
+        assert _rel(to_np(lb.inverse).T, Cp[:, :d]) < 1e-10
+        assert _rel(to_np(lb.const_row), Cp[:, d]) < 1e-10
+        T = to_np(lb.transform)
+        assert not T[0, 1:].any() and not T[1:, 0].any() and lb.const_column[0] == 0  # node 0 reads v alone
+
+
 def test_rewriting_at_variance_points_leaves_the_outputs():
     """``[v; f] -> C^+ C [v; f]`` at every variance point (the variance written back through the
     split) changes the outputs only by the directions LIB dropped (the all-ones shift, which every
