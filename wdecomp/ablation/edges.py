@@ -244,7 +244,9 @@ def edge_ablation(
         loss: Loss name or callable (:func:`wdecomp.objective.resolve_loss`).
         metric: ``"accuracy"`` or ``"loss"``.
         tolerance: Allowed accuracy drop (``"accuracy"``) or loss rise (``"loss"``).
-        keep_constant_edges: Keep the constant node's edges for free (rib's ``always_keep_const_dir``).
+        keep_constant_edges: Keep the constant node's edges for free (rib's ``always_keep_const_dir``,
+            which rib sets to ``center``): a basis without a constant node, such as
+            ``variant="rib-uncentred"``, frees none.
         curve_points: Extra log-spaced edge counts evaluated for the curve.
         layers: A subsequence of ``basis.layers`` (default all).
         law: A scaling law for the compute-equivalent column (:mod:`wdecomp.scaling`), or ``None``.
