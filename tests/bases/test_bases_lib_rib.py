@@ -274,16 +274,16 @@ def test_rib_uncentred_pca_is_ribs_uncentred_svd():
 
 @pytest.mark.parametrize("seq", [False, True])
 def test_rib_uncentred_rewrites_exactly(seq, tmp_path):
-    """Through the basis and back at every layer, and as rewritten components (the embedding's folded
-    producer included), the model computes the same outputs (1e-10); s = r . c is 1 on the data; the
-    components save and load unchanged."""
+    """Through the basis and back at every layer, and as rewritten components (the folded producers, the
+    MLP's Linear '2' and the sequence model's embedding, included), the model computes the same outputs
+    (1e-10); s = r . c is 1 on the data; the components save and load unchanged."""
     from wdecomp.components import decompose, load_components
 
     model, x = _seq_data() if seq else _mlp_data()
-    layers = ["embed", "act", "lin2"] if seq else ["1", "3", "4"]
+    layers = ["embed", "act", "lin2"] if seq else ["1", "2", "3", "4"]
     basis = interaction_basis(model, x, layers, variant="rib-uncentred", drop_noninteracting=False)
     ref = model(x)
-    acts = _seq_acts(model, x) if seq else _mlp_acts(model, x)
+    acts = hooks.run(model, x, read=layers)[1]
     for point in layers[:-1]:
         lb = basis[point]
         assert float((lb.scale_of(lb.to_coordinates(acts[point])) - 1).abs().max()) < 1e-10
@@ -300,17 +300,19 @@ def test_rib_uncentred_rewrites_exactly(seq, tmp_path):
     assert loaded.verify(model, [(x, None)]) < 1e-10
 
 
-@pytest.mark.parametrize("seq", [False, True])
-def test_rib_uncentred_pieces_remove_the_folded_coordinate(seq):
+@pytest.mark.parametrize("seq, point", [(False, "1"), (False, "2"), (True, "embed")])
+def test_rib_uncentred_pieces_remove_the_folded_coordinate(seq, point):
     """Removing components S from the weights takes ``A_S c_S = A_S (C_S f + b_S)`` out of the activation:
-    on the consuming Linear (the MLP's '1') or the producing Embedding (the sequence model's 'embed')."""
+    on the consuming Linear (the MLP's '1'), the producing Linear with its bias (the MLP's '2') or the
+    producing Embedding (the sequence model's 'embed')."""
     from wdecomp.components import decompose
 
     model, x = _seq_data() if seq else _mlp_data()
-    layers = ["embed", "act", "lin2"] if seq else ["1", "3", "4"]
+    layers = ["embed", "act", "lin2"] if seq else ["1", "2", "3", "4"]
     basis = interaction_basis(model, x, layers, variant="rib-uncentred", drop_noninteracting=False)
     comps = decompose(model, basis, [(x, None)])
-    point, idx = layers[0], [0, 2]
+    assert comps.adjacency[point]["producer" if point != "1" else "consumers"]
+    idx = [0, 2]
     projected = comps.projected_model(model, keep=lambda c: not (c.layer == point and c.index in idx))
     lb = basis[point]
     i = torch.tensor(idx)
