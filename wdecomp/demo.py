@@ -212,9 +212,17 @@ def train_demo_models(quick: bool = False, progress: bool | None = None) -> None
     _char_sweep(quick, progress)
 
 
+def train_reference_models(progress: bool | None = None) -> None:
+    """Train (or load) the models that tests and benchmarks read besides the demo's: the p = 113
+    modular MLP trained through its cleanup phase (``modular_addition(patience=None)``, 3,000 steps),
+    whose LIB directions ``tests/bases/test_bases_lib_modular.py`` checks for Fourier concentration."""
+    modular_addition(patience=None, progress=progress)
+
+
 def ship_models(dest: str | Path | None = None, progress: bool | None = None) -> list[Path]:
-    """Train the full demo's models from scratch into a fresh cache and copy the entries to
-    ``dest`` (default: the package's shipped folder). Returns the files written."""
+    """Train the full demo's models and :func:`train_reference_models` from scratch into a fresh
+    cache and copy the entries to ``dest`` (default: the package's shipped folder). Returns the
+    files written."""
     import os
     import shutil
     import tempfile
@@ -227,6 +235,7 @@ def ship_models(dest: str | Path | None = None, progress: bool | None = None) ->
         os.environ.update(WDECOMP_CACHE=tmp, WDECOMP_SHIPPED="0")
         try:
             train_demo_models(quick=False, progress=progress)
+            train_reference_models(progress=progress)
         finally:
             for k, v in saved.items():
                 if v is None:

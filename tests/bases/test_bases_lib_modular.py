@@ -187,6 +187,42 @@ def test_fourier_structure_of_lib_on_the_shipped_modular_mlp():
     np.testing.assert_allclose([share for share, _ in wide], [0.9902, 0.9899], atol=2e-3)
 
 
+def test_fourier_concentration_of_lib_holds_per_group_on_the_modular_mlp_trained_through_cleanup():
+    """The issue's ">= 0.99" on the p = 113 modular MLP trained on past its first 100% test accuracy, through
+    the cleanup phase (``modular_addition(patience=None)``: 3,000 steps instead of 450; shipped), with the
+    basis built as the paper builds it: default configuration, on the whole training split (6,384 pairs).
+
+    The constant node carries the largest Lambda. The top 6 non-constant embedding directions are the
+    cosine/sine pairs of frequencies 36, 38 and 56. Directions 3-6 have Lambdas within 1.2%, 1.8% and 6% of
+    each other (one group at the 10% gap chosen from split-half stability, docs/concepts/lib-variants.md):
+    inside it frequencies 38 and 56 mix, so per direction the concentration drops to 0.958. Per group
+    (``subspace_concentration``, invariant under rotations inside the group) both groups are >= 0.99:
+    0.9951 on frequency 36 and 0.9943 on 38 and 56. The same measure on the early-stopped shipped MLP
+    gives 0.986 (docs); of the cleaned-up seeds 0, 1, 2 (``benchmarks/lib_rib_modular.py --cleanup``) seed 1
+    stays below at 0.988 (its pair on frequency 42 mixes with the next pair, 11.9% away).
+    """
+    bundle = modular_addition(p=113, arch="mlp", dtype=DT, progress=False, patience=None)
+    assert bundle.config["max_steps"] == 3000 and bundle.metrics["train_steps"] == 3000
+    assert bundle.metrics["test_accuracy"] == 1.0
+    model = bundle.model
+    lb = interaction_basis(model, bundle.data, ["embed", "mlp.act", "unembed"])["embed"]
+    assert lb.constant is not None and float(lb.eigenvalues[0]) > float(lb.eigenvalues[1:].max())
+    T = lb.to_coordinates(model.embed.weight.detach())[:, 1:]
+    lam = lb.eigenvalues[1:]
+    np.testing.assert_allclose(lam[:6].numpy(), [632.14, 621.33, 489.86, 483.80, 474.93, 446.53], rtol=2e-3)
+    per = [fourier_concentration(T[:, i]) for i in range(6)]
+    assert [w for _, w in per] == [36, 36, 56, 38, 38, 56]
+    np.testing.assert_allclose([c for c, _ in per], [0.9960, 0.9942, 0.9723, 0.9576, 0.9885, 0.9828], atol=2e-3)
+    assert min(c for c, _ in per) < 0.99  # per direction: not >= 0.99
+
+    groups = lambda_groups(lam, 6, 0.1)
+    assert groups == [[0, 1], [2, 3, 4, 5]]
+    scored = [subspace_concentration(T[:, g]) for g in groups]
+    assert [sorted(f) for _, f in scored] == [[36], [38, 56]]
+    np.testing.assert_allclose([share for share, _ in scored], [0.9951, 0.9943], atol=1e-3)
+    assert min(share for share, _ in scored) >= 0.99  # per group: >= 0.99
+
+
 def test_benchmark_fourier_report_lists_position_directions_apart_and_scores_groups():
     """benchmarks/lib_rib_modular.py's fourier_report on made-up directions (p = 31): a position
     direction (1% of its variance within positions), a pure frequency, and a near-degenerate pair made of

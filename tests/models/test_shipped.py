@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wdecomp.demo import FULL_BATCH, FULL_CONTEXT, FULL_SWEEP, train_demo_models
+from wdecomp.demo import FULL_BATCH, FULL_CONTEXT, FULL_SWEEP, train_demo_models, train_reference_models
 from wdecomp.models import cache as mcache
 from wdecomp.models import char_transformer, toy_superposition
 from wdecomp.models.training import cross_entropy, evaluate
@@ -27,8 +27,9 @@ def empty_cache(tmp_path, monkeypatch):
 
 def test_every_model_the_full_demo_uses_is_shipped_and_verifies():
     train_demo_models(quick=False, progress=False)  # raises if any model would be trained
+    train_reference_models(progress=False)
     sidecars = sorted(mcache.shipped_dir().glob("*.json"))
-    assert len(sidecars) == 2 + len(FULL_SWEEP) * 2  # modular, toy, and the char staircase
+    assert len(sidecars) == 3 + len(FULL_SWEEP) * 2  # modular (early-stopped, cleaned up), toy, the char staircase
     for f in sidecars:
         meta = json.loads(f.read_text())
         assert meta["code_version"] == mcache.CODE_VERSION

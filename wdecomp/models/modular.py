@@ -124,7 +124,7 @@ def modular_addition(
     lr: float | None = None,
     weight_decay: float | None = None,
     max_steps: int | None = None,
-    patience: int = 2,
+    patience: int | None = 2,
     train: bool = True,
     cache: bool = True,
     progress: bool | None = None,
@@ -136,7 +136,11 @@ def modular_addition(
     is measured; training stops once it has been 100% at ``patience`` consecutive checks, or
     after ``max_steps``. (Using the test split as a stopping rule is deliberate: the point of
     this model is a network known to implement the general algorithm.) The stored metrics say
-    whether it got there.
+    whether it got there. ``patience=None`` never stops early: the model trains all
+    ``max_steps``, past the point where it first generalises, through the *cleanup* phase in
+    which weight decay removes what the memorising solution left in the weights (Nanda et al.
+    2023, "Progress measures for grokking via mechanistic interpretability", arXiv 2301.05217,
+    sec. 5).
 
     Args:
         p: modulus (113 in the papers).
@@ -150,7 +154,7 @@ def modular_addition(
         lr: AdamW learning rate (defaults 1e-2 / 3e-3).
         weight_decay: AdamW weight decay (default 1.0).
         max_steps: step limit (defaults 3000 / 4000).
-        patience: consecutive 100%-test-accuracy checks needed to stop.
+        patience: consecutive 100%-test-accuracy checks needed to stop; ``None``: never stop early.
         train: ``False`` returns the untrained (seeded) initialisation.
         cache: load/store trained weights in the cache.
         progress: progress bar on/off; ``None`` shows it only on a terminal.
@@ -198,7 +202,7 @@ def modular_addition(
 
             def check(step: int) -> bool:
                 streak[0] = streak[0] + 1 if accuracy(model, test) == 1.0 else 0
-                return streak[0] >= patience
+                return patience is not None and streak[0] >= patience
 
             log = train_loop(
                 model, cross_entropy, full_batch(x_tr, y_tr), steps=max_steps, lr=lr,
