@@ -226,6 +226,11 @@ def main() -> None:
                         help="add this number to every unembedding bias (the same softmax, loss and accuracy), or "
                              "'center' to remove the uniform part of the mean logits over the training data")
     parser.add_argument("--skip-ablation", action="store_true", help="basis and Fourier checks only")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="wdecomp's models (--arch mlp/transformer): train all max_steps, through the cleanup "
+                             "phase (modular_addition(patience=None)) instead of stopping at 100%% test accuracy")
+    parser.add_argument("--seed", type=int, default=0, help="wdecomp's models: the split, initialisation and "
+                        "training seed")
     parser.add_argument("--plot", default=None, help="write the module plot here (.png)")
     parser.add_argument("--json", default=None, help="write the numbers here")
     args = parser.parse_args()
@@ -244,7 +249,8 @@ def main() -> None:
         out["model"] = f"rib checkpoint {args.rib_checkpoint}"
         layers = list(RIB_LAYERS.values())
     else:
-        bundle = modular_addition(p=args.p, arch=args.arch, dtype=torch.float64, progress=False)
+        bundle = modular_addition(p=args.p, arch=args.arch, dtype=torch.float64, progress=False, seed=args.seed,
+                                  patience=None if args.cleanup else 2)
         model, data, test = bundle.model, bundle.data, bundle.test
         (x_tr, y_tr), (x_te, y_te) = data[0], test[0]
         out["model"] = f"wdecomp modular_addition(arch={args.arch}) {bundle.config}"
