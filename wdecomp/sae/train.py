@@ -103,10 +103,24 @@ def hook_activations(
         epoch += 1
 
 
-def _tensor_source(X: Tensor, seed: int) -> Iterator[Tensor]:
+def _tensor_batches(X: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Minibatches of ``batch_size`` rows of ``X`` in the order of a seeded permutation drawn anew
+    each epoch, a minibatch that crosses an epoch's end continuing into the next permutation. Each
+    minibatch is gathered on its own (no permuted copy of ``X`` per epoch)."""
     g = torch.Generator().manual_seed(int(seed))
+    n = X.shape[0]
+    perm = torch.randperm(n, generator=g).to(X.device)
+    at = 0
     while True:
-        yield X[torch.randperm(X.shape[0], generator=g).to(X.device)]
+        if at + batch_size <= n:
+            idx = perm[at:at + batch_size]
+            at += batch_size
+        else:  # the rest of this epoch, then the start of the next
+            rest = perm[at:]
+            perm = torch.randperm(n, generator=g).to(X.device)
+            at = batch_size - rest.shape[0]
+            idx = torch.cat([rest, perm[:at]])
+        yield X.index_select(0, idx)
 
 
 def _check_finite(chunk: Tensor) -> None:
@@ -116,13 +130,13 @@ def _check_finite(chunk: Tensor) -> None:
         raise NonFiniteError("the activations contain NaN or infinite values; an SAE cannot be fitted to them")
 
 
-def _minibatches(source: Iterator[Tensor], batch_size: int, checked: bool = False) -> Iterator[Tensor]:
-    """Cut a stream of chunks into minibatches of exactly ``batch_size`` rows (each chunk checked
-    for NaN/inf unless the source was ``checked`` once already)."""
+def _minibatches(source: Iterator[Tensor], batch_size: int,
+                 check: Callable[[Tensor], None] = _check_finite) -> Iterator[Tensor]:
+    """Cut a stream of chunks into minibatches of exactly ``batch_size`` rows (each chunk passed
+    to ``check`` first: NaN/inf refused)."""
     rest: Tensor | None = None
     for chunk in source:
-        if not checked:
-            _check_finite(chunk)
+        check(chunk)
         chunk = chunk if rest is None else torch.cat([rest, chunk])
         start = 0
         while start + batch_size <= chunk.shape[0]:
@@ -276,10 +290,16 @@ def fit_sae(
             raise ShapeError(f"activations must be (N, d), got shape {tuple(source.shape)}")
         if source.shape[0] < batch_size:
             raise DataError(f"{source.shape[0]} activations are fewer than one minibatch of {batch_size}")
-        _check_finite(source)  # once: every epoch is a permutation of the same rows
-        stream: Iterator[Tensor] = _tensor_source(source, seed)
+        sae._check(source)  # once: every minibatch is a set of the same rows
+        _check_finite(source)
+        batches = _tensor_batches(source, batch_size, seed)
     else:
-        stream = iter(source)
+
+        def check(chunk: Tensor) -> None:  # every chunk of a stream
+            sae._check(chunk)
+            _check_finite(chunk)
+
+        batches = _minibatches(iter(source), batch_size, check)
     total_tokens = steps * batch_size
     window = dead_window if dead_window is not None else max(batch_size, min(total_tokens // 4, 1000 * batch_size))
     every = max(1, steps // 4) if resample_every is None else resample_every
@@ -294,13 +314,17 @@ def fit_sae(
         every = 0  # resampling rewrites decoder columns
     opt = torch.optim.Adam([prm for prm in sae.parameters() if prm.requires_grad], lr=lr)
     decay_start = int(round((1 - lr_decay) * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 1.0 if s < decay_start else max(0.0, (steps - s) / max(1, steps - decay_start)))
-    since = torch.zeros(sae.width, dtype=torch.long)
+
+    def set_lr(s: int) -> None:  # lr * the schedule's factor after s steps (as LambdaLR would set it)
+        factor = 1.0 if s < decay_start else max(0.0, (steps - s) / max(1, steps - decay_start))
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+
+    set_lr(0)
+    since = torch.zeros(sae.width, dtype=torch.long, device=sae.W_enc.device)  # kept on the SAE's device
     history: list[dict[str, float]] = []
     resampled = 0
     t0 = time.perf_counter()
-    batches = _minibatches(stream, batch_size, checked=isinstance(source, Tensor))
     step = 0
     with progress_bar(total=steps, desc=f"SAE[{sae.width}]", enabled=progress) as bar:
         for step in range(1, steps + 1):
@@ -308,12 +332,11 @@ def fit_sae(
                 x = next(batches)
             except StopIteration:
                 raise DataError(f"the activation stream ran out after {step - 1} of {steps} steps") from None
-            sae._check(x)
             x = x.to(dtype)
             if step == 1 and init_b_dec == "mean":
                 with torch.no_grad():
                     sae.b_dec.copy_(x.mean(0))
-            f = sae.encode(x)
+            f, fired = sae._encode(x, fired=True)
             x_hat = sae.decode(f)
             mse = (x_hat - x).pow(2).sum(-1).mean()
             loss = mse + l1 * f.sum(-1).mean() if sae.activation == "relu" else mse
@@ -322,28 +345,28 @@ def fit_sae(
             if not encoder_only:
                 sae.remove_parallel_gradient_()
             opt.step()
-            sched.step()
+            if step >= decay_start:  # before it the factor is 1
+                set_lr(step)
             if not encoder_only:
                 sae.normalize_decoder_()
-            fired = (f.detach() > 0).any(0).cpu()
-            since += batch_size
-            since[fired] = 0
-            dead = since >= window
-            if every and step % every == 0 and step <= resample_until * steps and bool(dead.any()):
-                n = _resample(sae, opt, dead, x.detach(), x_hat.detach(), g)
-                resampled += n
+            since.add_(batch_size).masked_fill_(fired, 0)
+            if every and step % every == 0 and step <= resample_until * steps:
+                dead = since >= window
+                if bool(dead.any()):
+                    resampled += _resample(sae, opt, dead, x.detach(), x_hat.detach(), g)
             if callback is not None:
                 callback(step, sae, f.detach())
             if step % log_every == 0 or step == steps:
                 row = {"step": float(step), "loss": float(loss.detach()), "mse": float(mse.detach()),
-                       "l0": float((f.detach() > 0).sum(-1).float().mean()), "dead": float(int(dead.sum()))}
+                       "l0": float((f.detach() > 0).sum(-1).float().mean()),
+                       "dead": float(int((since >= window).sum()))}
                 history.append(row)
                 bar.set_postfix_str(f"mse {row['mse']:.3g} L0 {row['l0']:.3g}")
             bar.update(1)
     sae.eval().requires_grad_(False)
     return SAETrainResult(
         sae=sae, steps=step, tokens=step * batch_size, history=tuple(history),
-        dead=int((since >= window).sum()), tokens_since_fired=since.clone(), resampled=resampled,
+        dead=int((since >= window).sum()), tokens_since_fired=since.cpu(), resampled=resampled,
         seconds=time.perf_counter() - t0,
     )
 
