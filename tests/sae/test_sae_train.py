@@ -119,3 +119,103 @@ def test_encoder_only_training_keeps_the_dictionary() -> None:
     for name in ("W_enc", "b_enc"):
         assert not torch.equal(getattr(sae, name), before[name])
     assert all(p.requires_grad is False for p in sae.parameters())  # eval state restored
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SparseAutoencoder(6, 40, activation="relu", seed=0),
+    lambda: SparseAutoencoder(6, 40, activation="topk", k=7, seed=0),
+    lambda: BindingSAE(6, 10, slots=3, activation="topk", k=5, seed=0),
+    lambda: BindingSAE(6, 10, slots=3, activation="slot_topk", k=4, seed=0),
+])
+def test_fired_latents_equal_the_dense_count(make) -> None:
+    """The trainer's fired mask (TopK: read off the kept indices) is the dense (f > 0).any over rows."""
+    sae = make()
+    with torch.no_grad():
+        sae.b_enc[::3] = -4.0  # kept entries that are <= 0 (not fired) in many rows
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 9, 6, generator=g)  # two leading axes
+    x[1, 2] = float("nan")  # a NaN row: its latents are NaN (ReLU) or kept with NaN values; NaN > 0 is False
+    f, fired = sae._encode(x, fired=True)
+    dense = (f > 0).reshape(-1, sae.width).any(0)
+    assert fired.dtype == torch.bool and fired.shape == (sae.width,)
+    assert torch.equal(fired, dense) and 0 < int(dense.sum()) < sae.width
+    torch.testing.assert_close(f, sae.encode(x), rtol=0, atol=0, equal_nan=True)  # the same latents
+    for rows in (x[0, :1], x[2]):  # one row, and rows without the NaN
+        f1, fired1 = sae._encode(rows, fired=True)
+        assert torch.equal(fired1, (f1 > 0).any(0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SparseAutoencoder(6, 24, activation="relu", seed=0),
+    lambda: SparseAutoencoder(6, 24, activation="topk", k=3, seed=1),
+    lambda: BindingSAE(6, 8, slots=2, activation="slot_topk", k=2, seed=2),
+])
+def test_fit_sae_is_the_plain_loop_bit_for_bit(make) -> None:
+    """Without resampling, fit_sae on a tensor is this loop: minibatches cut in order from a seeded
+    permutation drawn anew each epoch (a minibatch crossing an epoch's end continues into the next
+    one), Adam with the linear decay as a LambdaLR, the parallel gradient removed, columns renormalised."""
+    X = torch.randn(200, 6, generator=torch.Generator().manual_seed(6)) * 2 + 0.5  # 200 = 3 x 64 + 8
+    steps, B, lr, l1, seed = 13, 64, 1e-2, 1e-2, 3
+    sae, ref = make(), make()
+    fit_sae(sae, X, steps=steps, batch_size=B, lr=lr, l1=l1, lr_decay=0.5, seed=seed, resample_every=0,
+            init_b_dec="mean")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(200, generator=g) for _ in range(5)])  # 13 x 64 = 832 <= 1000 rows
+    opt = torch.optim.Adam(ref.parameters(), lr=lr)
+    start = round(0.5 * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1.0 if s < start else max(0.0, (steps - s) / (steps - start)))
+    with torch.no_grad():
+        ref.b_dec.copy_(X[order[:B]].mean(0))
+    for s in range(steps):
+        x = X[order[s * B:(s + 1) * B]]
+        f = ref.encode(x)
+        loss = (ref.decode(f) - x).pow(2).sum(-1).mean()
+        if ref.activation == "relu":
+            loss = loss + l1 * f.sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        ref.remove_parallel_gradient_()
+        opt.step()
+        sched.step()
+        ref.normalize_decoder_()
+    assert opt.param_groups[0]["lr"] == 0.0  # the decay ran to its end
+    for (name, p), (_, q) in zip(sae.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _blocked(SparseAutoencoder(4, 12, activation="relu", seed=0), [0, 1, 2, 3, 4, 5]),
+    lambda: SparseAutoencoder(4, 24, activation="topk", k=1, seed=0),
+    lambda: _blocked(BindingSAE(4, 12, slots=2, activation="slot_topk", k=1, seed=0), [0, 1, 2, 12, 13, 14, 20]),
+])
+def test_dead_counts_and_resampling_follow_the_dense_count(make) -> None:
+    """History dead counts, resampling totals and tokens_since_fired equal a count kept from the
+    dense (f > 0).any(0) of each step's latents (resampling at steps 5, 10, ..., 15 when any is dead)."""
+    sae = make()
+    X = torch.randn(512, 4, generator=torch.Generator().manual_seed(4))
+    B, window, every, steps = 16, 48, 5, 40
+    since = torch.zeros(sae.width, dtype=torch.long)
+    expect = {"resampled": 0, "dead": []}
+
+    def count(step, s, f):
+        since.add_(B)
+        since[(f > 0).any(0)] = 0
+        dead = since >= window
+        if step % every == 0 and step <= 0.4 * steps:  # resampled before the callback, from this dead set
+            per = dead.reshape(s.slots, s.n_free).all(0) if isinstance(s, BindingSAE) else dead
+            expect["resampled"] += int(per.sum())
+        if step % 10 == 0:
+            expect["dead"].append(float(dead.sum()))
+
+    res = fit_sae(sae, X, steps=steps, batch_size=B, lr=1e-2, dead_window=window, resample_every=every,
+                  resample_until=0.4, log_every=10, callback=count)
+    assert res.resampled == expect["resampled"] > 0
+    assert [row["dead"] for row in res.history] == expect["dead"]
+    assert torch.equal(res.tokens_since_fired, since) and res.dead == int((since >= window).sum())
+
+
+def _blocked(sae: SparseAutoencoder, latents: list[int]) -> SparseAutoencoder:
+    with torch.no_grad():
+        sae.b_enc[latents] = -100.0  # latents that cannot fire until resampled
+    return sae
