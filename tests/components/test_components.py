@@ -82,3 +82,20 @@ def test_save_load_roundtrip_and_mismatch(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own error type
         load_basis(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.refuses("components of a basis at a layer-norm variance point ('ln:variance')",
+                     "its activation [v; f] is produced by no weight; graph or ablate that basis instead")
+def test_components_at_a_layer_norm_variance_point_are_refused_with_the_point_named():
+    from wdecomp.errors import SelectionError
+    from wdecomp.models.transformer import Transformer, TransformerConfig
+
+    cfg = TransformerConfig(d_vocab=7, d_model=4, n_layers=1, n_heads=2, d_mlp=6, context=3, act="relu",
+                            layer_norm=True, output="last", init_std=0.7)
+    torch.manual_seed(0)
+    m = Transformer(cfg).double().eval()
+    x = torch.randint(0, 7, (30, 3), generator=torch.Generator().manual_seed(1))
+    basis = interaction_basis(m, x, ["ln_f:variance", "unembed"])
+    assert basis["ln_f:variance"].size == 5  # [v; f]: the variance and 4 features
+    with pytest.raises(SelectionError, match="ln_f:variance.*variance points"):
+        decompose(m, basis, [x])

@@ -577,8 +577,16 @@ def decompose(
 
     Raises:
         ShapeError: The basis is over an axis the adjacent weights do not act on (module docstring).
+        SelectionError: A layer is a layer-norm variance point (``"ln:variance"``): its activation
+            ``[v; f]`` is computed by no weight, so there is nothing to rewrite there.
     """
     basis.check_model(model)
+    variance = [p for p in getattr(basis, "layers", ()) if HookPoint.parse(p).side == "variance"]
+    if variance:
+        raise SelectionError(f"components: {variance} are layer-norm variance points; their activation [v; f] "
+                             "(variance and LayerNorm input) is produced by no weight, so weights cannot be rewritten "
+                             "in a basis there; build the basis at other hook points, or graph/ablate this basis "
+                             "directly (wd.interaction_graph, wd.ablate)")
     params = dict(model.named_parameters())
     comps: list[Component] = []
     if isinstance(basis, CurvatureBasis):
