@@ -90,6 +90,12 @@ def test_width_mismatch_refused() -> None:
     sae = SparseAutoencoder(4, 8, k=2, hook="blocks.0")
     with pytest.raises(ShapeError, match="at 'blocks.0' have width 5, this SAE was built for width 4"):
         sae(torch.randn(3, 5))
+    from wdecomp.sae.train import fit_sae  # training: a tensor checked once, a stream chunk by chunk
+
+    with pytest.raises(ShapeError, match="have width 5, this SAE was built for width 4"):
+        fit_sae(sae, torch.randn(64, 5), steps=2, batch_size=16)
+    with pytest.raises(ShapeError, match="have width 5, this SAE was built for width 4"):
+        fit_sae(sae, iter([torch.randn(40, 4), torch.randn(40, 5)]), steps=4, batch_size=16)
 
 
 @pytest.mark.refuses("a file that is not a saved wdecomp SAE given to load_sae",
