@@ -17,6 +17,10 @@ activations per second and the library's overhead ``t_wdecomp / t_plain - 1`` (t
 Run: ``python benchmarks/bench_sae.py [--steps 200] [--repeat 3] [--threads 2]``; ``--quick``
 for a smoke run (few steps). On a loaded machine wall times are not meaningful: use
 ``--clock cpu_seconds --threads 1`` (process CPU time of each run, interleaved).
+
+``--inprocess``: both implementations in this one process (activations taken once, both warmed
+up, then ``--repeat`` rounds alternating which runs first); reports each round's overhead and
+their median, min and max (no peak memory). Less start-up noise than one subprocess per run.
 """
 
 from __future__ import annotations
@@ -96,6 +100,28 @@ def child(impl: str, width: int, k: int, steps: int, batch: int, threads: int) -
             "peak_mb": peak_rss_mb(), "peak_before_mb": before}
 
 
+def inprocess(X: torch.Tensor, widths: tuple[int, ...], k: int, steps: int, batch: int, rounds: int,
+              clock: str) -> dict:
+    """Overheads measured in one process: per width, each round's ``t_wdecomp / t_plain - 1``."""
+    tick = time.process_time if clock == "cpu_seconds" else time.perf_counter
+    impls = {"wdecomp": _wdecomp, "plain": _plain}
+    table = {}
+    for width in widths:
+        for fn in impls.values():
+            fn(X, width, k, 5, batch)  # warm-up
+        t: dict[str, list[float]] = {name: [] for name in impls}
+        for r in range(rounds):
+            for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):  # alternate which runs first
+                t0 = tick()
+                impls[name](X, width, k, steps, batch)
+                t[name].append(tick() - t0)
+        ov = [w / p - 1 for w, p in zip(t["wdecomp"], t["plain"])]
+        table[width] = {"wdecomp": t["wdecomp"], "plain": t["plain"], "overhead_per_round": ov,
+                        "overhead_median": statistics.median(ov), "overhead_min": min(ov), "overhead_max": max(ov)}
+        print(json.dumps({"width": width, **table[width]}), file=sys.stderr, flush=True)
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=200)
@@ -107,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clock", choices=("seconds", "cpu_seconds"), default="seconds",
                    help="wall time (idle machine) or process CPU time (loaded machine; use --threads 1)")
     p.add_argument("--name", default=None, help="results file name (default sae / sae_quick)")
+    p.add_argument("--inprocess", action="store_true", help="both implementations in this process, alternated")
     p.add_argument("--child", nargs=2, metavar=("IMPL", "WIDTH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -114,6 +141,25 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(out))
         return out
     steps, repeat = (10, 1) if args.quick else (args.steps, args.repeat)
+    if args.inprocess:
+        setup_threads(args.threads)
+        table = inprocess(_activations(), WIDTHS, args.k, steps, args.batch, repeat, args.clock)
+        lines = ["# SAE training overhead, in one process: wdecomp.sae.fit_sae vs a plain PyTorch loop", "",
+                 f"char transformer residual stream (d=128), TopK k={args.k}, batch {args.batch}, {steps} steps, "
+                 f"{repeat} alternating rounds, {args.threads} threads, clock {args.clock}; {machine()}", "",
+                 "| width | wdecomp s (median) | plain s (median) | overhead median | min | max |",
+                 "|---|---|---|---|---|---|"]
+        for width, row in table.items():
+            med = {impl: statistics.median(row[impl]) for impl in ("wdecomp", "plain")}
+            lines.append(f"| {width} | {med['wdecomp']:.3g} | {med['plain']:.3g} | "
+                         f"{100 * row['overhead_median']:+.1f}% | {100 * row['overhead_min']:+.1f}% | "
+                         f"{100 * row['overhead_max']:+.1f}% |")
+        payload = {"machine": machine(), "steps": steps, "rounds": repeat, "clock": args.clock, "table": table}
+        name = args.name or ("sae_inprocess_quick" if args.quick else "sae_inprocess")
+        write_results(name, payload, "\n".join(lines) + "\n")
+        print("\n".join(lines))
+        print(json.dumps(payload))
+        return payload
     runs: list[dict] = []
     for width in WIDTHS:
         for _ in range(repeat):
