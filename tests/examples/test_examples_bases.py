@@ -29,3 +29,10 @@ def test_modular_addition_fourier_fast():
         assert all(2 / (res["p"] - 1) - 1e-12 <= c <= 1 + 1e-12 for c in r["concentration"])
     if res["metrics"]["test_accuracy"] == 1.0:  # a generalising network computes with Fourier features
         assert res["lib"]["mean_concentration"] > res["neuron"]["mean_concentration"]
+    for method in ("lib", "pca"):
+        for groups in res[method]["groups"].values():
+            assert sorted(i for g, _ in groups for i in g)[:6] == list(range(6))  # the top 6, in groups
+            for g, share in groups:
+                assert 0 < share <= 1 + 1e-12
+                if len(g) == 1 and g[0] < 6:  # a group of one scores as its direction
+                    assert share == pytest.approx(res[method]["concentration"][g[0]], rel=1e-12)
