@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from _zoo import cli_classifier
 
 from wdecomp.cli import build_parser, main
@@ -75,6 +76,26 @@ def test_graph_and_basis_and_ablate(tmp_path, capsys):
     levels = json.loads((tmp_path / "a.json").read_text())["levels"]
     assert [lv["n_ablated"] for lv in levels] == [0, 2, 4]
     assert levels[0]["delta_loss"] == 0.0
+
+
+@pytest.mark.parametrize("variant", ["rib", "rib-uncentred", "wdecomp-centred"])
+def test_basis_variant_reaches_the_library(tmp_path, variant):
+    """``wdecomp basis --variant V`` saves the basis ``interaction_basis(..., variant=V)`` gives (to 1e-6:
+    float32 model), so the named rib configurations are selectable from the command line too."""
+    from wdecomp.bases import interaction_basis
+    from wdecomp.components import load_basis
+
+    comps = tmp_path / "c.safetensors"
+    assert main(["basis", "--model", FACTORY, "--layers", "hidden,act,out", "--variant", variant,
+                 "--out", str(comps)]) == 0
+    model, data = cli_classifier()
+    want = interaction_basis(model, data, ["hidden", "act", "out"], variant=variant)
+    got = load_basis(comps)
+    for point in ("hidden", "act"):
+        assert got[point].eigenvalues.shape == want[point].eigenvalues.shape
+        torch.testing.assert_close(got[point].eigenvalues, want[point].eigenvalues, rtol=1e-6, atol=1e-9)
+    assert (got["hidden"].constant is None) == (variant != "rib")
+    assert (got["hidden"].const_row is not None) == (variant == "rib-uncentred")
 
 
 def test_bad_model_name_exits_1(capsys):

@@ -12,7 +12,7 @@ from wdecomp.ablation import METHODS, ablation_sweep
 from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, int_list, name_list, positive_float
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
-from wdecomp.cli.basis import BASES, LAYERS_HELP
+from wdecomp.cli.basis import BASES, LAYERS_HELP, add_variant_option
 from wdecomp.cli.scaling import LAWS_HELP, add_original_model_options, load_laws
 from wdecomp.errors import DataError, SelectionError, WdecompError
 
@@ -25,6 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--at", default=None, metavar="LAYER",
                    help="the layer (one of --layers) whose components are ablated (default: the middle one)")
     p.add_argument("--basis", default="lib", choices=BASES, help="basis whose components are ablated (default lib)")
+    add_variant_option(p)
     p.add_argument("--method", default="zero", choices=list(METHODS),
                    help="what an ablated component is replaced by (default zero)")
     p.add_argument("--order", default="least_important", choices=["least_important", "most_important"],
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
     names = layers(loaded, args.layers)
     if args.at is not None and args.at not in names:
         raise SelectionError(f"--at '{args.at}' is not one of the layers {', '.join(names)}; pick one of them")
-    basis = interaction_basis(loaded.model, loaded.data, layers=names, method=args.basis)
+    basis = interaction_basis(loaded.model, loaded.data, layers=names, method=args.basis, variant=args.variant)
     target = basis[args.at or names[len(names) // 2]]
     n = target.size
     if args.levels is not None and max(args.levels) > n:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from wdecomp.bases import interaction_basis
+from wdecomp.bases.interaction import VARIANTS
 from wdecomp.cli._args import add_common, name_list, positive_int
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
 from wdecomp.components import decompose
@@ -37,10 +38,19 @@ def add_memory_options(p: argparse.ArgumentParser) -> None:
                         "available memory, at most 2 GiB)")
 
 
+def add_variant_option(p: argparse.ArgumentParser) -> None:
+    """``--variant``: the LIB configuration by name (``wdecomp.bases.interaction.VARIANTS``)."""
+    p.add_argument("--variant", default="rib", choices=sorted(VARIANTS),
+                   help="LIB configuration (default rib: the LIB paper's, as Apollo's rib runs it; rib-uncentred: "
+                        "rib's center: false; wdecomp-centred / wdecomp-uncentred: wdecomp's earlier forms; see "
+                        "docs/concepts/lib-variants.md)")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--layers", type=name_list, default=None, metavar="A,B,C", help=LAYERS_HELP)
     p.add_argument("--method", default="lib", choices=BASES, help="which basis (default lib)")
+    add_variant_option(p)
     p.add_argument("--out", default=None, metavar="FILE", help="save the components to FILE (.safetensors)")
     add_memory_options(p)
 
@@ -49,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(args, files=("out",))
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
     basis = interaction_basis(loaded.model, loaded.data, layers=layers(loaded, args.layers), method=args.method,
-                              chunk_size=args.chunk_size, max_memory=args.max_memory)
+                              variant=args.variant, chunk_size=args.chunk_size, max_memory=args.max_memory)
     components = decompose(loaded.model, basis)
     if args.out:
         components.save(args.out)

@@ -7,7 +7,7 @@ import argparse
 from wdecomp.bases import interaction_basis
 from wdecomp.cli._args import add_common, fraction, name_list
 from wdecomp.cli._common import check_outputs, emit, layers, load_model, wrote
-from wdecomp.cli.basis import BASES, LAYERS_HELP, add_memory_options
+from wdecomp.cli.basis import BASES, LAYERS_HELP, add_memory_options, add_variant_option
 from wdecomp.graph import interaction_graph
 
 
@@ -15,6 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--layers", type=name_list, default=None, metavar="A,B,C", help=LAYERS_HELP)
     p.add_argument("--basis", default="lib", choices=BASES, help="basis of each layer's nodes (default lib)")
+    add_variant_option(p)
     p.add_argument("--method", default="jacobian", choices=["jacobian", "integrated_gradients"],
                    help="edge attribution (default jacobian)")
     p.add_argument("--keep", type=fraction, default=0.9,
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
     loaded = load_model(args.model, loss=args.loss, max_batches=args.max_batches, progress=args.progress)
     memory = {"chunk_size": args.chunk_size, "max_memory": args.max_memory}
     basis = interaction_basis(loaded.model, loaded.data, layers=layers(loaded, args.layers), method=args.basis,
-                              **memory)
+                              variant=args.variant, **memory)
     graph = interaction_graph(loaded.model, loaded.data, basis, method=args.method, progress=args.progress, **memory)
     graph = graph.prune(fraction=args.keep)
     graph.save(args.out)
