@@ -29,6 +29,9 @@ class RibLayer:
     C: np.ndarray  # (orig, rib): f_hat = x @ C
     C_pinv: np.ndarray  # (rib, orig)
     Lambda: np.ndarray  # (rib,)
+    # attribution formulas: ||M|| / (gap of M's eigenvalue) per direction, which sets how far round-off moves
+    # its eigenvector (0 for a masked direction)
+    cond: np.ndarray | None = None
 
 
 def centering_matrix(mean: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -230,3 +233,154 @@ def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
     L_e = layer(_ones(e).reshape(-1, 5), m_dash(J1), THR)
     return {"embed": (L_e, _ones(e)), "act": (L_act, _ones(act))}, J1x, J2
 
+
+
+# ----------------------------------------------------------------------------- rib's attribution formulas
+# Written from rib's ``calc_basis_integrated_gradient`` (rib/linalg.py), ``M_dash_and_Lambda_dash_pre_forward_
+# hook_fn`` (rib/hook_fns.py) and ``_calculate_one_interaction_rotation`` / ``build_sorted_lambda_matrices``
+# (rib/interaction_algos.py), rib commit 7a6199f. With ``x`` the section's input (the folded constant included
+# and scaled by alpha too), ``c(x) = x_out(x) @ C_out`` (``C_out = None``: the raw output) and the quadrature
+# ``(alpha_m, w_m)``:
+#   "(1-0)*alpha":  g_{sj} = sum_m w_m d/dy_{sj} [sum_{t,i} c_{ti}(y) c_{ti}(x)] at y = alpha_m x
+#                          = sum_m w_m sum_{t,i} Jhat_{ti,sj}(alpha_m x) c_{ti}(x)
+#   "(1-alpha)^2":  g_{sj} = sum_m w_m d/dy_{sj} [-sum_{t,i} (c_{ti}(x) - c_{ti}(y))^2] at y = alpha_m x
+#                          = sum_m w_m 2 sum_{t,i} Jhat_{ti,sj}(alpha_m x) (c_{ti}(x) - c_{ti}(alpha_m x))
+#   M'_{jj'} = 1/(N P) sum_x sum_s g_{sj} g_{sj'},   Lambda'_{jJ} = 1/(N P) sum_x sum_s g_{sj} x_{sJ}
+# (P the input positions, 1 without). The basis: M = R^+ M' R^{+T}, V its (masked) eigenvectors,
+# Lambda = |diag(V^T R^+ Lambda' R V)| (not M's eigenvalues), the directions after the masked ones sorted by
+# Lambda descending, those below the threshold dropped; C = R V L, C^+ = L^{-1} V^T R^+ with L = diag(Lambda)^1/2.
+
+
+def rib_quadrature(n_intervals: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """rib's ``_calc_integration_points``: ``(alphas, weights)``."""
+    if method == "gradient":
+        assert n_intervals == 0
+        return np.ones(1), np.ones(1)
+    if method == "gauss-legendre":
+        x, w = np.polynomial.legendre.leggauss(n_intervals + 1)
+        return (x + 1) / 2, w / 2
+    assert method == "trapezoidal"
+    if n_intervals == 0:
+        return np.array([0.5]), np.ones(1)
+    eps = 1e-3 / (n_intervals + 1)
+    w = np.full(n_intervals + 1, 1.0 / n_intervals)
+    w[[0, -1]] /= 2
+    return np.linspace(eps, 1 - eps, n_intervals + 1), w
+
+
+def attribution_moments(formula: str, Jx, out, C_out: np.ndarray | None, x_in: np.ndarray, alphas: np.ndarray,
+                        weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(M', Lambda')`` of ``formula``: ``Jx(a)`` ``(N, P_o, D_o, P_i, D_i)`` is ``d x_out / d x_in`` at
+    ``a x_in``, ``out(a)`` ``(N, P_o, D_o)`` is ``x_out(a x_in)``, ``x_in`` ``(N, P_i, D_i)``."""
+    def hat(v: np.ndarray) -> np.ndarray:
+        return v if C_out is None else v @ C_out
+
+    c1 = hat(out(1.0))
+    g = np.zeros(x_in.shape)
+    for a, w in zip(alphas, weights):
+        J = Jx(a) if C_out is None else np.einsum("ntapb,al->ntlpb", Jx(a), C_out)
+        coef = c1 if formula == "(1-0)*alpha" else 2 * (c1 - hat(out(a)))
+        g += w * np.einsum("ntlpb,ntl->npb", J, coef)
+    N, P = x_in.shape[:2]
+    return np.einsum("npj,npk->jk", g, g) / (N * P), np.einsum("npj,npk->jk", g, x_in) / (N * P)
+
+
+def rib_layer_attribution(x: np.ndarray, M_dash: np.ndarray, Lambda_dash: np.ndarray, rel_threshold: float,
+                          center: bool = True) -> RibLayer:
+    """One layer of an attribution formula from rows ``x = [f, 1]`` ``(n, d+1)``, ``M'`` and ``Lambda'``.
+
+    ``rel_threshold`` plays ``truncation_threshold`` relative to the largest Gram eigenvalue and the largest
+    ``Lambda``; centred, the constant direction is masked (first, unsorted, kept)."""
+    if center:
+        mean = x.mean(0)
+        Y, Y_inv = centering_matrix(mean), centering_matrix(mean, inverse=True)
+    else:
+        Y = Y_inv = np.eye(x.shape[1])
+    xc = x @ Y
+    D, U = eigendecompose(xc.T @ xc / len(x))
+    if center:
+        D, U = move_const_dir_first(D, U)
+    keep = D > rel_threshold * D.max()
+    D, U = D[keep], U[:, keep]
+    R = Y @ U @ np.diag(1 / np.sqrt(D))
+    R_pinv = np.diag(np.sqrt(D)) @ U.T @ Y_inv
+    M = R_pinv @ M_dash @ R_pinv.T
+    n = 1 if center else 0
+    m, sub = eigendecompose(M[n:, n:])
+    gaps = np.array([np.abs(np.delete(m, j) - m[j]).min() if len(m) > 1 else np.inf for j in range(len(m))])
+    cond = np.concatenate([np.zeros(n), m.max() / gaps])
+    V = np.eye(len(M))
+    V[n:, n:] = sub
+    Lam = np.abs(np.diag(V.T @ R_pinv @ Lambda_dash @ R @ V))
+    order = np.concatenate([np.arange(n), n + np.argsort(-Lam[n:], kind="stable")])
+    keep = Lam[order] > rel_threshold * Lam.max()
+    keep[:n] = True
+    idx = order[keep]
+    L = np.diag(np.sqrt(Lam))[:, idx]
+    L_inv = np.diag(1 / np.sqrt(Lam))[idx, :]
+    return RibLayer(R @ V @ L, L_inv @ V.T @ R_pinv, Lam[idx], cond[idx])
+
+
+def rib_mlp_attribution(model: nn.Module, x: torch.Tensor, formula: str, alphas: np.ndarray, weights: np.ndarray,
+                        center: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
+    """rib's layers at '1' and '3' of a tanh MLP with an attribution ``formula``."""
+    W2, b2, W4, b4 = (to_np(p) for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
+    f1 = np.tanh(to_np(model[0](x)))
+    pre = f1 @ W2.T + b2
+    f3 = np.tanh(pre)
+    N = len(x)
+    x1, x3 = _ones(f1), _ones(f3)
+    J34 = np.broadcast_to(np.concatenate([W4, b4[:, None]], 1)[None, None, :, None, :], (N, 1, 3, 1, 6)).copy()
+    L3 = rib_layer_attribution(x3, *attribution_moments(
+        formula, lambda a: J34, lambda a: (a * (f3 @ W4.T + b4))[:, None], None, x3[:, None], alphas, weights),
+        THR, center)
+
+    def J13x(a: float) -> np.ndarray:
+        g = 1 - np.tanh(a * pre) ** 2
+        J = np.zeros((N, 1, 6, 1, 7))
+        J[:, 0, :5, 0, :6] = g[:, :, None] * W2
+        J[:, 0, :5, 0, 6] = g * b2
+        J[:, 0, 5, 0, 6] = 1.0
+        return J
+
+    def out13(a: float) -> np.ndarray:  # the folded constant passes through, scaled by alpha
+        return np.concatenate([np.tanh(a * pre), np.full((N, 1), a)], 1)[:, None]
+
+    L1 = rib_layer_attribution(x1, *attribution_moments(formula, J13x, out13, L3.C, x1[:, None], alphas, weights),
+                               THR, center)
+    return {"1": (L1, x1), "3": (L3, x3)}
+
+
+def rib_seq_attribution(model: SeqMix, t: torch.Tensor, formula: str, alphas: np.ndarray, weights: np.ndarray,
+                        center: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
+    """rib's layers at 'embed' and 'act' of :class:`SeqMix` (3 positions) with an attribution ``formula``."""
+    K, W1, b1, W2, b2 = (to_np(p) for p in (model.K, model.lin1.weight, model.lin1.bias, model.lin2.weight,
+                                          model.lin2.bias))
+    e = to_np(model.embed(t))  # (N, 3, 4)
+    m = np.einsum("pq,nqd->npd", K, e @ W1.T + b1)
+    act = np.tanh(m)
+    N = len(t)
+    xe, xa = _ones(e), _ones(act)
+    J2 = np.zeros((N, 3, 3, 3, 6))
+    for p in range(3):
+        J2[:, p, :, p, :5] = W2
+        J2[:, p, :, p, 5] = b2
+    L_act = rib_layer_attribution(xa.reshape(-1, 6), *attribution_moments(
+        formula, lambda a: J2, lambda a: a * (act @ W2.T + b2), None, xa, alphas, weights), THR, center)
+
+    def J1x(a: float) -> np.ndarray:
+        g = 1 - np.tanh(a * m) ** 2
+        J = np.zeros((N, 3, 6, 3, 5))
+        for p in range(3):
+            for q in range(3):
+                J[:, p, :5, q, :4] = g[:, p, :, None] * K[p, q] * W1
+                J[:, p, :5, q, 4] = g[:, p] * K[p, q] * b1
+            J[:, p, 5, p, 4] = 1.0
+        return J
+
+    def out1(a: float) -> np.ndarray:
+        return np.concatenate([np.tanh(a * m), np.full((N, 3, 1), a)], -1)
+
+    L_e = rib_layer_attribution(xe.reshape(-1, 5), *attribution_moments(formula, J1x, out1, L_act.C, xe, alphas,
+                                                                        weights), THR, center)
+    return {"embed": (L_e, xe), "act": (L_act, xa)}

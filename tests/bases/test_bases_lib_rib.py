@@ -13,7 +13,10 @@ from _rib_reference import (
     m_dash,
     rib_layer_uncentred,
     rib_mlp,
+    rib_mlp_attribution,
+    rib_quadrature,
     rib_seq,
+    rib_seq_attribution,
     tanh_mlp,
     to_np,
 )
@@ -201,7 +204,8 @@ def assert_same_folded(lb, layer) -> None:
     A = to_np(torch.cat([lb.inverse, lb.const_row[None]], 0)).T  # (k, d+1)
     lam = layer.Lambda
     gap = np.array([np.abs(np.delete(lam, j) - lam[j]).min() if len(lam) > 1 else lam[j] for j in range(len(lam))])
-    tol = np.maximum(1e-10, 1e-14 * lam.max() / gap)
+    # the attribution formulas' directions are M's eigenvectors (Lambda is not M's eigenvalue): their gaps
+    tol = np.maximum(1e-10, 1e-14 * (lam.max() / gap if layer.cond is None else layer.cond))
     signs = np.sign(np.sum(C * layer.C, 0))
     for got, ref in ((C * signs[None], layer.C), (A.T * signs[None], layer.C_pinv.T)):
         err = np.abs(got - ref).max(0) / np.abs(ref).max(0)
@@ -420,3 +424,100 @@ def test_rib_uncentred_zero_padded_consumer_refuses_pieces_but_rewrites():
     assert comps.verify(m, [(X, None)]) < 1e-10
     with pytest.raises(ShapeError, match="rib-uncentred"):
         comps.project(m)
+
+
+# ----------------------------------------------------------------------------- rib's attribution formulas
+ATTRIBUTION_RULES = [("gauss-legendre", 1), ("gauss-legendre", 3), ("trapezoidal", 3)]  # (rule, rib n_intervals+1)
+
+
+def _rules(formula):
+    """rib's integration settings: its defaults (``gradient``, ``n_intervals=0``) where the formula allows
+    them, Gauss-Legendre with ``n_intervals`` 0 and 2, trapezoidal with 2."""
+    return ATTRIBUTION_RULES + ([("gradient", 1)] if formula == "(1-0)*alpha" else [])
+
+
+def assert_same_centred_C(lb, layer, d: int) -> None:
+    """rib's ``C`` (``(d+1, k)``) of a centred layer: the constant's column is ``Lambda_0^{1/2}`` on the folded
+    ``1`` only; the others are wdecomp's transform rows, with ``-mu . C`` on the ``1`` (up to sign)."""
+    C = layer.C.copy()
+    C[:, 0] *= np.sign(C[d, 0])
+    np.testing.assert_allclose(C[d, 0], lb.constant, rtol=1e-10)
+    assert np.abs(C[:d, 0]).max() < 1e-14 * lb.constant
+    ours = to_np(lb.transform).T[:, 1:]  # (d, k-1)
+    ours = np.concatenate([ours, -to_np(lb.center)[None] @ ours])  # the folded 1's row: -mu . C
+    theirs = C[:, 1:]
+    signs = np.sign(np.sum(ours * theirs, 0))[None]
+    assert np.abs(ours * signs - theirs).max() < 1e-10 * np.abs(theirs).max()
+
+
+def _assert_attribution_layer(lb, layer, f, xr, center: bool) -> None:
+    d = f.shape[-1]
+    assert lb.size == len(layer.Lambda)
+    assert_same_coordinates(lb.to_coordinates(f), xr.reshape(-1, xr.shape[-1]) @ layer.C, lb.eigenvalues,
+                            layer.Lambda)
+    if center:
+        assert lb.constant is not None
+        assert_same_inverse(lb, layer, d)
+        assert_same_centred_C(lb, layer, d)
+    else:
+        assert lb.constant is None and lb.folded
+        assert_same_folded(lb, layer)
+    assert not (lb.eigenvalues.requires_grad or lb.transform.requires_grad or lb.inverse.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["rib", "rib-uncentred"])
+@pytest.mark.parametrize("duplicate", [False, True])
+@pytest.mark.parametrize("formula", ["(1-0)*alpha", "(1-alpha)^2"])
+def test_attribution_formulas_equal_rib_on_mlp(formula, duplicate, variant):
+    """formula='(1-0)*alpha' / '(1-alpha)^2' are rib's basis_formulas of those names (calc_basis_integrated_
+    gradient, M_dash_and_Lambda_dash_pre_forward_hook_fn, Lambda = |diag(V^T R^+ Lambda' R V)| sorted and
+    truncated by build_sorted_lambda_matrices): Lambda, coordinates, C and C+ of the numpy reference
+    (rib_layer_attribution) to 1e-10, centred and uncentred, for each of rib's integration rules."""
+    model = tanh_mlp(duplicate=duplicate)
+    x = torch.randn(30, 4, dtype=DT, generator=torch.Generator().manual_seed(1))
+    center = variant == "rib"
+    acts = _mlp_acts(model, x)
+    for rule, steps in _rules(formula):
+        basis = interaction_basis(model, (x, None), ["1", "3", "4"], variant=variant, formula=formula,
+                                  integration=rule, steps=steps)
+        ref = rib_mlp_attribution(model, x, formula, *rib_quadrature(steps - 1, rule), center=center)
+        for point, f in acts.items():
+            layer, xr = ref[point]
+            _assert_attribution_layer(basis[point], layer, f, xr, center)
+
+
+@pytest.mark.parametrize("variant", ["rib", "rib-uncentred"])
+@pytest.mark.parametrize("formula", ["(1-0)*alpha", "(1-alpha)^2"])
+def test_attribution_formulas_equal_rib_on_sequence_model(formula, variant):
+    """As on the MLP, on the 3-position sequence model (M' and Lambda' averaged over the N P input
+    positions, the gradient summed over the output positions), in two batches."""
+    model, t = _seq_data()
+    center = variant == "rib"
+    acts = _seq_acts(model, t)
+    for rule, steps in _rules(formula):
+        basis = interaction_basis(model, [(t[:12],), (t[12:],)], ["embed", "act", "lin2"], variant=variant,
+                                  formula=formula, integration=rule, steps=steps)
+        ref = rib_seq_attribution(model, t, formula, *rib_quadrature(steps - 1, rule), center=center)
+        for point, f in acts.items():
+            layer, xr = ref[point]
+            _assert_attribution_layer(basis[point], layer, f, xr, center)
+
+
+def test_attribution_formulas_differ():
+    """The three basis formulas give different Lambdas here, some by more than 10% (so the tests above tell
+    them apart)."""
+    model, x = _mlp_data()
+    lam = {f: interaction_basis(model, x, ["1", "3", "4"], formula=f, integration="gauss-legendre", steps=3)[
+        "1"].eigenvalues for f in ("jacobian", "(1-0)*alpha", "(1-alpha)^2")}
+    for a, b in (("jacobian", "(1-0)*alpha"), ("(1-0)*alpha", "(1-alpha)^2"), ("jacobian", "(1-alpha)^2")):
+        n = min(len(lam[a]), len(lam[b]))
+        assert float(((lam[a][:n] - lam[b][:n]) / lam[b][:n]).abs().max()) > 0.1
+
+
+@pytest.mark.refuses("formula='(1-alpha)^2' with integration='gradient'",
+                     "the one node alpha = 1 makes c(a) - c(alpha a) = 0, so M' = Lambda' = 0 (rib asserts "
+                     "Lambda' != 0): ArgumentError asks for a quadrature rule")
+def test_one_minus_alpha_squared_needs_a_quadrature_rule():
+    model, x = _mlp_data()
+    with pytest.raises(ArgumentError, match="gauss-legendre"):
+        interaction_basis(model, x, ["1", "3", "4"], formula="(1-alpha)^2")

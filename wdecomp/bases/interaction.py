@@ -211,6 +211,10 @@ def _options(variant: str, overrides: dict[str, Any]) -> LibOptions:
         raise ValueError("stochastic_sources must be >= 1 and needs formula='jacobian', sequence='per-position'")
     if opts.formula != "jacobian" and opts.sequence != "per-position":
         raise ValueError(f"formula '{opts.formula}' is defined per position only (sequence='per-position')")
+    if opts.formula == "(1-alpha)^2" and opts.integration == "gradient":
+        raise ArgumentError("formula='(1-alpha)^2' with integration='gradient' (the one node alpha = 1, where "
+                            "c(a) - c(alpha a) = 0) has M' = Lambda' = 0 (rib asserts Lambda' != 0): pass a "
+                            "quadrature rule, e.g. integration='gauss-legendre'")
     quadrature(opts.steps, opts.integration)  # validates the rule and steps
     return opts
 
@@ -634,7 +638,7 @@ def _moments(model: nn.Module, batches: Iterable[Any], source: str, target: str,
             else:
                 positions = grads.shape[1]
                 part = torch.einsum("bpi,bpj->ij", grads, grads)
-                lam = torch.einsum("bpi,bpj->ij", grads, a.to(torch.float64))
+                lam = torch.einsum("bpi,bpj->ij", grads, a.detach().to(torch.float64))
                 Lam = lam if Lam is None else Lam + lam
             M = part if M is None else M + part
             count += num_examples(x)
