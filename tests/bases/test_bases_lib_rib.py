@@ -199,7 +199,11 @@ def assert_same_folded(lb, layer) -> None:
     direction of small ``Lambda_j`` next to a small gap ``gap_j = min_k |Lambda_j - Lambda_k|`` is fixed
     only to about ``eps ||M|| / gap_j`` (on the duplicated-neuron MLP, ``Lambda = 3.4e-9`` with a gap of
     ``5.2e-6``: its ``C^+`` column agrees to 3.6e-11, and to 1.0e-10 when the same data come in three
-    batches; bound 9.4e-10)."""
+    batches; bound 9.4e-10). For the attribution formulas (``layer.cond`` given) the directions are ``M``'s
+    eigenvectors but ``Lambda`` is not ``M``'s eigenvalue, so ``gap_j`` is ``M``'s: ``1e-14 ||M|| / gap_j``
+    (on the duplicated-neuron MLP uncentred, ``||M|| / gap`` reaches 1e7 at the smallest kept direction; the
+    reference against itself on the same data in another order differs there by 2.2e-9, relative to
+    ``C^+``'s largest entry)."""
     C = to_np(torch.cat([lb.transform, lb.const_column[:, None]], 1)).T  # (d+1, k), rib's layout
     A = to_np(torch.cat([lb.inverse, lb.const_row[None]], 0)).T  # (k, d+1)
     lam = layer.Lambda

@@ -68,12 +68,19 @@ Named variants (select by ``variant=``; each option can also be set on its own):
 * ``"wdecomp-centred"``: as ``"wdecomp-uncentred"`` with centred activations; on the non-constant
   directions this equals ``"rib"`` for non-sequence models.
 
-Other rib options: ``formula="(1-0)*alpha"`` (rib's default ``basis_formula``; ``g_p =
-sum_m w_m sum_t J_{tp}(alpha_m a)^T c^{l+1}_t(a)``, ``M' = 1/(NP) sum g_p g_p^T``, and ``Lambda``
-the attribution ``|diag(Vbar^T P^T Lambda' P^{+T} Vbar)|`` with ``Lambda' = 1/(NP) sum g_p a_p^T``,
-directions sorted by it) and ``formula="(1-alpha)^2"`` (the October version: ``g_p = sum_m w_m
-2 sum_t J_{tp}(alpha_m a)^T (c^{l+1}_t(a) - c^{l+1}_t(alpha_m a))``; rib's
-``calc_basis_integrated_gradient``); ``truncation="rib"`` (rib's ``truncation_threshold``,
+Other rib options: ``formula="(1-0)*alpha"`` (the default ``basis_formula`` of rib's
+``calc_basis_integrated_gradient`` and ``M_dash_and_Lambda_dash_pre_forward_hook_fn``; rib's
+``RibBuildConfig`` defaults to ``"jacobian"``): ``g_p = sum_m w_m sum_t J_{tp}(alpha_m a)^T c^{l+1}_t(a)``
+(``a = [f; s]``, the constant scaled by ``alpha`` too), ``M' = 1/(NP) sum g_p g_p^T``, and ``Lambda``
+the attribution ``|diag(Vbar^T P^T Lambda' P^{+T} Vbar)|`` with ``Lambda' = 1/(NP) sum g_p a_p^T``
+(rib's ``(V.T @ R_pinv @ Lambda_dash @ R @ V).diag().abs()``), directions sorted by it
+(``build_sorted_lambda_matrices``); and ``formula="(1-alpha)^2"`` (the October version: ``g_p = sum_m
+w_m 2 sum_t J_{tp}(alpha_m a)^T (c^{l+1}_t(a) - c^{l+1}_t(alpha_m a))``; it needs a quadrature rule,
+``integration="gradient"`` is refused). Both equal an independent numpy re-implementation of rib's
+formulas to 1e-10 (Lambda, coordinates, ``C``, ``C^+``; centred and ``"rib-uncentred"``; Gauss-Legendre,
+trapezoidal and, for ``"(1-0)*alpha"``, gradient rules) in
+``tests/bases/test_bases_lib_rib.py::test_attribution_formulas_equal_rib_on_mlp`` /
+``..._on_sequence_model``; ``truncation="rib"`` (rib's ``truncation_threshold``,
 ``1e-15`` in the paper's configs, on ``|eigenvalue|`` as rib's ``eigendecompose`` takes absolute
 values) or ``"absolute"`` (on the signed eigenvalue). The default here is relative ``1e-10``; rib's
 rule also keeps round-off directions (on rib's own modular-addition checkpoint: 110 directions
