@@ -55,22 +55,28 @@ def move_const_dir_first(D: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.n
     return D[order], U[:, order]
 
 
+def whitening(x: np.ndarray, rel_threshold: float, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """rib's ``R = W D^{-1/2}`` and ``R^+ = D^{1/2} W^+`` (``W = Y U``) from rows ``x = [f, 1]``: centred, ``Y`` the
+    centring matrix and the constant direction first (always kept); uncentred ``Y = I``. Gram eigenvalues at or
+    below ``rel_threshold`` times the largest are dropped."""
+    n = x.shape[1]
+    Y, Y_inv = ((centering_matrix(x.mean(0)), centering_matrix(x.mean(0), inverse=True)) if center
+                else (np.eye(n), np.eye(n)))
+    D, U = eigendecompose((x @ Y).T @ (x @ Y) / len(x))
+    if center:
+        D, U = move_const_dir_first(D, U)
+    kept = D > rel_threshold * D.max()
+    kept[0] |= center
+    s = np.sqrt(D[kept])
+    return Y @ U[:, kept] / s, s[:, None] * (U[:, kept].T @ Y_inv)
+
+
 def rib_layer(x: np.ndarray, M_dash: np.ndarray, rel_threshold: float) -> RibLayer:
     """One centred ``jacobian``-formula layer from activation rows ``x = [f, 1]`` ``(n, d+1)`` and ``M'``.
 
     ``rel_threshold`` plays rib's ``truncation_threshold``, taken relative to the largest eigenvalue.
     """
-    mean = x.mean(0)
-    xc = x @ centering_matrix(mean)
-    G = xc.T @ xc / len(x)
-    D, U = move_const_dir_first(*eigendecompose(G))
-    keep = D > rel_threshold * D.max()
-    keep[0] = True
-    D, U = D[keep], U[:, keep]
-    Y, Y_inv = centering_matrix(mean), centering_matrix(mean, inverse=True)
-    W, W_pinv = Y @ U, U.T @ Y_inv
-    R = W @ np.diag(1 / np.sqrt(D))
-    R_pinv = np.diag(np.sqrt(D)) @ W_pinv
+    R, R_pinv = whitening(x, rel_threshold, True)
     M = R_pinv @ M_dash @ R_pinv.T
     sub_vals, sub_vecs = eigendecompose(M[1:, 1:])
     V = np.zeros_like(M)
@@ -86,12 +92,7 @@ def rib_layer(x: np.ndarray, M_dash: np.ndarray, rel_threshold: float) -> RibLay
 
 def rib_layer_uncentred(x: np.ndarray, M_dash: np.ndarray, rel_threshold: float) -> RibLayer:
     """One uncentred (``center=False``) ``jacobian``-formula layer from ``x = [f, 1]`` ``(n, d+1)`` and ``M'``."""
-    G = x.T @ x / len(x)
-    D, U = eigendecompose(G)
-    keep = D > rel_threshold * D.max()
-    D, U = D[keep], U[:, keep]
-    R = U @ np.diag(1 / np.sqrt(D))
-    R_pinv = np.diag(np.sqrt(D)) @ U.T
+    R, R_pinv = whitening(x, rel_threshold, False)
     M = R_pinv @ M_dash @ R_pinv.T
     Lam, V = eigendecompose(M)
     keep = Lam > rel_threshold * Lam.max()
@@ -181,32 +182,48 @@ def _ones(f: np.ndarray) -> np.ndarray:
     return np.concatenate([f, np.ones(f.shape[:-1] + (1,))], -1)
 
 
-def rib_mlp(model: nn.Module, x: torch.Tensor, center: bool = True):
-    """rib's layers at '1' and '3' of a tanh MLP (``center``: rib's option), and the x-space
-    Jacobians at ``alpha x``."""
-    layer = rib_layer if center else rib_layer_uncentred
+def _mlp_sections(model: nn.Module, x: torch.Tensor):
+    """A tanh MLP's rows ``[f, 1]`` at '1' and '3' and, for the sections '1' -> '3' and '3' -> '4', the x-space
+    Jacobian ``d x_out / d x_in`` at ``alpha x_in`` and the output ``x_out(alpha x_in)`` (the folded constant
+    scaled by ``alpha`` too and passed on, as in rib's folded-bias layers)."""
     W2, b2, W4, b4 = (to_np(p) for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
     f1 = np.tanh(to_np(model[0](x)))
-    f3 = np.tanh(f1 @ W2.T + b2)
+    pre = f1 @ W2.T + b2
+    f3 = np.tanh(pre)
     N = len(x)
     J34 = np.broadcast_to(np.concatenate([W4, b4[:, None]], 1)[None, None, :, None, :], (N, 1, 3, 1, 6)).copy()
-    L3 = layer(_ones(f3), m_dash(J34), THR)
 
     def J13x(a: float) -> np.ndarray:
-        g = 1 - np.tanh(a * (f1 @ W2.T + b2)) ** 2  # (N, 5)
+        g = 1 - np.tanh(a * pre) ** 2  # (N, 5)
         J = np.zeros((N, 1, 6, 1, 7))
         J[:, 0, :5, 0, :6] = g[:, :, None] * W2
         J[:, 0, :5, 0, 6] = g * b2
         J[:, 0, 5, 0, 6] = 1.0
         return J
 
-    J13 = np.einsum("ntapb,al->ntlpb", J13x(1.0), L3.C)
-    L1 = layer(_ones(f1), m_dash(J13), THR)
-    return {"1": (L1, _ones(f1)), "3": (L3, _ones(f3))}, J13x, J34
+    def out13(a: float) -> np.ndarray:
+        return np.concatenate([np.tanh(a * pre), np.full((N, 1), a)], 1)[:, None]
+
+    def out34(a: float) -> np.ndarray:
+        return (a * (f3 @ W4.T + b4))[:, None]
+
+    return _ones(f1), _ones(f3), (J13x, out13), (J34, out34)
 
 
-def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
+def rib_mlp(model: nn.Module, x: torch.Tensor, center: bool = True):
+    """rib's layers at '1' and '3' of a tanh MLP (``center``: rib's option), and the x-space
+    Jacobians at ``alpha x``."""
     layer = rib_layer if center else rib_layer_uncentred
+    x1, x3, (J13x, _), (J34, _) = _mlp_sections(model, x)
+    L3 = layer(x3, m_dash(J34), THR)
+    J13 = np.einsum("ntapb,al->ntlpb", J13x(1.0), L3.C)
+    L1 = layer(x1, m_dash(J13), THR)
+    return {"1": (L1, x1), "3": (L3, x3)}, J13x, J34
+
+
+def _seq_sections(model: SeqMix, t: torch.Tensor):
+    """:class:`SeqMix`'s rows ``[f, 1]`` ``(N, 3, d+1)`` at 'embed' and 'act' and, per section, the x-space
+    Jacobian at ``alpha x_in`` and ``x_out(alpha x_in)`` (as :func:`_mlp_sections`)."""
     K, W1, b1, W2, b2 = (to_np(p) for p in (model.K, model.lin1.weight, model.lin1.bias, model.lin2.weight,
                                           model.lin2.bias))
     e = to_np(model.embed(t))  # (N, 3, 4)
@@ -217,7 +234,6 @@ def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
     for p in range(3):
         J2[:, p, :, p, :5] = W2
         J2[:, p, :, p, 5] = b2
-    L_act = layer(_ones(act).reshape(-1, 6), m_dash(J2), THR)
 
     def J1x(a: float) -> np.ndarray:
         g = 1 - np.tanh(a * m) ** 2  # (N, 3, 5)
@@ -229,10 +245,22 @@ def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
             J[:, p, 5, p, 4] = 1.0
         return J
 
-    J1 = np.einsum("ntapb,al->ntlpb", J1x(1.0), L_act.C)
-    L_e = layer(_ones(e).reshape(-1, 5), m_dash(J1), THR)
-    return {"embed": (L_e, _ones(e)), "act": (L_act, _ones(act))}, J1x, J2
+    def out1(a: float) -> np.ndarray:
+        return np.concatenate([np.tanh(a * m), np.full((N, 3, 1), a)], -1)
 
+    def out2(a: float) -> np.ndarray:
+        return a * (act @ W2.T + b2)
+
+    return _ones(e), _ones(act), (J1x, out1), (J2, out2)
+
+
+def rib_seq(model: SeqMix, t: torch.Tensor, center: bool = True):
+    layer = rib_layer if center else rib_layer_uncentred
+    xe, xa, (J1x, _), (J2, _) = _seq_sections(model, t)
+    L_act = layer(xa.reshape(-1, 6), m_dash(J2), THR)
+    J1 = np.einsum("ntapb,al->ntlpb", J1x(1.0), L_act.C)
+    L_e = layer(xe.reshape(-1, 5), m_dash(J1), THR)
+    return {"embed": (L_e, xe), "act": (L_act, xa)}, J1x, J2
 
 
 # ----------------------------------------------------------------------------- rib's attribution formulas
@@ -291,19 +319,7 @@ def rib_layer_attribution(x: np.ndarray, M_dash: np.ndarray, Lambda_dash: np.nda
 
     ``rel_threshold`` plays ``truncation_threshold`` relative to the largest Gram eigenvalue and the largest
     ``Lambda``; centred, the constant direction is masked (first, unsorted, kept)."""
-    if center:
-        mean = x.mean(0)
-        Y, Y_inv = centering_matrix(mean), centering_matrix(mean, inverse=True)
-    else:
-        Y = Y_inv = np.eye(x.shape[1])
-    xc = x @ Y
-    D, U = eigendecompose(xc.T @ xc / len(x))
-    if center:
-        D, U = move_const_dir_first(D, U)
-    keep = D > rel_threshold * D.max()
-    D, U = D[keep], U[:, keep]
-    R = Y @ U @ np.diag(1 / np.sqrt(D))
-    R_pinv = np.diag(np.sqrt(D)) @ U.T @ Y_inv
+    R, R_pinv = whitening(x, rel_threshold, center)
     M = R_pinv @ M_dash @ R_pinv.T
     n = 1 if center else 0
     m, sub = eigendecompose(M[n:, n:])
@@ -324,28 +340,9 @@ def rib_layer_attribution(x: np.ndarray, M_dash: np.ndarray, Lambda_dash: np.nda
 def rib_mlp_attribution(model: nn.Module, x: torch.Tensor, formula: str, alphas: np.ndarray, weights: np.ndarray,
                         center: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
     """rib's layers at '1' and '3' of a tanh MLP with an attribution ``formula``."""
-    W2, b2, W4, b4 = (to_np(p) for p in (model[2].weight, model[2].bias, model[4].weight, model[4].bias))
-    f1 = np.tanh(to_np(model[0](x)))
-    pre = f1 @ W2.T + b2
-    f3 = np.tanh(pre)
-    N = len(x)
-    x1, x3 = _ones(f1), _ones(f3)
-    J34 = np.broadcast_to(np.concatenate([W4, b4[:, None]], 1)[None, None, :, None, :], (N, 1, 3, 1, 6)).copy()
-    L3 = rib_layer_attribution(x3, *attribution_moments(
-        formula, lambda a: J34, lambda a: (a * (f3 @ W4.T + b4))[:, None], None, x3[:, None], alphas, weights),
-        THR, center)
-
-    def J13x(a: float) -> np.ndarray:
-        g = 1 - np.tanh(a * pre) ** 2
-        J = np.zeros((N, 1, 6, 1, 7))
-        J[:, 0, :5, 0, :6] = g[:, :, None] * W2
-        J[:, 0, :5, 0, 6] = g * b2
-        J[:, 0, 5, 0, 6] = 1.0
-        return J
-
-    def out13(a: float) -> np.ndarray:  # the folded constant passes through, scaled by alpha
-        return np.concatenate([np.tanh(a * pre), np.full((N, 1), a)], 1)[:, None]
-
+    x1, x3, (J13x, out13), (J34, out34) = _mlp_sections(model, x)
+    L3 = rib_layer_attribution(x3, *attribution_moments(formula, lambda a: J34, out34, None, x3[:, None], alphas,
+                                                        weights), THR, center)
     L1 = rib_layer_attribution(x1, *attribution_moments(formula, J13x, out13, L3.C, x1[:, None], alphas, weights),
                                THR, center)
     return {"1": (L1, x1), "3": (L3, x3)}
@@ -354,33 +351,9 @@ def rib_mlp_attribution(model: nn.Module, x: torch.Tensor, formula: str, alphas:
 def rib_seq_attribution(model: SeqMix, t: torch.Tensor, formula: str, alphas: np.ndarray, weights: np.ndarray,
                         center: bool = True) -> dict[str, tuple[RibLayer, np.ndarray]]:
     """rib's layers at 'embed' and 'act' of :class:`SeqMix` (3 positions) with an attribution ``formula``."""
-    K, W1, b1, W2, b2 = (to_np(p) for p in (model.K, model.lin1.weight, model.lin1.bias, model.lin2.weight,
-                                          model.lin2.bias))
-    e = to_np(model.embed(t))  # (N, 3, 4)
-    m = np.einsum("pq,nqd->npd", K, e @ W1.T + b1)
-    act = np.tanh(m)
-    N = len(t)
-    xe, xa = _ones(e), _ones(act)
-    J2 = np.zeros((N, 3, 3, 3, 6))
-    for p in range(3):
-        J2[:, p, :, p, :5] = W2
-        J2[:, p, :, p, 5] = b2
-    L_act = rib_layer_attribution(xa.reshape(-1, 6), *attribution_moments(
-        formula, lambda a: J2, lambda a: a * (act @ W2.T + b2), None, xa, alphas, weights), THR, center)
-
-    def J1x(a: float) -> np.ndarray:
-        g = 1 - np.tanh(a * m) ** 2
-        J = np.zeros((N, 3, 6, 3, 5))
-        for p in range(3):
-            for q in range(3):
-                J[:, p, :5, q, :4] = g[:, p, :, None] * K[p, q] * W1
-                J[:, p, :5, q, 4] = g[:, p] * K[p, q] * b1
-            J[:, p, 5, p, 4] = 1.0
-        return J
-
-    def out1(a: float) -> np.ndarray:
-        return np.concatenate([np.tanh(a * m), np.full((N, 3, 1), a)], -1)
-
+    xe, xa, (J1x, out1), (J2, out2) = _seq_sections(model, t)
+    L_act = rib_layer_attribution(xa.reshape(-1, 6), *attribution_moments(formula, lambda a: J2, out2, None, xa,
+                                                                          alphas, weights), THR, center)
     L_e = rib_layer_attribution(xe.reshape(-1, 5), *attribution_moments(formula, J1x, out1, L_act.C, xe, alphas,
                                                                         weights), THR, center)
     return {"embed": (L_e, xe), "act": (L_act, xa)}
