@@ -299,8 +299,7 @@ class Components(ComponentModel, Sequence[Component]):
         lb: LayerBasis = self.basis[comp.layer]  # type: ignore[index]
         C_i = lb.transform[comp.index].to(torch.float64)
         P_i = lb.inverse[:, comp.index].to(torch.float64)
-        mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros_like(P_i)
-        o_i = None if lb.const_column is None else lb.const_column[comp.index].to(torch.float64)  # c_i = C_i f + o_i
+        o_i = _offsets(lb)[comp.index]  # c_i = C_i f + o_i
         adj = self.adjacency.get(comp.layer, {})
         axis = self.axes.get(comp.layer)
         out: dict[str, Tensor] = {}
@@ -309,22 +308,20 @@ class Components(ComponentModel, Sequence[Component]):
             m = resolve_module(model, producer)
             W = m.weight.detach().to(torch.float64)
             if isinstance(m, nn.Embedding):
-                read = (W - mu) @ C_i if o_i is None else W @ C_i + o_i
-                out[f"{producer}.weight"] = torch.outer(read, P_i)
+                out[f"{producer}.weight"] = torch.outer(W @ C_i + o_i, P_i)
             else:  # Linear (d, in) or convolution (d, in, *kernel): rows are output channels
                 out[f"{producer}.weight"] = torch.outer(P_i, C_i @ W.reshape(W.shape[0], -1)).reshape(W.shape)
                 if m.bias is not None:
-                    b = m.bias.detach().to(torch.float64)
-                    out[f"{producer}.bias"] = P_i * (C_i @ (b - mu) if o_i is None else C_i @ b + o_i)
+                    out[f"{producer}.bias"] = P_i * (C_i @ m.bias.detach().to(torch.float64) + o_i)
             return out
         for name in adj.get("consumers", []):
             m = resolve_module(model, name)
             Wp = m.weight.detach().to(torch.float64)
             col = torch.einsum("odr,d->or", _consumer_view(m, Wp, lb.dim, axis), P_i)
             out[f"{name}.weight"] = _consumer_back(m, torch.einsum("or,c->ocr", col, C_i), Wp, axis)
-            shift = float(C_i @ mu) if o_i is None else -float(o_i)
+            shift = -float(o_i)
             if _is_conv(m) and shift != 0.0 and _mean_through_padding(m):
-                what = "centre's" if o_i is None else "folded constant's (variant='rib-uncentred')"
+                what = "centre's" if lb.const_column is None else "folded constant's (variant='rib-uncentred')"
                 raise ShapeError(
                     f"component {comp.layer}[{comp.index}] is read by '{name}', which pads with zeros: the basis "
                     f"{what} contribution differs at the border and cannot be folded into its bias. Use a "
@@ -456,6 +453,12 @@ def _offset(lb: LayerBasis) -> Tensor | None:
     return None if lb.center is None else -(lb.transform.to(torch.float64) @ lb.center.to(torch.float64))
 
 
+def _offsets(lb: LayerBasis) -> Tensor:
+    """:func:`_offset`, zeros where there is none: ``c = C f + o`` in every form of basis."""
+    o = _offset(lb)
+    return torch.zeros(lb.size, dtype=torch.float64) if o is None else o
+
+
 def _linear(weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> nn.Linear:
     out_f, in_f = weight.shape
     lin = nn.Linear(in_f, out_f, bias=bias is not None).to(dtype)
@@ -471,36 +474,31 @@ def _inverse_linear(lb: LayerBasis, dtype: torch.dtype) -> nn.Linear:
 
 
 def _fold_producer(m: nn.Module, lb: LayerBasis, dtype: torch.dtype) -> nn.Module | None:
-    """``m`` with ``C`` folded into its outputs: ``C (W a + b - mu)``, or ``C (W a + b) + o`` in the
-    general folded form (``o``: the constant's column)."""
+    """``m`` with ``C`` folded into its outputs: ``C (W a + b) + o`` (``o`` = :func:`_offset`: ``-C mu``
+    for a centred basis, the constant's column in the general folded form)."""
     C = lb.transform.to(torch.float64)
-    mu = lb.center.to(torch.float64) if lb.center is not None else None
-    o = None if lb.const_column is None else lb.const_column.to(torch.float64)
+    o = _offset(lb)
+    W = m.weight.detach().to(torch.float64) if isinstance(m, nn.Linear) or _is_conv(m) else None
+    bias = None  # C b + o: the folded module's bias, None when neither part exists
+    if W is not None and (m.bias is not None or o is not None):
+        b = torch.zeros(W.shape[0], dtype=torch.float64) if m.bias is None else m.bias.detach().to(torch.float64)
+        bias = C @ b + (0.0 if o is None else o)
     if isinstance(m, nn.Linear):
-        W = m.weight.detach().to(torch.float64)
-        b = m.bias.detach().to(torch.float64) if m.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
-        if mu is not None:
-            b = b - mu
-        if o is not None:
-            return _linear(C @ W, C @ b + o, dtype)
-        return _linear(C @ W, C @ b if (m.bias is not None or mu is not None) else None, dtype)
-    if _is_conv(m):  # output channel i of the folded convolution is row i of C (W, b - mu)
-        W = m.weight.detach().to(torch.float64)
+        assert W is not None
+        return _linear(C @ W, bias, dtype)
+    if _is_conv(m):  # output channel i of the folded convolution is row i of (C W, C b + o)
+        assert W is not None
         conv = copy.deepcopy(m).to(dtype)
         conv.out_channels = C.shape[0]
         conv.weight = nn.Parameter((C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:]).to(dtype))
-        if m.bias is not None or mu is not None or o is not None:
-            b = torch.zeros(W.shape[0], dtype=torch.float64) if m.bias is None else m.bias.detach().to(torch.float64)
-            cb = C @ (b - mu if mu is not None else b)
-            conv.bias = nn.Parameter((cb if o is None else cb + o).to(dtype))
+        if bias is not None:
+            conv.bias = nn.Parameter(bias.to(dtype))
         return conv
     if isinstance(m, nn.Embedding) and m.padding_idx is None and m.max_norm is None:
         E = m.weight.detach().to(torch.float64)
-        if mu is not None:
-            E = E - mu
         emb = nn.Embedding(E.shape[0], C.shape[0]).to(dtype)
         with torch.no_grad():
-            emb.weight.copy_(E @ C.T if o is None else E @ C.T + o)
+            emb.weight.copy_(E @ C.T + (0.0 if o is None else o))
         return emb
     return None
 
@@ -608,21 +606,19 @@ def decompose(
         lb = basis[point]
         C = lb.transform.to(torch.float64)
         Cinv = lb.inverse.to(torch.float64)
-        mu = lb.center.to(torch.float64) if lb.center is not None else torch.zeros(lb.dim, dtype=torch.float64)
-        o = None if lb.const_column is None else lb.const_column.to(torch.float64)  # c = C f + o
+        o = _offsets(lb)  # c = C f + o
         adj = adjacency.get(point, {})
         rows: dict[str, Tensor] = {}
         producer = adj.get("producer")
         if producer is not None:
             m = resolve_module(model, producer)
             W = params[f"{producer}.weight"].detach().to(torch.float64)
-            if isinstance(m, nn.Embedding):  # (k, V): column i of (E - mu) C^T (or E C^T + o)
-                rows[f"{producer}.weight"] = ((W - mu) @ C.T).T if o is None else (W @ C.T + o).T
+            if isinstance(m, nn.Embedding):  # (k, V): column i of E C^T + o
+                rows[f"{producer}.weight"] = (W @ C.T + o).T
             else:  # (k, in) or (k, in, *kernel): output channel i of C W
                 rows[f"{producer}.weight"] = (C @ W.reshape(W.shape[0], -1)).reshape(C.shape[0], *W.shape[1:])
                 if getattr(m, "bias", None) is not None:
-                    b = m.bias.detach().to(torch.float64)
-                    rows[f"{producer}.bias"] = C @ (b - mu) if o is None else C @ b + o
+                    rows[f"{producer}.bias"] = C @ m.bias.detach().to(torch.float64) + o
         for name in adj.get("consumers", []):
             m = resolve_module(model, name)
             Wp = params[f"{name}.weight"].detach().to(torch.float64)
