@@ -137,10 +137,10 @@ def modular_addition(
     after ``max_steps``. (Using the test split as a stopping rule is deliberate: the point of
     this model is a network known to implement the general algorithm.) The stored metrics say
     whether it got there. ``patience=None`` never stops early: the model trains all
-    ``max_steps``, past the point where it first generalises, through the *cleanup* phase in
-    which weight decay removes what the memorising solution left in the weights (Nanda et al.
-    2023, "Progress measures for grokking via mechanistic interpretability", arXiv 2301.05217,
-    sec. 5).
+    ``max_steps``, past the point where it first generalises, into what Nanda et al. 2023
+    ("Progress measures for grokking via mechanistic interpretability", arXiv 2301.05217, sec. 5)
+    call the *cleanup* phase (weight decay removing the memorising solution's remnants; their
+    account, not measured here).
 
     Args:
         p: modulus (113 in the papers).
